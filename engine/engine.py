@@ -1,0 +1,207 @@
+"""The engine loop: admit requests, run steps, turn sampled tokens into text deltas and finished sequences.
+
+`LLMEngine` is synchronous and single-threaded: whoever drives it (the offline `LLM`, the HTTP server's
+engine thread) calls `add_request` / `abort_request` between calls of `step()`. One step = schedule ->
+run the model -> append the sampled tokens -> detokenize -> check stop conditions -> free what finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from .config import EngineArgs, EngineConfig
+from .detokenizer import IncrementalDetokenizer
+from .kv_cache_manager import KVCacheManager
+from .model_runner import ModelRunner
+from .outputs import IterationStats, SequenceDelta, StepOutput, TokenLogprob
+from .request import Request, RequestStatus
+from .sampling_params import ParamError, SamplingParams
+from .scheduler import Scheduler, ScheduledSeq
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _SeqState:
+    """Engine-side companions of a running sequence: its detokenizer."""
+
+    detok: IncrementalDetokenizer | None
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.model_config = config.model
+        self.tokenizer = None
+        if config.model.tokenizer is not None:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer)
+        self.runner = ModelRunner(config)
+        self.kv = KVCacheManager(self.runner.num_kv_blocks, config.cache.block_size, config.cache.enable_prefix_caching)
+        self.scheduler = Scheduler(config.scheduler, self.kv)
+        eos = set(config.model.eos_token_ids)
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            eos.add(self.tokenizer.eos_token_id)
+        self.eos_token_ids = tuple(sorted(eos))
+        self._states: dict[str, _SeqState] = {}
+        self._children: dict[str, list[str]] = {}  # parent request id -> its sequences' ids
+        self._pending: list[SequenceDelta] = []  # deltas produced between steps (aborts)
+
+    @classmethod
+    def from_args(cls, args: EngineArgs | None = None, **kwargs) -> "LLMEngine":
+        return cls((args or EngineArgs(**kwargs)).resolve())
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.scheduler.max_model_len
+
+    # ---- requests ---------------------------------------------------------------------------------------------
+    def tokenize(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ParamError("prompt", "this model has no tokenizer; send token ids")
+            return self.tokenizer.encode(prompt)
+        return list(prompt)
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                    arrival_time: float | None = None, cache_salt: str | None = None) -> list[int]:
+        """Validate and queue a request (n sequences). Raises `ValueError` (a `ParamError` naming the
+        parameter) and changes nothing when the request is invalid. Returns the prompt's token ids."""
+        if request_id in self._children:
+            raise ParamError("request_id", f"{request_id!r} is already in use")
+        prompt_ids = self.tokenize(prompt)
+        max_tokens = self.validate(prompt_ids, params)
+        if params.stop and self.tokenizer is None:
+            raise ParamError("stop", "stop strings need a tokenizer; this model has none")
+        arrival = time.time() if arrival_time is None else arrival_time
+        ids = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
+        share = params.n > 1 and self.config.cache.enable_prefix_caching and len(prompt_ids) > self.config.cache.block_size
+        for i, rid in enumerate(ids):
+            req = Request(rid, prompt_ids, params, max_tokens, self.eos_token_ids, parent_id=request_id, index=i,
+                          seed=None if params.seed is None else params.seed + i, cache_salt=cache_salt,
+                          wait_for=ids[0] if share and i > 0 else None, arrival_time=arrival)
+            detok = None
+            if self.tokenizer is not None:
+                detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop, params.include_stop_str_in_output,
+                                               params.skip_special_tokens)
+            self._states[rid] = _SeqState(detok)
+            self.scheduler.add_request(req)
+        self._children[request_id] = ids
+        return prompt_ids
+
+    def validate(self, prompt_ids: list[int], params: SamplingParams) -> int:
+        """Check a prompt against the model and cache; returns the effective max_tokens."""
+        params.validate()
+        if not prompt_ids:
+            raise ParamError("prompt", "must not be empty")
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in prompt_ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ParamError("prompt", f"token id {bad!r} is outside the vocabulary [0, {vocab})")
+        n, limit = len(prompt_ids), self.max_model_len
+        if n >= limit:
+            raise ParamError("prompt", f"the prompt has {n} tokens, but the context window is {limit} tokens "
+                                       "(at least one must be left to generate)")
+        max_tokens = params.max_tokens if params.max_tokens is not None else limit - n
+        if n + max_tokens > limit:
+            raise ParamError("max_tokens", f"the prompt ({n} tokens) plus max_tokens ({max_tokens}) is "
+                                           f"{n + max_tokens} tokens, over the context window of {limit} tokens")
+        blocks = self.kv.num_blocks_for(n + max_tokens)
+        if blocks > self.kv.num_blocks:
+            raise ParamError("max_tokens", f"the prompt ({n} tokens) plus max_tokens ({max_tokens}) needs {blocks} "
+                                           f"KV blocks, but the whole cache has {self.kv.num_blocks}")
+        return max_tokens
+
+    def abort_request(self, request_id: str) -> bool:
+        """Stop a request's sequences and free their blocks; their final deltas (finish_reason "abort")
+        come out of the next `step()`. Returns False if the request is unknown or already finished."""
+        ids = self._children.pop(request_id, None)
+        if ids is None:
+            return False
+        now = time.time()
+        for rid in ids:
+            req = self.scheduler.finish_request(rid, RequestStatus.FINISHED_ABORTED)
+            self._states.pop(rid, None)
+            if req is not None:
+                self._pending.append(self._delta(req, [], "", None, now, "abort"))
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._children) or bool(self._pending)
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        return len(self._children)
+
+    # ---- one step ---------------------------------------------------------------------------------------------
+    def step(self) -> StepOutput:
+        t0 = time.perf_counter()
+        deltas, self._pending = self._pending, []
+        sched = self.scheduler.schedule()
+        result = self.runner.execute(sched, self._forbidden_tokens)
+        self.scheduler.on_step_done(sched)
+        now = time.time()
+        for seq in sched.seqs:
+            token = result.sampled.get(seq.request_id)
+            if token is None:
+                continue
+            req = self.scheduler.requests[seq.request_id]
+            deltas.append(self._append_token(req, token, result.logprobs.get(seq.request_id), now))
+        pool = self.kv.pool
+        stats = IterationStats(
+            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            kv_blocks_used=pool.num_used_blocks, kv_blocks_total=pool.num_blocks,
+            num_scheduled_tokens=sched.num_scheduled_tokens, num_prompt_tokens=sched.num_prompt_tokens,
+            num_generation_tokens=len(result.sampled), num_preemptions=len(sched.preempted_ids),
+            prefix_cache_queries=sched.prefix_cache_queries, prefix_cache_hits=sched.prefix_cache_hits,
+            step_time_s=time.perf_counter() - t0,
+        )
+        return StepOutput(deltas, stats)
+
+    def _forbidden_tokens(self, seq: ScheduledSeq) -> tuple[int, ...]:
+        p = seq.params
+        if len(seq.token_ids) - seq.num_prompt_tokens >= p.min_tokens:
+            return ()
+        return tuple(p.stop_token_ids) + (() if p.ignore_eos else self.eos_token_ids)
+
+    def _append_token(self, req: Request, token: int, logprob: TokenLogprob | None, now: float) -> SequenceDelta:
+        req.append_output_token(token, now)
+        p = req.params
+        state = self._states[req.request_id]
+        reason: str | None = None
+        text = ""
+        enough = req.num_output_tokens >= p.min_tokens
+        if enough and not p.ignore_eos and token in self.eos_token_ids:
+            reason = "stop"
+        elif enough and token in p.stop_token_ids:
+            reason, req.stop_reason = "stop", token
+        elif state.detok is not None:
+            text = state.detok.push(token, check_stop=enough)
+            if state.detok.stopped_by is not None:
+                reason, req.stop_reason = "stop", state.detok.stopped_by
+        if reason is None and (req.num_output_tokens >= req.max_tokens or req.num_tokens >= self.max_model_len):
+            reason = "length"
+        if reason is not None:
+            if state.detok is not None and state.detok.stopped_by is None:
+                text += state.detok.flush()
+            status = RequestStatus.FINISHED_STOPPED if reason == "stop" else RequestStatus.FINISHED_LENGTH
+            self.scheduler.finish_request(req.request_id, status)
+            self._states.pop(req.request_id, None)
+            self._forget_child(req)
+        return self._delta(req, [token], text, [logprob] if logprob is not None else None, now, reason)
+
+    def _forget_child(self, req: Request) -> None:
+        siblings = self._children.get(req.parent_id)
+        if siblings is not None and all(s not in self.scheduler.requests for s in siblings):
+            del self._children[req.parent_id]
+
+    def _delta(self, req: Request, tokens, text, logprobs, now, reason) -> SequenceDelta:
+        return SequenceDelta(
+            request_id=req.parent_id, index=req.index, new_token_ids=tokens, new_text=text, new_logprobs=logprobs,
+            token_time=now, num_prompt_tokens=req.num_prompt_tokens, num_output_tokens=req.num_output_tokens,
+            num_cached_tokens=max(req.num_cached_tokens, 0), finish_reason=reason, stop_reason=req.stop_reason,
+            times=req.times(),
+        )

@@ -1,0 +1,109 @@
+"""Llama-family decoder (Llama 2/3, Mistral without sliding window, Qwen2, Qwen3) over a paged KV cache.
+
+Differences between the family members are config switches: Qwen2 has biases on q/k/v, Qwen3 normalises
+q and k per head before RoPE, Llama 3 scales RoPE frequencies, some models tie the LM head to the
+embeddings. Tokens arrive flattened ([T] ids and positions for the whole batch); attention reads and writes
+the paged cache through the backend and metadata passed in explicitly.
+
+q/k/v and gate/up projections are fused into one matmul each (the loader concatenates the checkpoint's
+separate weights), which is faster and is the layout tensor parallelism will shard.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..attention import AttentionBackend, AttentionMetadata
+from .layers import RMSNorm, RotaryEmbedding, silu_and_mul
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg, head_dim: int, rope: RotaryEmbedding):
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = head_dim
+        self.q_size, self.kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
+        bias = cfg.model_type == "qwen2" or bool(getattr(cfg, "attention_bias", False))
+        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=bool(getattr(cfg, "attention_bias", False)))
+        self.qk_norm = cfg.model_type == "qwen3"
+        if self.qk_norm:
+            self.q_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
+        self.rope = rope
+        self.scale = head_dim ** -0.5
+        self.key_cache: torch.Tensor | None = None
+        self.value_cache: torch.Tensor | None = None
+
+    def forward(self, positions, x, meta: AttentionMetadata, backend: AttentionBackend):
+        t = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(t, self.num_heads, self.head_dim)
+        k = k.view(t, self.num_kv_heads, self.head_dim)
+        v = v.view(t, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rope(positions, q, k)
+        backend.store_kv(k, v, self.key_cache, self.value_cache, meta)
+        o = backend.attention(q, k, v, self.key_cache, self.value_cache, meta, self.scale)
+        return self.o_proj(o.reshape(t, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=bool(getattr(cfg, "mlp_bias", False)))
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=bool(getattr(cfg, "mlp_bias", False)))
+
+    def forward(self, x):
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg, head_dim: int, rope: RotaryEmbedding):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, head_dim, rope)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, positions, x, meta, backend):
+        x = x + self.self_attn(positions, self.input_layernorm(x), meta, backend)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaForCausalLM(nn.Module):
+    """`forward(input_ids[T], positions[T], meta, backend) -> hidden[T, hidden]`; `compute_logits` applies
+    the final projection to the rows that need sampling only."""
+
+    def __init__(self, cfg, max_positions: int):
+        super().__init__()
+        if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) \
+                and cfg.model_type in ("mistral",) and cfg.sliding_window < max_positions:
+            raise ValueError("model: sliding-window attention is not supported; set max_model_len <= sliding_window")
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        rope = RotaryEmbedding(cfg, head_dim, max_positions)
+        self.rotary = rope
+        self.layers = nn.ModuleList(DecoderLayer(cfg, head_dim, rope) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
+        if not self.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def bind_kv_cache(self, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for layer, (k, v) in zip(self.layers, caches, strict=True):
+            layer.self_attn.key_cache, layer.self_attn.value_cache = k, v
+
+    def forward(self, input_ids, positions, meta: AttentionMetadata, backend: AttentionBackend):
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(positions, x, meta, backend)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
+        return torch.nn.functional.linear(hidden, weight)

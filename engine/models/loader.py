@@ -1,0 +1,111 @@
+"""Build a model and fill its weights: from safetensors files, or random with real shapes ("dummy").
+
+Checkpoint names are transformers' (`model.layers.0.self_attn.q_proj.weight`, ...). Our modules drop the
+`model.` prefix and fuse q/k/v and gate/up, so a few checkpoint tensors land in a slice of one parameter;
+`_STACKED` lists those. Loading goes tensor by tensor, never holding a second copy of the model.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+
+import torch
+
+from ..config import ModelConfig
+from .llama import LlamaForCausalLM
+
+logger = logging.getLogger(__name__)
+
+# checkpoint sub-name -> (fused parameter sub-name, shard index)
+_STACKED = {
+    "q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+}
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def build_model(cfg: ModelConfig, device: torch.device, seed: int = 0) -> LlamaForCausalLM:
+    # Build on the meta device (no memory, no random init), then allocate uninitialised storage: every
+    # parameter is written exactly once below, by the loader or the dummy initialiser.
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg.hf_config, max_positions=cfg.max_model_len).to(cfg.dtype)
+    model.to_empty(device=device)
+    model.rotary.build(device)  # RoPE tables stay fp32 whatever the model dtype
+    if cfg.load_format == "dummy":
+        init_dummy_weights(model, seed)
+    else:
+        load_safetensors(model, cfg.path)
+    model.eval()
+    return model
+
+
+def _shard_slice(model: LlamaForCausalLM, fused: str, shard: int) -> tuple[int, int]:
+    hf = model.config
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    if fused == "qkv_proj":
+        q = hf.num_attention_heads * head_dim
+        kv = (getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads) * head_dim
+        return [(0, q), (q, q + kv), (q + kv, q + 2 * kv)][shard]
+    inter = hf.intermediate_size
+    return [(0, inter), (inter, 2 * inter)][shard]
+
+
+def _target(model: LlamaForCausalLM, name: str) -> tuple[str, tuple[int, int] | None] | None:
+    """Map a checkpoint tensor name to (our parameter name, row slice or None); None = skip the tensor."""
+    if name.endswith(_IGNORED_SUFFIXES):
+        return None
+    if name.startswith("model."):
+        name = name[len("model."):]
+    if name == "lm_head.weight" and model.tie_word_embeddings:
+        return None
+    parts = name.split(".")
+    for i, p in enumerate(parts):
+        if p in _STACKED:
+            fused, shard = _STACKED[p]
+            parts[i] = fused
+            return ".".join(parts), _shard_slice(model, fused, shard)
+    return name, None
+
+
+def load_safetensors(model: LlamaForCausalLM, path) -> None:
+    from safetensors import safe_open
+
+    files = sorted(glob.glob(os.path.join(str(path), "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"model: no *.safetensors files in {path}")
+    params = dict(model.named_parameters())
+    filled: dict[str, int] = {n: 0 for n in params}
+    for file in files:
+        with safe_open(file, framework="pt", device="cpu") as f:
+            for key in f.keys():
+                target = _target(model, key)
+                if target is None:
+                    continue
+                name, rows = target
+                if name not in params:
+                    raise ValueError(f"model: checkpoint tensor {key!r} has no place in the model")
+                param, tensor = params[name], f.get_tensor(key)
+                dest = param.data if rows is None else param.data[rows[0]:rows[1]]
+                if dest.shape != tensor.shape:
+                    raise ValueError(f"model: {key} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
+                dest.copy_(tensor)
+                filled[name] += tensor.numel()
+    missing = [n for n, count in filled.items() if count != params[n].numel()]
+    if missing:
+        raise ValueError(f"model: checkpoint is missing weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+
+
+@torch.no_grad()
+def init_dummy_weights(model: LlamaForCausalLM, seed: int) -> None:
+    """Random weights with the real shapes: N(0, 0.02) matrices, unit norms, zero biases. Good for speed
+    measurements; the text they produce is noise."""
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            p.fill_(1.0)
+        elif name.endswith("bias"):
+            p.zero_()
+        else:
+            p.copy_(torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32).to(p.dtype) * 0.02)
