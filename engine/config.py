@@ -89,7 +89,8 @@ class EngineArgs:
         g.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
                        help="disable prefix caching")
         g.add_argument("--load-format", default="auto", choices=LOAD_FORMATS)
-        g.add_argument("--seed", type=int, default=0, help="seed of the engine's default random generator")
+        if "--seed" not in parser._option_string_actions:  # a subcommand may define its own --seed
+            g.add_argument("--seed", type=int, default=0, help="seed of the engine's default random generator")
         g.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of GPU memory to use")
         g.add_argument("--cpu-kv-cache-gb", type=float, default=2.0, help="KV-cache budget on the CPU (GiB)")
         g.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS)
