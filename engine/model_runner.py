@@ -32,12 +32,21 @@ class RunnerOutput:
 
 
 @dataclass(frozen=True, slots=True)
-class BatchInputs:
-    input_ids: torch.Tensor
-    positions: torch.Tensor
-    logits_indices: torch.Tensor
-    meta: object
-    rows: list[SamplingRow]
+class HostBatch:
+    """One step flattened on the host: T new tokens of S sequences."""
+
+    input_ids: np.ndarray  # [T]
+    positions: np.ndarray  # [T]
+    query_lens: np.ndarray  # [S]
+    seq_lens: np.ndarray  # [S] context length including the new tokens
+    block_tables: np.ndarray  # [S, max_blocks] int32, 0-padded
+    slot_mapping: np.ndarray  # [T]
+    logits_indices: np.ndarray  # rows of the tokens whose logits are sampled
+    sample_idx: list[int]  # which sequences sample
+
+    @property
+    def decode_only(self) -> bool:
+        return bool(len(self.query_lens)) and bool((self.query_lens == 1).all())
 
 
 class ModelRunner:
@@ -52,11 +61,18 @@ class ModelRunner:
         self.load_time_s = time.perf_counter() - t0
         self.backend = get_attention_backend(config.attention_backend)
         self.sampler = Sampler(self.device, config.seed)
+        self.graphs = None
         self.num_kv_blocks = self._decide_num_blocks()
         shape = (self.num_kv_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
         self.kv_caches = [(torch.zeros(shape, dtype=mc.dtype, device=self.device),
                            torch.zeros(shape, dtype=mc.dtype, device=self.device)) for _ in range(mc.num_layers)]
         self.model.bind_kv_cache(self.kv_caches)
+        if not config.enforce_eager and self.device.type == "cuda" and self.backend.name == "triton":
+            from .cuda_graphs import DecodeGraphs
+
+            t0 = time.perf_counter()
+            self.graphs = DecodeGraphs(self.model, self.backend, config)
+            logger.info("Captured %d decode CUDA graphs in %.1f s", len(self.graphs.sizes), time.perf_counter() - t0)
         tokens = self.num_kv_blocks * self.block_size
         logger.info("KV cache: %d blocks = %d tokens; max concurrency at max_model_len: %.2f (%.1f MiB, %d B/token)",
                     self.num_kv_blocks, tokens, tokens / mc.max_model_len,
@@ -87,10 +103,11 @@ class ModelRunner:
         mc = self.config.model
         tiny = (1, self.block_size, mc.num_kv_heads, mc.head_dim)
         self.model.bind_kv_cache([(torch.zeros(tiny, dtype=mc.dtype, device=self.device),) * 2 for _ in range(mc.num_layers)])
-        ids = np.zeros(n, dtype=np.int64)
-        inputs = self._inputs_for_profile(ids)
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.backend)
-        self.model.compute_logits(hidden[-min(n, self.config.scheduler.max_num_seqs):])
+        q = np.array([n], dtype=np.int64)
+        hb = HostBatch(np.zeros(n, dtype=np.int64), np.arange(n), q, q, np.zeros((1, 1), dtype=np.int32),
+                       np.arange(n) % self.block_size,  # a throwaway 1-block cache absorbs the writes
+                       np.arange(n - min(n, self.config.scheduler.max_num_seqs), n), [])
+        self.model.compute_logits(self.forward(hb))  # called before any graph exists: runs eagerly
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
         free, total = torch.cuda.mem_get_info(self.device)
@@ -100,19 +117,9 @@ class ModelRunner:
             raise RuntimeError(f"gpu_memory_utilization: no memory left for the KV cache (peak {peak / 2**30:.1f} GiB)")
         return blocks
 
-    def _inputs_for_profile(self, ids: np.ndarray) -> BatchInputs:
-        n = len(ids)
-        q = np.array([n], dtype=np.int32)
-        bt = np.zeros((1, 1), dtype=np.int32)
-        slots = np.full(n, -1, dtype=np.int64)
-        slots[:] = np.arange(n) % self.block_size  # a throwaway 1-block cache absorbs the writes
-        plan = self.backend.plan(q, q, bt, self.block_size, self.device)
-        meta = build_attention_metadata(q, q, bt, slots, self.device, plan)
-        t = torch.from_numpy(ids).to(self.device)
-        return BatchInputs(t, torch.arange(n, device=self.device), t[-1:], meta, [])
-
     # ---- one step --------------------------------------------------------------------------------------------
-    def prepare(self, out: SchedulerOutput, forbidden) -> BatchInputs:
+    def prepare_host(self, out: SchedulerOutput) -> HostBatch:
+        """Flatten the scheduled sequences into numpy arrays (no device work)."""
         seqs = out.seqs
         bs = self.block_size
         query_lens = np.fromiter((s.num_new for s in seqs), dtype=np.int64, count=len(seqs))
@@ -131,14 +138,21 @@ class ModelRunner:
         for i, s in enumerate(seqs):
             block_tables[i, :len(s.block_ids)] = s.block_ids
         slot_mapping = block_tables[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
-        plan = self.backend.plan(query_lens, seq_lens, block_tables, bs, self.device)
-        meta = build_attention_metadata(query_lens, seq_lens, block_tables, slot_mapping, self.device, plan)
         sample_idx = [i for i, s in enumerate(seqs) if s.sample]
-        rows = [SamplingRow(seqs[i].request_id, seqs[i].params, seqs[i].seed, seqs[i].token_ids,
-                            seqs[i].num_prompt_tokens, forbidden(seqs[i])) for i in sample_idx]
-        logits_indices = cu[1:][sample_idx] - 1
-        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
-        return BatchInputs(to(np.asarray(ids, dtype=np.int64)), to(positions), to(logits_indices), meta, rows)
+        return HostBatch(np.asarray(ids, dtype=np.int64), positions, query_lens, seq_lens, block_tables,
+                         slot_mapping, cu[1:][sample_idx] - 1, sample_idx)
+
+    def _device(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
+
+    def forward(self, hb: HostBatch) -> torch.Tensor:
+        """Hidden states of the sampling rows, from a CUDA graph when one fits, else eagerly."""
+        if self.graphs is not None and self.graphs.can_run(hb):
+            return self.graphs.run(hb).index_select(0, self._device(hb.logits_indices))
+        plan = self.backend.plan(hb.query_lens, hb.seq_lens, hb.block_tables, self.block_size, self.device)
+        meta = build_attention_metadata(hb.query_lens, hb.seq_lens, hb.block_tables, hb.slot_mapping, self.device, plan)
+        hidden = self.model(self._device(hb.input_ids), self._device(hb.positions), meta, self.backend)
+        return hidden.index_select(0, self._device(hb.logits_indices))
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, forbidden) -> RunnerOutput:
@@ -146,12 +160,14 @@ class ModelRunner:
         self.sampler.forget(out.finished_ids)
         if not out.seqs:
             return RunnerOutput({}, {})
-        inputs = self.prepare(out, forbidden)
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.backend)
-        if not inputs.rows:
+        hb = self.prepare_host(out)
+        hidden = self.forward(hb)
+        if not hb.sample_idx:
             return RunnerOutput({}, {})
-        logits = self.model.compute_logits(hidden.index_select(0, inputs.logits_indices))
-        result = self.sampler(logits, inputs.rows)
-        sampled = {r.request_id: t for r, t in zip(inputs.rows, result.token_ids)}
-        logprobs = {r.request_id: lp for r, lp in zip(inputs.rows, result.logprobs) if lp is not None}
+        seqs = out.seqs
+        rows = [SamplingRow(seqs[i].request_id, seqs[i].params, seqs[i].seed, seqs[i].token_ids,
+                            seqs[i].num_prompt_tokens, forbidden(seqs[i])) for i in hb.sample_idx]
+        result = self.sampler(self.model.compute_logits(hidden), rows)
+        sampled = {r.request_id: t for r, t in zip(rows, result.token_ids)}
+        logprobs = {r.request_id: lp for r, lp in zip(rows, result.logprobs) if lp is not None}
         return RunnerOutput(sampled, logprobs)
