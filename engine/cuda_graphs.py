@@ -30,6 +30,7 @@ def capture_sizes(max_num_seqs: int, limit: int = 256) -> list[int]:
 class DecodeGraphs:
     def __init__(self, model, backend, config: EngineConfig):
         self.model, self.backend = model, backend
+        self.model_config = config.model
         self.device = config.device
         self.block_size = config.cache.block_size
         self.max_model_len = config.model.max_model_len
@@ -47,9 +48,16 @@ class DecodeGraphs:
         self._capture()
 
     def _meta(self, b: int) -> AttentionMetadata:
+        """Metadata over the static buffers; `plan` is the fixed split-KV count the triton backend passes on,
+        chosen for this batch size and the longest context a replay can have."""
+        import kernels
+
+        mc = self.model_config
+        splits = kernels.decode_num_splits(b, mc.num_heads, mc.num_kv_heads, mc.head_dim, self.max_model_len,
+                                           mc.dtype, self.device)
         return AttentionMetadata(slot_mapping=self.slot_mapping[:b], block_tables=self.block_tables[:b],
                                  cu_seqlens_q=self.cu_seqlens_q[:b + 1], seq_lens=self.seq_lens[:b],
-                                 max_query_len=1, max_seq_len=self.max_model_len, num_decode_only=True, plan=None)
+                                 max_query_len=1, max_seq_len=self.max_model_len, num_decode_only=True, plan=splits)
 
     @torch.inference_mode()
     def _capture(self) -> None:
