@@ -10,7 +10,9 @@ Only completed requests enter latency statistics and throughputs; failed ones ar
 
 A request meets `ttft:X` when TTFT <= X ms, `e2el:X` when E2EL <= X ms and `tpot:X` when TPOT <= X ms; a
 one-token output has no TPOT and meets any TPOT objective. TTFT, TPOT and E2EL are one value per request;
-ITL pools every gap of every request. Percentiles use linear interpolation between closest ranks
+ITL pools every gap of every request. `send_lag_ms` (actual minus planned send time, every request) shows
+the client falling behind its own schedule: waiting for a concurrency slot, or a CPU too busy to keep up
+with the rate. Percentiles use linear interpolation between closest ranks
 (numpy's default), so p50 of [1, 2, 3, 4] is 2.5.
 """
 
@@ -88,6 +90,7 @@ class Aggregates:
     tpot_ms: Summary
     itl_ms: Summary
     e2el_ms: Summary
+    send_lag_ms: Summary
     output_tokens_counted_from_chunks: int  # completed requests whose stream carried no usage
 
     def to_dict(self) -> dict:
@@ -119,5 +122,6 @@ def aggregate(records: Sequence[RequestRecord], duration_s: float, slos: Sequenc
         tpot_ms=summarize(_ms(r.tpot_s for r in done)),
         itl_ms=summarize(_ms(gap for r in done for gap in r.itl_s)),
         e2el_ms=summarize(_ms(r.e2el_s for r in done)),
+        send_lag_ms=summarize(_ms(r.sent_s - r.scheduled_s for r in records)),
         output_tokens_counted_from_chunks=sum(r.output_tokens_source == "chunks" for r in done),
     )

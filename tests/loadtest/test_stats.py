@@ -59,6 +59,13 @@ def test_aggregate_by_hand():
     assert a.goodput is None and a.good_requests is None
 
 
+def test_send_lag_is_actual_minus_planned_send_time_for_every_request():
+    late = [RequestRecord(index=i, scheduled_s=0.1 * i, sent_s=0.1 * i + lag, max_tokens=1, prompt_len=1, ok=i < 2,
+                          failure=None if i < 2 else "500", ttft_s=0.1, e2el_s=0.1, output_tokens=1)
+            for i, lag in enumerate((0.0, 0.002, 0.004))]
+    assert aggregate(late, 1.0).send_lag_ms.mean == pytest.approx(2.0)
+
+
 def test_goodput_counts_requests_meeting_every_slo_per_second():
     records = [
         ok(0, 0.100, 0.500, 5),  # ttft 100, tpot 100 -> meets ttft:150, misses tpot:50
