@@ -3,10 +3,15 @@
 Metric names are vLLM's, under the prefix `kvserve:` (or `vllm:` when the server is vLLM). Samples are
 summed over labels (model name, engine index), except `request_success_total`, which is also kept per
 `finished_reason`. Counters that a server does not export come back as None, not 0.
+
+A server may count a request a moment after its stream ends, so the scrape after a run is repeated
+(briefly, see `settled_delta`) until the server has counted at least as many successes as the client saw.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 
 import httpx
@@ -140,3 +145,19 @@ async def scrape(http: httpx.AsyncClient, root: str, headers: dict[str, str] | N
         return MetricsSnapshot.parse(resp.text)
     except ValueError:
         return None
+
+
+async def settled_delta(http: httpx.AsyncClient, root: str, headers: dict[str, str], before: MetricsSnapshot,
+                        completed: int, *, timeout_s: float = 2.0, interval_s: float = 0.05) -> ServerMetricsDelta | None:
+    """Scrape until the server's success count has grown by `completed` since `before`, or `timeout_s` passed.
+
+    The last delta is returned either way; a server without a success counter is scraped once.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = await scrape(http, root, headers)
+        delta = None if after is None else metrics_delta(before, after)
+        if (delta is None or delta.requests_succeeded is None or delta.requests_succeeded >= completed
+                or time.monotonic() >= deadline):
+            return delta
+        await asyncio.sleep(interval_s)

@@ -9,7 +9,7 @@ Order of events:
 
     GET /v1/models (if no model given) -> warm-up requests (awaited, not recorded)
     -> scrape /metrics -> t0 -> request i leaves at t0 + offset[i] (waiting for a concurrency slot if
-    limited) -> all done: duration = now - t0 -> scrape /metrics -> aggregate
+    limited) -> all done: duration = now - t0 -> aggregate -> scrape /metrics (until the server's counts settle)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from loadtest.arrivals import arrival_offsets
 from loadtest.client import headers_for, send_request
 from loadtest.config import LoadConfig, Target
-from loadtest.metrics_scrape import ServerMetricsDelta, metrics_delta, scrape
+from loadtest.metrics_scrape import ServerMetricsDelta, scrape, settled_delta
 from loadtest.records import RequestRecord
 from loadtest.stats import Aggregates, aggregate
 from loadtest.workload import RequestSpec, build_workload
@@ -139,15 +139,17 @@ async def run_load(config: LoadConfig, *, progress: Progress | None = None, labe
         if progress is not None:
             progress.start(label, len(specs))
         records, duration, wall_t0 = await _measure(http, config, model, specs, offsets, progress)
-        after = await scrape(http, config.target.root, headers) if before is not None else None
+        stats = aggregate(records, duration, config.slos)
+        server = (await settled_delta(http, config.target.root, headers, before, stats.completed)
+                  if before is not None else None)
     return LoadResult(
         config=config,
         model=model,
         started_at=dt.datetime.fromtimestamp(wall_t0, dt.timezone.utc).isoformat(timespec="seconds"),
         records=tuple(records),
-        stats=aggregate(records, duration, config.slos),
+        stats=stats,
         warmup=warmup,
-        server_metrics=metrics_delta(before, after) if before is not None and after is not None else None,
+        server_metrics=server,
     )
 
 

@@ -34,6 +34,7 @@ class Reply:
     preempted: bool = False  # counted in kvserve:num_preemptions_total
     prefix_hit_tokens: int = 0  # counted in kvserve:prefix_cache_hits_total
     queue_s: float = 0.0  # added to kvserve:request_queue_time_seconds
+    count_after_s: float = 0.0  # the counters move this long after the stream ends
 
 
 class FakeOpenAIServer:
@@ -155,16 +156,23 @@ class FakeOpenAIServer:
         await event("[DONE]")
         writer.write(b"0\r\n\r\n")
         await writer.drain()
-        if not reply.stream_error:
-            c = self.counters
-            c["preemptions"] += reply.preempted
-            c["queries"] += prompt_tokens
-            c["hits"] += reply.prefix_hit_tokens
-            c["queue_sum"] += reply.queue_s
-            c["queue_count"] += 1
-            c["prompt"] += prompt_tokens
-            c["generation"] += tokens
-            c["length"] += 1
+        if reply.stream_error:
+            return
+        if reply.count_after_s:
+            self._loop.call_later(reply.count_after_s, self._count, reply, prompt_tokens, tokens)
+        else:
+            self._count(reply, prompt_tokens, tokens)
+
+    def _count(self, reply: Reply, prompt_tokens: int, tokens: int) -> None:
+        c = self.counters
+        c["preemptions"] += reply.preempted
+        c["queries"] += prompt_tokens
+        c["hits"] += reply.prefix_hit_tokens
+        c["queue_sum"] += reply.queue_s
+        c["queue_count"] += 1
+        c["prompt"] += prompt_tokens
+        c["generation"] += tokens
+        c["length"] += 1
 
     def metrics_text(self) -> str:
         c, lbl = self.counters, f'model_name="{MODEL}"'

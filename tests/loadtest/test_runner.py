@@ -158,6 +158,12 @@ def test_server_metrics_deltas_come_from_metrics_scrapes_around_the_run(fake_ser
     assert m.requests_succeeded == 4 and m.requests_by_finished_reason == {"length": 4, "stop": 0}
 
 
+def test_counters_that_move_just_after_the_stream_ends_are_waited_for(fake_server):
+    with fake_server(lambda n, body: dict(count_after_s=0.15)) as srv:
+        result = run_load_sync(config(srv.url, n=3, out=2))
+    assert result.server_metrics.requests_succeeded == 3 and result.server_metrics.generation_tokens == 6
+
+
 def test_a_server_without_metrics_gives_none(fake_server):
     with fake_server(metrics=False) as srv:
         result = run_load_sync(config(srv.url, n=1))
