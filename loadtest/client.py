@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -50,7 +50,8 @@ def headers_for(target: Target) -> dict[str, str]:
     return {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
 
 
-def _carries_tokens(choice: dict, chat: bool) -> bool:
+def is_token_chunk(choice: dict, chat: bool) -> bool:
+    """Whether a chunk's first choice carries generated tokens (see the module docstring)."""
     if chat:
         delta = choice.get("delta") or {}
         if delta.get("tool_calls"):
@@ -75,13 +76,14 @@ class _Stream:
     first: float | None = None
     last: float | None = None
     chunks: int = 0
+    itl: list[float] = field(default_factory=list)
     usage: dict | None = None
 
-    def token_chunk(self, now: float, itl: list[float]) -> None:
+    def token_chunk(self, now: float) -> None:
         if self.first is None:
             self.first = now
         else:
-            itl.append(now - self.last)  # type: ignore[operator]
+            self.itl.append(now - self.last)  # type: ignore[operator]
         self.last = now
         self.chunks += 1
 
@@ -96,7 +98,6 @@ async def send_request(http: httpx.AsyncClient, target: Target, model: str, spec
     """Send `spec`, read its whole stream, and say what happened. Never raises for a failed request."""
     chat = target.endpoint == "chat"
     base = dict(index=index, scheduled_s=scheduled_s, max_tokens=spec.max_tokens, prompt_len=spec.prompt_len)
-    itl: list[float] = []
     st = _Stream()
     body = json.dumps(build_payload(target, model, spec)).encode()  # encoded before the clock starts
     headers = {"Content-Type": "application/json", **headers_for(target)}
@@ -107,8 +108,8 @@ async def send_request(http: httpx.AsyncClient, target: Target, model: str, spec
         async with http.stream("POST", target.url, content=body, headers=headers) as resp:
             status = resp.status_code
             if status != 200:
-                body = (await resp.aread()).decode("utf-8", "replace")
-                return RequestRecord(**base, ok=False, status_code=status, failure=str(status), error=_short(body))
+                text = (await resp.aread()).decode("utf-8", "replace")
+                return RequestRecord(**base, ok=False, status_code=status, failure=str(status), error=_short(text))
             async for line in resp.aiter_lines():
                 now = time.perf_counter()
                 if not line.startswith("data:"):
@@ -124,8 +125,8 @@ async def send_request(http: httpx.AsyncClient, target: Target, model: str, spec
                     return RequestRecord(**base, ok=False, status_code=status, failure="stream_error",
                                          error=_short(json.dumps(chunk["error"])))
                 choices = chunk.get("choices") or []
-                if choices and _carries_tokens(choices[0], chat):
-                    st.token_chunk(now, itl)
+                if choices and is_token_chunk(choices[0], chat):
+                    st.token_chunk(now)
                 if chunk.get("usage"):
                     st.usage = chunk["usage"]
     except (httpx.HTTPError, json.JSONDecodeError, OSError) as e:
@@ -138,7 +139,7 @@ async def send_request(http: httpx.AsyncClient, target: Target, model: str, spec
     from_usage = isinstance(usage.get("completion_tokens"), int)
     return RequestRecord(
         **base, ok=True, status_code=status,
-        ttft_s=st.first - sent, e2el_s=st.last - sent, itl_s=tuple(itl),  # type: ignore[operator]
+        ttft_s=st.first - sent, e2el_s=st.last - sent, itl_s=tuple(st.itl),  # type: ignore[operator]
         prompt_tokens=usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else None,
         output_tokens=usage["completion_tokens"] if from_usage else st.chunks,
         output_tokens_source="usage" if from_usage else "chunks",

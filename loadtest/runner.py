@@ -15,6 +15,7 @@ Order of events:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 from dataclasses import dataclass
@@ -100,16 +101,13 @@ async def _warm_up(http: httpx.AsyncClient, config: LoadConfig, model: str, spec
 
 async def _measure(http: httpx.AsyncClient, config: LoadConfig, model: str, specs: list[RequestSpec],
                    offsets: np.ndarray, progress: Progress | None) -> tuple[list[RequestRecord], float, float]:
-    limit = asyncio.Semaphore(config.shape.max_concurrency) if config.shape.max_concurrency else None
+    limit = asyncio.Semaphore(config.shape.max_concurrency) if config.shape.max_concurrency else contextlib.nullcontext()
     t0 = time.perf_counter()
     wall_t0 = time.time()
 
     async def one(i: int) -> RequestRecord:
-        if limit is None:
+        async with limit:
             record = await send_request(http, config.target, model, specs[i], i, t0, float(offsets[i]))
-        else:
-            async with limit:
-                record = await send_request(http, config.target, model, specs[i], i, t0, float(offsets[i]))
         if progress is not None:
             progress.advance(record)
         return record
