@@ -1,0 +1,271 @@
+"""KV-cache capacity and roofline arithmetic: `ModelShape` + `Hardware` + `Workload` -> `CapacityPlan`.
+
+Pure Python on integers and floats: no torch, no transformers (a transformers config is only read by
+attribute in `shape_from_hf_config`). `engine.planner` turns flags into these inputs and prints the plan.
+
+    weight_bytes          = params x bytes per weight
+    kv_bytes_per_token    = 2 (K and V) x layers x kv_heads x head_dim x bytes per KV element
+    kv_bytes_per_sequence = kv_bytes_per_token x context_len
+    kv_budget_bytes       = floor(gpu_memory x memory_fraction) - weight_bytes
+    num_blocks            = floor(kv_budget_bytes / (block_size x kv_bytes_per_token))
+    max_concurrent_seqs   = floor(num_blocks / ceil(context_len / block_size))
+    decode step bytes     = weight_bytes + batch x context_len x kv_bytes_per_token
+    decode step >= max(bytes / bandwidth, decode FLOPs / compute)         (lower bound on TPOT)
+    prefill FLOPs         = 2 x dense_params x n + 2 x vocab x hidden + 2 x layers x heads x head_dim x n(n+1)
+    TTFT >= max(prefill FLOPs / compute, weight_bytes / bandwidth)
+
+The budget ignores activations, CUDA graphs and the framework's own memory, so capacity is an upper bound
+and the times are lower bounds: a real server does worse, never better.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+WEIGHT_DTYPE_BYTES: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
+KV_DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
+_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float8": "fp8"}
+
+GIB = 1 << 30
+
+
+def dtype_name(name: str, table: dict, what: str) -> str:
+    """Canonical dtype name (fp16 for float16/half...); ValueError names `what` and the choices."""
+    canon = _ALIASES.get(name.lower(), name.lower())
+    if canon not in table:
+        raise ValueError(f"{what}: unknown dtype {name!r}; use one of {', '.join(table)}")
+    return canon
+
+
+@dataclass(frozen=True, slots=True)
+class ParamBreakdown:
+    """Where a dense decoder's parameters are (counts, not bytes)."""
+
+    embedding: int  # the input token table: a lookup, no FLOPs
+    attention: int  # all layers: q/k/v/o projections (+ biases, + q/k norms)
+    mlp: int  # all layers: gate, up, down
+    norms: int  # all layers' RMSNorms + the final norm
+    lm_head: int  # 0 when tied to the embedding
+
+    @property
+    def total(self) -> int:
+        return self.embedding + self.attention + self.mlp + self.norms + self.lm_head
+
+
+@dataclass(frozen=True, slots=True)
+class ModelShape:
+    """What the planner needs to know about a model."""
+
+    name: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    num_params: int
+    hidden_size: int | None = None
+    num_heads: int | None = None  # query heads, for the attention FLOPs
+    vocab_size: int | None = None
+    breakdown: ParamBreakdown | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("num_layers", "num_kv_heads", "head_dim", "num_params"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field}: must be >= 1, got {getattr(self, field)}")
+        if self.breakdown is not None and self.breakdown.total != self.num_params:
+            raise ValueError(f"num_params: {self.num_params} disagrees with the breakdown's {self.breakdown.total}")
+
+    @property
+    def dense_params(self) -> int:
+        """Weights every prompt token is multiplied by: all but the embedding table and the lm_head (the
+        lm_head runs once, for the last token). Without a breakdown: every parameter (an overestimate)."""
+        if self.breakdown is None:
+            return self.num_params
+        return self.num_params - self.breakdown.embedding - self.breakdown.lm_head
+
+
+def count_params(cfg) -> ParamBreakdown:
+    """Parameter counts of a Llama-style dense decoder (Llama, Mistral, Qwen2/3, SmolLM) from its HF config."""
+    if any(getattr(cfg, k, None) for k in ("num_experts", "num_local_experts", "n_routed_experts")):
+        raise ValueError("model: mixture-of-experts configs are not supported; give --num-params etc. explicitly")
+    h, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or h // heads
+    model_type = getattr(cfg, "model_type", "")
+    q_out, kv_out = heads * head_dim, kv_heads * head_dim
+    attn = h * q_out + 2 * h * kv_out + q_out * h
+    if model_type == "qwen2":
+        attn += q_out + 2 * kv_out  # q/k/v biases, no o_proj bias
+    elif getattr(cfg, "attention_bias", False):
+        attn += q_out + 2 * kv_out + h
+    if model_type.startswith("qwen3"):
+        attn += 2 * head_dim  # per-head RMSNorm on q and k
+    inter = cfg.intermediate_size
+    mlp = 3 * h * inter + (2 * inter + h if getattr(cfg, "mlp_bias", False) else 0)
+    return ParamBreakdown(
+        embedding=vocab * h,
+        attention=layers * attn,
+        mlp=layers * mlp,
+        norms=layers * 2 * h + h,
+        lm_head=0 if getattr(cfg, "tie_word_embeddings", False) else vocab * h,
+    )
+
+
+def shape_from_hf_config(cfg, name: str) -> ModelShape:
+    cfg = getattr(cfg, "text_config", None) or cfg
+    breakdown = count_params(cfg)
+    heads = cfg.num_attention_heads
+    return ModelShape(
+        name=name,
+        num_layers=cfg.num_hidden_layers,
+        num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+        num_params=breakdown.total,
+        hidden_size=cfg.hidden_size,
+        num_heads=heads,
+        vocab_size=cfg.vocab_size,
+        breakdown=breakdown,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Hardware:
+    """One accelerator. Memory in bytes; bandwidth in bytes/s; compute in FLOP/s (dense, the weight dtype)."""
+
+    name: str
+    memory_bytes: int
+    bandwidth: float
+    flops: float
+
+    def __post_init__(self) -> None:
+        if self.memory_bytes < 1 or not self.bandwidth > 0 or not self.flops > 0:
+            raise ValueError(f"gpu: memory, bandwidth and flops must be > 0, got {self}")
+
+
+# Vendor datasheets. Memory "GB" on these datasheets is binary (a "24 GB" RTX 4090 shows 24564 MiB in
+# nvidia-smi), so it is taken as GiB. Bandwidth and FLOP/s are decimal; FLOP/s are dense BF16 tensor-core
+# numbers (the datasheets' larger figures assume 2:4 sparsity).
+GPU_PRESETS: dict[str, Hardware] = {
+    "H200": Hardware("H200 SXM 141GB", 141 * GIB, 4.8e12, 989e12),
+    "H100": Hardware("H100 SXM 80GB", 80 * GIB, 3.35e12, 989e12),
+    "A100-80GB": Hardware("A100 SXM 80GB", 80 * GIB, 2.039e12, 312e12),
+    "L4": Hardware("L4 24GB", 24 * GIB, 0.3e12, 121e12),
+    "RTX-4090": Hardware("GeForce RTX 4090 24GB", 24 * GIB, 1.008e12, 165.2e12),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What the plan is for. `batch_size` None: as many sequences as the KV cache holds (at least 1)."""
+
+    weight_dtype: str = "bf16"
+    kv_dtype: str = "bf16"
+    memory_fraction: float = 0.9
+    context_len: int = 2048
+    block_size: int = 16
+    batch_size: int | None = None
+    prompt_len: int | None = None  # for TTFT; None: context_len
+
+    def __post_init__(self) -> None:
+        dtype_name(self.weight_dtype, WEIGHT_DTYPE_BYTES, "dtype")
+        dtype_name(self.kv_dtype, KV_DTYPE_BYTES, "kv_dtype")
+        if not 0 < self.memory_fraction <= 1:
+            raise ValueError(f"memory_fraction: must be in (0, 1], got {self.memory_fraction}")
+        for field in ("context_len", "block_size"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field}: must be >= 1, got {getattr(self, field)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if self.prompt_len is not None and self.prompt_len < 1:
+            raise ValueError(f"prompt_len: must be >= 1, got {self.prompt_len}")
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityPlan:
+    """Every number the planner reports (bytes, seconds, FLOPs, tokens/s)."""
+
+    weight_bytes_per_param: float
+    kv_bytes_per_element: int
+    weight_bytes: int
+    kv_bytes_per_token: int
+    kv_bytes_per_sequence: int
+    usable_memory_bytes: int  # floor(memory x fraction)
+    kv_budget_bytes: int  # usable - weights (negative: the weights do not fit)
+    block_bytes: int
+    num_blocks: int
+    num_kv_tokens: int
+    blocks_per_sequence: int
+    max_concurrent_sequences: int
+    batch_size: int
+    decode_step_bytes: int
+    decode_step_flops: float
+    decode_step_memory_s: float
+    decode_step_compute_s: float
+    decode_step_lower_bound_s: float  # a lower bound on TPOT at this batch and context
+    max_output_tokens_per_s: float  # batch / decode step: an upper bound
+    prompt_len: int
+    prefill_dense_flops: float
+    prefill_attention_flops: float
+    prefill_flops: float
+    prefill_compute_s: float
+    prefill_memory_s: float
+    ttft_lower_bound_s: float
+
+    @property
+    def weights_fit(self) -> bool:
+        return self.kv_budget_bytes > 0
+
+
+def plan_capacity(model: ModelShape, gpu: Hardware, work: Workload) -> CapacityPlan:
+    """The capacity and roofline numbers for `model` on `gpu` under `work` (see the module docstring)."""
+    w_bytes = WEIGHT_DTYPE_BYTES[dtype_name(work.weight_dtype, WEIGHT_DTYPE_BYTES, "dtype")]
+    kv_elem = KV_DTYPE_BYTES[dtype_name(work.kv_dtype, KV_DTYPE_BYTES, "kv_dtype")]
+    weight_bytes = math.ceil(model.num_params * w_bytes)
+    kv_token = 2 * model.num_layers * model.num_kv_heads * model.head_dim * kv_elem
+    usable = math.floor(gpu.memory_bytes * work.memory_fraction)
+    budget = usable - weight_bytes
+    block_bytes = work.block_size * kv_token
+    blocks = max(budget, 0) // block_bytes
+    blocks_per_seq = -(-work.context_len // work.block_size)
+    max_seqs = blocks // blocks_per_seq
+    batch = work.batch_size if work.batch_size is not None else max(max_seqs, 1)
+
+    heads = model.num_heads or 0  # unknown query heads: no attention FLOPs term
+    step_bytes = weight_bytes + batch * work.context_len * kv_token
+    step_flops = 2.0 * model.dense_params * batch + 4.0 * model.num_layers * heads * model.head_dim * work.context_len * batch
+    mem_s, comp_s = step_bytes / gpu.bandwidth, step_flops / gpu.flops
+    step_s = max(mem_s, comp_s)
+
+    n = work.prompt_len or work.context_len
+    logits = 2.0 * (model.vocab_size or 0) * (model.hidden_size or 0) if model.breakdown is not None else 0.0
+    dense = 2.0 * model.dense_params * n + logits
+    attention = 2.0 * model.num_layers * heads * model.head_dim * n * (n + 1)
+    prefill = dense + attention
+    return CapacityPlan(
+        weight_bytes_per_param=w_bytes,
+        kv_bytes_per_element=kv_elem,
+        weight_bytes=weight_bytes,
+        kv_bytes_per_token=kv_token,
+        kv_bytes_per_sequence=kv_token * work.context_len,
+        usable_memory_bytes=usable,
+        kv_budget_bytes=budget,
+        block_bytes=block_bytes,
+        num_blocks=blocks,
+        num_kv_tokens=blocks * work.block_size,
+        blocks_per_sequence=blocks_per_seq,
+        max_concurrent_sequences=max_seqs,
+        batch_size=batch,
+        decode_step_bytes=step_bytes,
+        decode_step_flops=step_flops,
+        decode_step_memory_s=mem_s,
+        decode_step_compute_s=comp_s,
+        decode_step_lower_bound_s=step_s,
+        max_output_tokens_per_s=batch / step_s,
+        prompt_len=n,
+        prefill_dense_flops=dense,
+        prefill_attention_flops=attention,
+        prefill_flops=prefill,
+        prefill_compute_s=prefill / gpu.flops,
+        prefill_memory_s=weight_bytes / gpu.bandwidth,
+        ttft_lower_bound_s=max(prefill / gpu.flops, weight_bytes / gpu.bandwidth),
+    )

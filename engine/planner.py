@@ -1,0 +1,189 @@
+"""`kvserve plan`: how much KV cache fits, how many sequences it serves, and how fast a step can be.
+
+Flags pick a model shape (a model directory or GGUF file, a named shape, or explicit numbers), a GPU
+(a datasheet preset or custom numbers) and a workload; `engine.capacity.plan_capacity` does the
+arithmetic; this module only turns flags into its inputs and prints the result with the formulas filled
+in (or as JSON with `--json`). Only reading a model's config imports transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from engine.capacity import (GIB, GPU_PRESETS, KV_DTYPE_BYTES, WEIGHT_DTYPE_BYTES, CapacityPlan, Hardware,
+                             ModelShape, Workload, dtype_name, plan_capacity, shape_from_hf_config)
+
+TIGHT_FIT_SEQUENCES = 16  # below this many concurrent sequences, the output explains why
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    m = parser.add_argument_group("model (one of: --model, --model-config, explicit numbers)")
+    m.add_argument("--model", default=None, help="HF model directory or .gguf file (default: SmolLM2-135M-Instruct)")
+    m.add_argument("--model-config", default=None, help="a named shape, e.g. llama-7b, llama-3.1-8b, qwen3-0.6b")
+    m.add_argument("--num-layers", type=int, default=None, help="explicit shape: transformer layers")
+    m.add_argument("--num-kv-heads", type=int, default=None, help="explicit shape: key/value heads")
+    m.add_argument("--head-dim", type=int, default=None, help="explicit shape: dimension of one head")
+    m.add_argument("--num-params", type=float, default=None, help="explicit shape: parameter count (e.g. 7e9)")
+    m.add_argument("--hidden-size", type=int, default=None, help="explicit shape, optional: hidden size")
+    m.add_argument("--num-heads", type=int, default=None, help="explicit shape, optional: query heads (attention FLOPs)")
+
+    g = parser.add_argument_group("GPU (a preset, optionally with fields overridden)")
+    g.add_argument("--gpu", choices=sorted(GPU_PRESETS), default="H100", help="datasheet preset (default H100)")
+    g.add_argument("--gpu-memory", type=float, default=None, help="memory in GiB (datasheet 'GB' of HBM/GDDR is binary)")
+    g.add_argument("--bandwidth", type=float, default=None, help="memory bandwidth in TB/s")
+    g.add_argument("--flops", type=float, default=None, help="dense compute in TFLOP/s at the weight dtype")
+
+    w = parser.add_argument_group("workload")
+    w.add_argument("--dtype", default="bf16", help=f"weight dtype: {', '.join(WEIGHT_DTYPE_BYTES)} (default bf16)")
+    w.add_argument("--kv-dtype", default="auto", help=f"KV-cache dtype: {', '.join(KV_DTYPE_BYTES)} or auto = the weight dtype, bf16 for fp8/int weights")
+    w.add_argument("--memory-fraction", type=float, default=0.9, help="share of GPU memory for weights + KV cache (default 0.9)")
+    w.add_argument("--context-len", type=int, default=2048, help="tokens per sequence (prompt + output) (default 2048)")
+    w.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default 16)")
+    w.add_argument("--batch-size", type=int, default=None, help="sequences per decode step (default: as many as fit)")
+    w.add_argument("--prompt-len", type=int, default=None, help="prompt tokens for the TTFT bound (default: --context-len)")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+
+
+def shape_from_args(args: argparse.Namespace) -> ModelShape:
+    explicit = [args.num_layers, args.num_kv_heads, args.head_dim, args.num_params]
+    chosen = sum([args.model is not None, args.model_config is not None, any(v is not None for v in explicit)])
+    if chosen > 1:
+        raise ValueError("model: give one of --model, --model-config or explicit --num-layers/--num-kv-heads/--head-dim/--num-params")
+    if any(v is not None for v in explicit):
+        if any(v is None for v in explicit):
+            raise ValueError("model: explicit shapes need all of --num-layers, --num-kv-heads, --head-dim and --num-params")
+        return ModelShape("custom", args.num_layers, args.num_kv_heads, args.head_dim, int(args.num_params),
+                          hidden_size=args.hidden_size, num_heads=args.num_heads)
+    if args.model_config is not None:
+        from engine.models.shapes import named_config
+        return shape_from_hf_config(named_config(args.model_config), args.model_config)
+    from engine.models.resolve import DEFAULT_MODEL_NAME, load_hf_config
+    from pathlib import Path
+    name = DEFAULT_MODEL_NAME if args.model is None else Path(args.model).stem
+    return shape_from_hf_config(load_hf_config(args.model), name)
+
+
+def gpu_from_args(args: argparse.Namespace) -> Hardware:
+    gpu = GPU_PRESETS[args.gpu]
+    overrides = {}
+    if args.gpu_memory is not None:
+        overrides["memory_bytes"] = int(args.gpu_memory * GIB)
+    if args.bandwidth is not None:
+        overrides["bandwidth"] = args.bandwidth * 1e12
+    if args.flops is not None:
+        overrides["flops"] = args.flops * 1e12
+    if overrides:
+        gpu = dataclasses.replace(gpu, name=f"custom ({args.gpu} with {', '.join(sorted(overrides))} set)", **overrides)
+    return gpu
+
+
+def workload_from_args(args: argparse.Namespace) -> Workload:
+    weight = dtype_name(args.dtype, WEIGHT_DTYPE_BYTES, "dtype")
+    kv = (weight if weight in ("fp32", "fp16", "bf16") else "bf16") if args.kv_dtype == "auto" else args.kv_dtype
+    return Workload(weight_dtype=weight, kv_dtype=dtype_name(kv, KV_DTYPE_BYTES, "kv_dtype"),
+                    memory_fraction=args.memory_fraction, context_len=args.context_len, block_size=args.block_size,
+                    batch_size=args.batch_size, prompt_len=args.prompt_len)
+
+
+# ---- output ------------------------------------------------------------------------------------------
+def _b(n: float) -> str:
+    """Exact bytes, then a readable size (KiB/MiB below 1 GB, decimal GB above)."""
+    if abs(n) < 1 << 20:
+        return f"{n:,.0f} B ({n / 1024:,.0f} KiB)"
+    if abs(n) < 1e9:
+        return f"{n:,.0f} B ({n / (1 << 20):,.1f} MiB)"
+    return f"{n:,.0f} B ({n / 1e9:,.2f} GB)"
+
+
+def _t(s: float) -> str:
+    return f"{s * 1e3:,.2f} ms" if s < 10 else f"{s:,.1f} s"
+
+
+def _explain_tight_fit(shape: ModelShape, gpu: Hardware, work: Workload, p: CapacityPlan) -> list[str]:
+    share = p.weight_bytes / p.usable_memory_bytes
+    lines = [f"Why only {p.max_concurrent_sequences} sequence(s) of {work.context_len} tokens?"]
+    if not p.weights_fit:
+        return lines + [f"  The weights alone ({_b(p.weight_bytes)}) exceed the usable {_b(p.usable_memory_bytes)}: "
+                        "nothing is left for a KV cache. Use a bigger GPU, quantized weights or tensor parallelism."]
+    lines += [
+        f"  The weights take {share:.0%} of the usable memory; what is left, {_b(p.kv_budget_bytes)}, must hold every",
+        f"  running sequence's keys and values, and each {work.context_len}-token sequence needs {_b(p.kv_bytes_per_sequence)}",
+        f"  ({p.kv_bytes_per_token:,} B per token: K and V, for each of {shape.num_layers} layers x {shape.num_kv_heads} KV heads x "
+        f"{shape.head_dim} dims x {p.kv_bytes_per_element} B). So only {p.max_concurrent_sequences} fit at once; more users queue.",
+        "  Paging removes fragmentation waste but cannot make the cache bigger. To serve more at once: shorten the",
+        "  context, store the KV cache in fp8 (half the bytes), use a grouped-query model (fewer KV heads: Llama-3-8B",
+        "  has 8 for 32 query heads, 4x less KV per token), quantize the weights, or use a GPU with more memory.",
+    ]
+    return lines
+
+
+def render(shape: ModelShape, gpu: Hardware, work: Workload, p: CapacityPlan) -> str:
+    heads = shape.num_heads or 0
+    out = [f"kvserve plan: {shape.name} on {gpu.name}", ""]
+    extra = ", ".join(f"{k} {v:,}" for k, v in (("query heads", shape.num_heads), ("hidden", shape.hidden_size),
+                                                   ("vocab", shape.vocab_size)) if v)
+    out.append(f"  model   {shape.num_layers} layers, {shape.num_kv_heads} KV heads x head_dim {shape.head_dim}, "
+               f"{shape.num_params:,} params" + (f" ({extra})" if extra else ""))
+    if shape.breakdown is not None:
+        b = shape.breakdown
+        out.append(f"  params  = embedding {b.embedding:,} + attention {b.attention:,} + MLP {b.mlp:,} + norms {b.norms:,}"
+                   f" + lm_head {b.lm_head:,}" + (" (tied to the embedding)" if b.lm_head == 0 else ""))
+    out.append(f"  GPU     {gpu.memory_bytes / GIB:g} GiB, {gpu.bandwidth / 1e12:g} TB/s, {gpu.flops / 1e12:g} TFLOP/s dense; "
+               f"weights {work.weight_dtype}, KV cache {work.kv_dtype}, memory fraction {work.memory_fraction:g}")
+    out += ["", "Memory"]
+    out.append(f"  weights         = params x bytes = {shape.num_params:,} x {p.weight_bytes_per_param:g} = {_b(p.weight_bytes)}")
+    out.append(f"  KV per token    = 2 x layers x kv_heads x head_dim x bytes = 2 x {shape.num_layers} x {shape.num_kv_heads} x "
+               f"{shape.head_dim} x {p.kv_bytes_per_element} = {_b(p.kv_bytes_per_token)}")
+    out.append(f"  KV per sequence = KV per token x context = {p.kv_bytes_per_token:,} x {work.context_len:,} = {_b(p.kv_bytes_per_sequence)}")
+    out.append(f"  usable memory   = memory x fraction = {gpu.memory_bytes:,} x {work.memory_fraction:g} = {_b(p.usable_memory_bytes)}")
+    out.append(f"  KV budget       = usable - weights = {p.usable_memory_bytes:,} - {p.weight_bytes:,} = {_b(p.kv_budget_bytes)}")
+    out.append(f"  KV blocks       = budget / (block_size x KV per token) = {max(p.kv_budget_bytes, 0):,} / ({work.block_size} x "
+               f"{p.kv_bytes_per_token:,}) = {p.num_blocks:,} blocks = {p.num_kv_tokens:,} tokens")
+    out.append(f"  max sequences   = blocks / ceil(context / block_size) = {p.num_blocks:,} / {p.blocks_per_sequence:,} = "
+               f"{p.max_concurrent_sequences:,} concurrent sequences of {work.context_len:,} tokens")
+    fits = "" if p.batch_size <= p.max_concurrent_sequences else f" (more than the {p.max_concurrent_sequences} that fit)"
+    out += ["", f"Decode step roofline (batch {p.batch_size}{fits}, every sequence at {work.context_len:,} tokens)"]
+    out.append(f"  bytes read      = weights + batch x context x KV per token = {p.weight_bytes:,} + {p.batch_size} x "
+               f"{work.context_len:,} x {p.kv_bytes_per_token:,} = {_b(p.decode_step_bytes)}")
+    out.append(f"  memory time     = bytes / bandwidth = {_t(p.decode_step_memory_s)}")
+    out.append(f"  compute time    = (2 x dense_params x batch + 4 x layers x heads x head_dim x context x batch) / compute = "
+               f"{p.decode_step_flops / 1e12:,.3f} TFLOP / {gpu.flops / 1e12:g} TFLOP/s = {_t(p.decode_step_compute_s)}")
+    bound = "memory-bound" if p.decode_step_memory_s >= p.decode_step_compute_s else "compute-bound"
+    out.append(f"  TPOT           >= {_t(p.decode_step_lower_bound_s)} ({bound}) -> output <= {p.max_output_tokens_per_s:,.0f} tok/s "
+               f"in all, {1 / p.decode_step_lower_bound_s:,.1f} tok/s per sequence")
+    out += ["", f"Prefill roofline (one {p.prompt_len:,}-token prompt)"]
+    out.append(f"  FLOPs           = 2 x dense_params x n + 2 x vocab x hidden + 2 x layers x heads x head_dim x n(n+1)")
+    out.append(f"                  = {p.prefill_dense_flops / 1e12:,.3f} + {p.prefill_attention_flops / 1e12:,.3f} (attention) "
+               f"= {p.prefill_flops / 1e12:,.3f} TFLOP   (dense_params = {shape.dense_params:,}, heads = {heads})")
+    pbound = "compute-bound" if p.prefill_compute_s >= p.prefill_memory_s else "memory-bound"
+    out.append(f"  TTFT           >= max(FLOPs / compute, weights / bandwidth) = max({_t(p.prefill_compute_s)}, "
+               f"{_t(p.prefill_memory_s)}) = {_t(p.ttft_lower_bound_s)} ({pbound})")
+    out += ["", "Bounds ignore activations, CUDA graphs and framework memory: a real server fits fewer and runs slower."]
+    if p.max_concurrent_sequences < TIGHT_FIT_SEQUENCES:
+        out += [""] + _explain_tight_fit(shape, gpu, work, p)
+    return "\n".join(out)
+
+
+def to_json(shape: ModelShape, gpu: Hardware, work: Workload, p: CapacityPlan) -> dict:
+    return {
+        "model": {**dataclasses.asdict(shape), "dense_params": shape.dense_params},
+        "gpu": dataclasses.asdict(gpu),
+        "workload": dataclasses.asdict(work),
+        **dataclasses.asdict(p),
+        "weights_fit": p.weights_fit,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        shape = shape_from_args(args)
+        gpu, work = gpu_from_args(args), workload_from_args(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    plan = plan_capacity(shape, gpu, work)
+    print(json.dumps(to_json(shape, gpu, work, plan), indent=2) if args.json else render(shape, gpu, work, plan))
+    return 0

@@ -1,0 +1,163 @@
+"""The server's own view: scrape Prometheus `/metrics` before and after a run and report the deltas.
+
+Metric names are vLLM's, under the prefix `kvserve:` (or `vllm:` when the server is vLLM). Samples are
+summed over labels (model name, engine index), except `request_success_total`, which is also kept per
+`finished_reason`. Counters that a server does not export come back as None, not 0.
+
+A server may count a request a moment after its stream ends, so the scrape after a run is repeated
+(briefly, see `settled_delta`) until the server has counted at least as many successes as the client saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+PREFIXES = ("kvserve:", "vllm:")
+
+# ServerMetricsDelta field -> sample names (without prefix) tried in order, older vLLM names last
+_COUNTERS = {
+    "preemptions": ("num_preemptions_total",),
+    "prefix_cache_queries": ("prefix_cache_queries_total", "gpu_prefix_cache_queries_total"),
+    "prefix_cache_hits": ("prefix_cache_hits_total", "gpu_prefix_cache_hits_total"),
+    "queue_time_sum_s": ("request_queue_time_seconds_sum",),
+    "queue_time_count": ("request_queue_time_seconds_count",),
+    "prompt_tokens": ("prompt_tokens_total",),
+    "generation_tokens": ("generation_tokens_total",),
+}
+_SUCCESS = "request_success_total"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """Every sample of one scrape: (sample name, sorted labels) -> value."""
+
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+    @staticmethod
+    def parse(text: str) -> "MetricsSnapshot":
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                samples[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
+        return MetricsSnapshot(samples)
+
+    def prefix(self) -> str | None:
+        """The first of PREFIXES that any sample name starts with."""
+        names = {name for name, _ in self.samples}
+        return next((p for p in PREFIXES if any(n.startswith(p) for n in names)), None)
+
+    def total(self, name: str) -> float | None:
+        """Sum of every sample called `name` over all labels; None when there is none."""
+        values = [v for (n, _), v in self.samples.items() if n == name]
+        return sum(values) if values else None
+
+    def by_label(self, name: str, label: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for (n, labels), v in self.samples.items():
+            if n == name:
+                key = dict(labels).get(label, "")
+                out[key] = out.get(key, 0.0) + v
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMetricsDelta:
+    """After minus before, for the counters a load test cares about. None = not exported by the server."""
+
+    prefix: str
+    preemptions: float | None = None
+    prefix_cache_queries: float | None = None  # tokens looked up in the prefix cache
+    prefix_cache_hits: float | None = None  # tokens found there
+    queue_time_sum_s: float | None = None
+    queue_time_count: float | None = None
+    prompt_tokens: float | None = None
+    generation_tokens: float | None = None
+    requests_succeeded: float | None = None
+    requests_by_finished_reason: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def prefix_cache_hit_rate(self) -> float | None:
+        """hits / queries over the run (token-weighted), None when nothing was looked up."""
+        if not self.prefix_cache_queries or self.prefix_cache_hits is None:
+            return None
+        return self.prefix_cache_hits / self.prefix_cache_queries
+
+    @property
+    def mean_queue_time_s(self) -> float | None:
+        if not self.queue_time_count or self.queue_time_sum_s is None:
+            return None
+        return self.queue_time_sum_s / self.queue_time_count
+
+    def to_dict(self) -> dict:
+        return {
+            "prefix": self.prefix,
+            "preemptions": self.preemptions,
+            "prefix_cache_queries": self.prefix_cache_queries,
+            "prefix_cache_hits": self.prefix_cache_hits,
+            "prefix_cache_hit_rate": self.prefix_cache_hit_rate,
+            "mean_queue_time_ms": None if self.mean_queue_time_s is None else self.mean_queue_time_s * 1e3,
+            "queue_time_count": self.queue_time_count,
+            "prompt_tokens": self.prompt_tokens,
+            "generation_tokens": self.generation_tokens,
+            "requests_succeeded": self.requests_succeeded,
+            "requests_by_finished_reason": dict(self.requests_by_finished_reason),
+        }
+
+
+def metrics_delta(before: MetricsSnapshot, after: MetricsSnapshot) -> ServerMetricsDelta | None:
+    """The deltas between two scrapes, or None when neither carries kvserve:/vllm: metrics."""
+    prefix = after.prefix() or before.prefix()
+    if prefix is None:
+        return None
+
+    def delta(names: tuple[str, ...]) -> float | None:
+        for name in names:
+            a = after.total(prefix + name)
+            if a is not None:
+                return a - (before.total(prefix + name) or 0.0)
+        return None
+
+    b_reason = before.by_label(prefix + _SUCCESS, "finished_reason")
+    a_reason = after.by_label(prefix + _SUCCESS, "finished_reason")
+    by_reason = {k: v - b_reason.get(k, 0.0) for k, v in sorted(a_reason.items())}
+    return ServerMetricsDelta(
+        prefix=prefix,
+        **{key: delta(names) for key, names in _COUNTERS.items()},
+        requests_succeeded=sum(by_reason.values()) if a_reason else None,
+        requests_by_finished_reason=by_reason,
+    )
+
+
+async def scrape(http: httpx.AsyncClient, root: str, headers: dict[str, str] | None = None) -> MetricsSnapshot | None:
+    """GET {root}/metrics; None when the server has no such endpoint or it cannot be read."""
+    try:
+        resp = await http.get(root + "/metrics", headers=headers or {})
+    except httpx.HTTPError:
+        return None
+    if resp.status_code != 200:
+        return None
+    try:
+        return MetricsSnapshot.parse(resp.text)
+    except ValueError:
+        return None
+
+
+async def settled_delta(http: httpx.AsyncClient, root: str, headers: dict[str, str], before: MetricsSnapshot,
+                        completed: int, *, timeout_s: float = 2.0, interval_s: float = 0.05) -> ServerMetricsDelta | None:
+    """Scrape until the server's success count has grown by `completed` since `before`, or `timeout_s` passed.
+
+    The last delta is returned either way; a server without a success counter is scraped once.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = await scrape(http, root, headers)
+        delta = None if after is None else metrics_delta(before, after)
+        if (delta is None or delta.requests_succeeded is None or delta.requests_succeeded >= completed
+                or time.monotonic() >= deadline):
+            return delta
+        await asyncio.sleep(interval_s)
