@@ -1,8 +1,9 @@
 """Paged attention in plain torch: the CPU path and the engine-level oracle for the Triton kernels.
 
 Per step it precomputes gather indices (a `TorchPlan`), so each layer does one batched SDPA call for all
-decoding sequences (keys gathered from their blocks into a padded [S, L] layout with a mask) and one SDPA
-call per prefilling sequence. A prefill with no earlier context attends to its freshly computed K/V directly
+decoding sequences (their blocks gathered whole into a padded [S, blocks x block_size] layout with a mask)
+and one SDPA call per prefilling sequence. Gathering whole blocks moves the same bytes as gathering slots
+but with 1/block_size as many index operations. A prefill with no earlier context attends to its freshly computed K/V directly
 (plain causal attention); a chunked prefill or a prefix-cache hit gathers its earlier keys from the cache.
 """
 
@@ -21,21 +22,17 @@ from .metadata import AttentionMetadata
 class PrefillSeq:
     q_start: int
     q_end: int
-    kv_slots: torch.Tensor | None  # [L] flat slot ids of all L keys; None when q covers the whole context
+    kv_blocks: torch.Tensor | None  # [nblk] block ids holding the L keys; None when q covers the whole context
+    kv_len: int
     mask: torch.Tensor | None  # [q_len, L] bool, True = attend
 
 
 @dataclass(frozen=True, slots=True)
 class TorchPlan:
     decode_rows: torch.Tensor | None  # [Sd] query rows of decoding sequences
-    decode_slots: torch.Tensor | None  # [Sd, Lmax] flat slot ids (0 where padded)
-    decode_mask: torch.Tensor | None  # [Sd, 1, 1, Lmax] bool
+    decode_blocks: torch.Tensor | None  # [Sd, Bmax] block ids (0 where padded)
+    decode_mask: torch.Tensor | None  # [Sd, 1, 1, Bmax * block_size] bool
     prefills: tuple[PrefillSeq, ...]
-
-
-def _slots(block_row: np.ndarray, length: int, block_size: int) -> np.ndarray:
-    pos = np.arange(length)
-    return block_row[pos // block_size].astype(np.int64) * block_size + pos % block_size
 
 
 class TorchAttentionBackend:
@@ -45,53 +42,56 @@ class TorchAttentionBackend:
              device: torch.device) -> TorchPlan:
         cu = np.concatenate([[0], np.cumsum(query_lens)])
         decode = np.flatnonzero(query_lens == 1)
-        decode_rows = decode_slots = decode_mask = None
+        decode_rows = decode_blocks = decode_mask = None
         if len(decode):
-            lmax = int(seq_lens[decode].max())
-            pos = np.arange(lmax)
-            bt = block_tables[decode]
-            slots = bt[:, np.minimum(pos // block_size, bt.shape[1] - 1)].astype(np.int64) * block_size + pos % block_size
-            mask = pos[None, :] < seq_lens[decode][:, None]
-            slots = np.where(mask, slots, 0)
+            lens = seq_lens[decode]
+            nblk = -(-lens // block_size)
+            bmax = int(nblk.max())
+            blocks = np.where(np.arange(bmax)[None, :] < nblk[:, None], block_tables[decode, :bmax], 0)
+            mask = np.arange(bmax * block_size)[None, :] < lens[:, None]
             decode_rows = torch.from_numpy(cu[decode].astype(np.int64)).to(device)
-            decode_slots = torch.from_numpy(slots).to(device)
+            decode_blocks = torch.from_numpy(blocks.astype(np.int64)).to(device)
             decode_mask = torch.from_numpy(mask[:, None, None, :]).to(device)
         prefills = []
         for s in np.flatnonzero(query_lens > 1):
             q_len, kv_len = int(query_lens[s]), int(seq_lens[s])
             if q_len == kv_len:
-                prefills.append(PrefillSeq(int(cu[s]), int(cu[s + 1]), None, None))
+                prefills.append(PrefillSeq(int(cu[s]), int(cu[s + 1]), None, kv_len, None))
                 continue
-            slots = torch.from_numpy(_slots(block_tables[s], kv_len, block_size)).to(device)
+            blocks = torch.from_numpy(block_tables[s, :-(-kv_len // block_size)].astype(np.int64)).to(device)
             q_pos = np.arange(kv_len - q_len, kv_len)
             mask = torch.from_numpy(np.arange(kv_len)[None, :] <= q_pos[:, None]).to(device)
-            prefills.append(PrefillSeq(int(cu[s]), int(cu[s + 1]), slots, mask))
-        return TorchPlan(decode_rows, decode_slots, decode_mask, tuple(prefills))
+            prefills.append(PrefillSeq(int(cu[s]), int(cu[s + 1]), blocks, kv_len, mask))
+        return TorchPlan(decode_rows, decode_blocks, decode_mask, tuple(prefills))
 
     def store_kv(self, key, value, key_cache, value_cache, meta: AttentionMetadata) -> None:
         _, block_size, kvh, d = key_cache.shape
         slots = meta.slot_mapping
+        if len(slots) and int(slots.min()) < 0:  # slot -1 = skip this token (padding)
+            keep = slots >= 0
+            slots, key, value = slots[keep], key[keep], value[keep]
         key_cache.view(-1, kvh, d).index_copy_(0, slots, key)
         value_cache.view(-1, kvh, d).index_copy_(0, slots, value)
 
     def attention(self, query, key, value, key_cache, value_cache, meta: AttentionMetadata, scale: float):
         plan: TorchPlan = meta.plan
         kvh, d = key_cache.shape[2], key_cache.shape[3]
-        k_flat, v_flat = key_cache.view(-1, kvh, d), value_cache.view(-1, kvh, d)
         out = torch.empty_like(query)
         if plan.decode_rows is not None:
+            sd = plan.decode_blocks.shape[0]
             q = query.index_select(0, plan.decode_rows).unsqueeze(2)  # [Sd, H, 1, D]
-            k = k_flat[plan.decode_slots].transpose(1, 2)  # [Sd, KVH, L, D]
-            v = v_flat[plan.decode_slots].transpose(1, 2)
+            k = key_cache[plan.decode_blocks].view(sd, -1, kvh, d).transpose(1, 2)  # [Sd, KVH, L, D]
+            v = value_cache[plan.decode_blocks].view(sd, -1, kvh, d).transpose(1, 2)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.decode_mask, scale=scale, enable_gqa=True)
             out.index_copy_(0, plan.decode_rows, o.squeeze(2))
         for p in plan.prefills:
             q = query[p.q_start:p.q_end].transpose(0, 1)  # [H, q_len, D]
-            if p.kv_slots is None:
+            if p.kv_blocks is None:
                 k, v = key[p.q_start:p.q_end].transpose(0, 1), value[p.q_start:p.q_end].transpose(0, 1)
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
             else:
-                k, v = k_flat[p.kv_slots].transpose(0, 1), v_flat[p.kv_slots].transpose(0, 1)
+                k = key_cache[p.kv_blocks].view(-1, kvh, d)[:p.kv_len].transpose(0, 1)
+                v = value_cache[p.kv_blocks].view(-1, kvh, d)[:p.kv_len].transpose(0, 1)
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=p.mask, scale=scale, enable_gqa=True)
             out[p.q_start:p.q_end] = o.transpose(0, 1)
         return out
