@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv serve generate test test-fast bench clean-venv
+.PHONY: venv serve generate test prometheus-check clean-venv
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ generate: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+# A real Prometheus scraping a real kvserve (needs the Debian package `prometheus`).
+prometheus-check: $(STAMP)
+	$(PY) scripts/prometheus_check.py
 
 clean-venv:
 	rm -rf $(VENV)
