@@ -1,0 +1,110 @@
+"""Helpers shared by the engine-core tests (block pool, KV-cache manager, scheduler, state machines).
+
+`run_step` is a fake model runner: it runs one scheduler step and, for every sequence that samples, appends
+`next_token(request)`, a deterministic function of the request's tokens. So a request's output depends only
+on its prompt, never on what else ran beside it or on preemption, and two equal prompts give equal outputs.
+"""
+
+from __future__ import annotations
+
+from engine.block_pool import BlockPool
+from engine.kv_cache_manager import KVCacheManager, cdiv, hash_block
+from engine.request import Request, RequestStatus
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler, SchedulerOutput
+
+BLOCK_SIZE = 4
+
+
+def make_request(request_id: str, prompt: list[int], max_tokens: int = 4, *, wait_for: str | None = None,
+                 cache_salt: str | None = None) -> Request:
+    return Request(request_id, list(prompt), SamplingParams(max_tokens=max_tokens, temperature=0.0), max_tokens,
+                   wait_for=wait_for, cache_salt=cache_salt)
+
+
+def next_token(request: Request) -> int:
+    """The fake model: the next token is a function of every token so far."""
+    return (sum(request.all_token_ids) * 31 + request.num_tokens) % 97
+
+
+def solo_output(prompt: list[int], max_tokens: int) -> list[int]:
+    """The tokens `run_step` gives a prompt when nothing else runs."""
+    req = make_request("solo", prompt, max_tokens)
+    for _ in range(max_tokens):
+        req.append_output_token(next_token(req), now=0.0)
+    return req.output_token_ids
+
+
+def run_step(sched: Scheduler) -> SchedulerOutput:
+    """schedule -> "run" -> on_step_done -> append sampled tokens -> finish those at max_tokens."""
+    out = sched.schedule()
+    sched.on_step_done(out)
+    for seq in out.seqs:
+        if seq.sample:
+            req = sched.requests[seq.request_id]
+            req.append_output_token(next_token(req), now=0.0)
+            if req.num_output_tokens >= req.max_tokens:
+                sched.finish_request(req.request_id, RequestStatus.FINISHED_LENGTH)
+    return out
+
+
+def queue_ids(pool: BlockPool) -> list[int]:
+    """Free-queue block ids, head (next to be handed out) first."""
+    return [b.block_id for b in pool.free_queue]
+
+
+def seq_view(out: SchedulerOutput) -> list[tuple[str, int, int, bool]]:
+    """(request_id, start, num_new, sample) of each scheduled sequence, in schedule order."""
+    return [(s.request_id, s.start, s.num_new, s.sample) for s in out.seqs]
+
+
+def chained_hashes(tokens: list[int], block_size: int, salt: str | None = None) -> list[bytes]:
+    """The prefix-cache key of every full block of `tokens`, computed here independently of the manager."""
+    out: list[bytes] = []
+    for i in range(len(tokens) // block_size):
+        out.append(hash_block(out[-1] if out else None, tokens[i * block_size:(i + 1) * block_size], salt))
+    return out
+
+
+def assert_kv_consistent(sched: Scheduler) -> None:
+    """Everything that must hold between two steps, for the pool, the manager and the scheduler together."""
+    kv, pool = sched.kv, sched.kv.pool
+    pool.check_invariants()
+
+    # Queues: every live request is in exactly one queue, with a status that matches it.
+    running_ids = [r.request_id for r in sched.running]
+    waiting_ids = [r.request_id for r in sched.waiting]
+    assert sorted(running_ids + waiting_ids) == sorted(sched.requests), "a request is lost or in two queues"
+    assert all(r.status == RequestStatus.RUNNING for r in sched.running)
+    assert all(r.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED) for r in sched.waiting)
+    assert len(sched.running) <= sched.config.max_num_seqs
+
+    # Blocks: a running request holds exactly the blocks its computed tokens fill; a waiting one holds none.
+    assert set(kv.req_to_blocks) <= set(running_ids), "a request that is not running holds blocks"
+    holders: dict[int, list[str]] = {}
+    for req in sched.running:
+        blocks = kv.req_to_blocks.get(req.request_id, [])
+        assert len(blocks) == cdiv(req.num_computed_tokens, kv.block_size), \
+            f"{req.request_id}: {len(blocks)} blocks for {req.num_computed_tokens} computed tokens"
+        assert kv.block_ids(req.request_id) == [b.block_id for b in blocks], "block table out of step"
+        assert len({b.block_id for b in blocks}) == len(blocks), "a block appears twice in one request"
+        hashes = chained_hashes(req.all_token_ids, kv.block_size, req.cache_salt)
+        for i, b in enumerate(blocks):
+            holders.setdefault(b.block_id, []).append(req.request_id)
+            # A cached block's content is the request's own content at that position.
+            if b.block_hash is not None:
+                assert b.block_hash == hashes[i], f"{req.request_id} block {i} ({b}) holds another prefix"
+
+    # Ref counts are exactly the number of holders; only a cached full block is shared.
+    for b in pool.blocks:
+        assert b.ref_cnt == len(holders.get(b.block_id, [])), f"{b} has holders {holders.get(b.block_id)}"
+        if b.ref_cnt > 1:
+            assert b.block_hash is not None, f"{b} is shared by {holders[b.block_id]} but is not a cached block"
+
+
+def assert_all_free(kv: KVCacheManager) -> None:
+    pool = kv.pool
+    pool.check_invariants()
+    assert pool.num_free_blocks == pool.num_blocks
+    assert [b.ref_cnt for b in pool.blocks] == [0] * pool.num_blocks
+    assert kv.req_to_blocks == {} and kv.req_to_block_ids == {}
