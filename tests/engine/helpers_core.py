@@ -38,6 +38,12 @@ def solo_output(prompt: list[int], max_tokens: int) -> list[int]:
 def run_step(sched: Scheduler) -> SchedulerOutput:
     """schedule -> "run" -> on_step_done -> append sampled tokens -> finish those at max_tokens."""
     out = sched.schedule()
+    complete_step(sched, out)
+    return out
+
+
+def complete_step(sched: Scheduler, out: SchedulerOutput) -> None:
+    """The fake runner's half of a step: tokens computed, one sampled per sampling sequence."""
     sched.on_step_done(out)
     for seq in out.seqs:
         if seq.sample:
@@ -45,7 +51,6 @@ def run_step(sched: Scheduler) -> SchedulerOutput:
             req.append_output_token(next_token(req), now=0.0)
             if req.num_output_tokens >= req.max_tokens:
                 sched.finish_request(req.request_id, RequestStatus.FINISHED_LENGTH)
-    return out
 
 
 def queue_ids(pool: BlockPool) -> list[int]:
