@@ -78,6 +78,12 @@ class LLMEngine:
             raise ParamError("stop", "stop strings need a tokenizer; this model has none")
         arrival = time.time() if arrival_time is None else arrival_time
         ids = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
+        # Sequence ids share one namespace with request ids ("x" with n=2 runs "x#0", "x#1"): check them
+        # all before queueing any, so a clash can neither leave half a request running nor join another's.
+        in_use = {rid for seq_ids in self._children.values() for rid in seq_ids}
+        taken = next((rid for rid in ids if rid in in_use), None)
+        if taken is not None:
+            raise ParamError("request_id", f"{request_id!r} clashes with sequence {taken!r} of a request in progress")
         share = params.n > 1 and self.config.cache.enable_prefix_caching and len(prompt_ids) > self.config.cache.block_size
         for i, rid in enumerate(ids):
             req = Request(rid, prompt_ids, params, max_tokens, self.eos_token_ids, parent_id=request_id, index=i,

@@ -372,3 +372,28 @@ def test_engine_siblings_reuse_the_first_sequences_prompt_blocks(tiny_llama_dir)
     tokens, last, _ = run_to_completion(engine)
     assert {k: d.num_cached_tokens for k, d in last.items()} == {("p", 0): 0, ("p", 1): 8, ("p", 2): 8}
     assert_all_free(engine.kv)
+
+
+def test_engine_rejects_a_request_whose_sequence_id_is_in_use_and_changes_nothing(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir, num_blocks=16)
+    engine.add_request("z#2", [5, 6, 7], SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+    with pytest.raises(ValueError, match="^request_id: ") as info:
+        engine.add_request("z", [5, 6, 7], SamplingParams(n=3, max_tokens=2, temperature=0.0))
+    assert list(engine.scheduler.requests) == ["z#2"]
+    assert info.value.param == "request_id"
+    assert engine.abort_request("z") is False
+    tokens, _, _ = run_to_completion(engine)
+    assert list(tokens) == [("z#2", 0)]
+    assert_all_free(engine.kv)
+
+
+def test_engine_rejects_a_request_named_like_a_sequence_of_a_request_in_progress(tiny_llama_dir):
+    engine = make_engine(tiny_llama_dir, num_blocks=16)
+    engine.add_request("x", [5, 6, 7], SamplingParams(n=2, max_tokens=2, temperature=0.0, ignore_eos=True))
+    with pytest.raises(ValueError, match="^request_id: ") as info:
+        engine.add_request("x#1", [8, 9], SamplingParams(max_tokens=2, temperature=0.0))
+    assert sorted(engine.scheduler.requests) == ["x#0", "x#1"]
+    assert info.value.param == "request_id"
+    assert engine.scheduler.requests["x#1"].prompt_token_ids == [5, 6, 7]
+    assert engine.abort_request("x") is True
+    assert engine.scheduler.requests == {}
