@@ -157,3 +157,12 @@ class BlockPool:
             assert (b.ref_cnt == 0) == (b.block_id in queued), f"{b} ref count disagrees with the free queue"
         for h, b in self.cached.items():
             assert b.block_hash == h, f"hash map points at {b} whose hash differs"
+        for b in self.blocks:
+            assert b.block_hash is None or self.cached.get(b.block_hash) is b, f"{b} has a hash the map does not know"
+        node = self.free_queue._tail
+        backwards = []
+        while node.prev is not None:
+            node = node.prev
+            if node is not self.free_queue._head:
+                backwards.append(node.block_id)
+        assert backwards[::-1] == [b.block_id for b in in_queue], "free queue's backward links disagree"

@@ -115,7 +115,7 @@ class LLMEngine:
         if n + max_tokens > limit:
             raise ParamError("max_tokens", f"the prompt ({n} tokens) plus max_tokens ({max_tokens}) is "
                                            f"{n + max_tokens} tokens, over the context window of {limit} tokens")
-        blocks = self.kv.num_blocks_for(n + max_tokens)
+        blocks = self.kv.num_blocks_for(n + max_tokens - 1)  # the last sampled token's K/V is never stored
         if blocks > self.kv.num_blocks:
             raise ParamError("max_tokens", f"the prompt ({n} tokens) plus max_tokens ({max_tokens}) needs {blocks} "
                                            f"KV blocks, but the whole cache has {self.kv.num_blocks}")

@@ -94,3 +94,11 @@ def test_abort_frees_every_block(llm):
     assert sorted((d.request_id, d.finish_reason) for d in final) == [("a", "abort"), ("b", "abort")]
     assert engine.kv.pool.num_free_blocks == engine.kv.pool.num_blocks
     assert not engine.has_unfinished_requests()
+
+
+def test_a_request_that_exactly_fills_the_cache_is_accepted(tiny_model_dir):
+    # 3 blocks of 4 = 12 slots; an 8-token prompt + 5 new tokens writes K/V for 12 tokens (the last sampled
+    # token is never fed back), so it fits exactly.
+    llm = LLM(tiny_model_dir("llama"), device="cpu", block_size=4, num_kv_blocks=3)
+    out = llm.generate([[5] * 8], SamplingParams(max_tokens=5, ignore_eos=True))[0]
+    assert len(out.token_ids) == 5
