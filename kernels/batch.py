@@ -62,8 +62,8 @@ def make_paged_batch(q_lens: list[int], seq_lens: list[int], *, num_heads: int, 
     block_tables[:] = padding.to(device)
 
     shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    key_cache = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
-    value_cache = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
+    key_cache = torch.randn(shape, generator=gen, device=device, dtype=dtype)
+    value_cache = torch.randn(shape, generator=gen, device=device, dtype=dtype)
     owned = torch.zeros((num_blocks, block_size), dtype=torch.bool, device=device)
     first = 0
     for s, (n_pages, seq_len) in enumerate(zip(pages_per_seq, seq_lens)):
@@ -76,12 +76,12 @@ def make_paged_batch(q_lens: list[int], seq_lens: list[int], *, num_heads: int, 
     value_cache[~owned] = float("nan")
 
     num_tokens = sum(q_lens)
-    query = torch.randn((num_tokens, num_heads, head_dim), generator=gen, device=device, dtype=torch.float32)
+    query = torch.randn((num_tokens, num_heads, head_dim), generator=gen, device=device, dtype=dtype)
     cu = [0]
     for q in q_lens:
         cu.append(cu[-1] + q)
     return PagedBatch(
-        query=query.to(dtype), key_cache=key_cache, value_cache=value_cache, block_tables=block_tables,
+        query=query, key_cache=key_cache, value_cache=value_cache, block_tables=block_tables,
         cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=device),
         seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
         scale=head_dim ** -0.5, q_lens=list(q_lens), context_lens=list(seq_lens),

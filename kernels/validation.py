@@ -62,11 +62,11 @@ def check_paged_attention_args(query, key_cache, value_cache, block_tables, cu_s
         raise ValueError(f"key_cache: dtype {key_cache.dtype} differs from query's {query.dtype}")
     if value_cache.dtype != query.dtype:
         raise ValueError(f"value_cache: dtype {value_cache.dtype} differs from query's {query.dtype}")
+    if cache_head_dim != head_dim:
+        raise ValueError(f"key_cache: head_dim {cache_head_dim} differs from query's {head_dim}")
     if value_cache.shape != key_cache.shape:
         raise ValueError(f"value_cache: shape {tuple(value_cache.shape)} differs from key_cache's "
                          f"{tuple(key_cache.shape)}")
-    if cache_head_dim != head_dim:
-        raise ValueError(f"key_cache: head_dim {cache_head_dim} differs from query's {head_dim}")
     if block_size < 1 or num_kv_heads < 1:
         raise ValueError(f"key_cache: block_size and num_kv_heads must be >= 1, got shape {tuple(key_cache.shape)}")
     if num_heads % num_kv_heads:
@@ -101,8 +101,6 @@ def check_store_kv_args(key, value, key_cache, value_cache, slot_mapping) -> Non
     _tensor("key_cache", key_cache, 4, FLOAT_DTYPES)
     _tensor("value_cache", value_cache, 4, FLOAT_DTYPES)
     _tensor("slot_mapping", slot_mapping, 1, SLOT_DTYPES)
-    if value.shape != key.shape:
-        raise ValueError(f"value: shape {tuple(value.shape)} differs from key's {tuple(key.shape)}")
     if value_cache.shape != key_cache.shape:
         raise ValueError(f"value_cache: shape {tuple(value_cache.shape)} differs from key_cache's "
                          f"{tuple(key_cache.shape)}")
@@ -110,6 +108,8 @@ def check_store_kv_args(key, value, key_cache, value_cache, slot_mapping) -> Non
         raise ValueError(f"key_cache: block_size must be >= 1, got shape {tuple(key_cache.shape)}")
     if key.shape[1:] != key_cache.shape[2:]:
         raise ValueError(f"key: [KVH, D] = {tuple(key.shape[1:])} differs from key_cache's {tuple(key_cache.shape[2:])}")
+    if value.shape != key.shape:
+        raise ValueError(f"value: shape {tuple(value.shape)} differs from key's {tuple(key.shape)}")
     for name, x in (("key", key), ("value", value), ("value_cache", value_cache)):
         if x.dtype != key_cache.dtype:
             raise ValueError(f"{name}: dtype {x.dtype} differs from key_cache's {key_cache.dtype}")
