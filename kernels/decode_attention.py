@@ -86,7 +86,7 @@ def _decode_kernel(
         tl.store(out_ptr + q_row * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
                  o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     else:
-        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))
+        lse = m_i + tl.math.log2(l_safe)  # an empty split keeps m_i = -inf, l_i = 0: lse = -inf, o = 0
         # Partials are [S, H, NUM_SPLITS, HEAD_DIM] and [S, H, NUM_SPLITS], contiguous fp32.
         part = (seq.to(tl.int64) * NUM_HEADS + head) * NUM_SPLITS + split
         tl.store(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], o,
@@ -131,7 +131,6 @@ def decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: 
     group = num_heads // num_kv_heads
     num_seqs = seq_lens.shape[0]
     assert tiles.block_m >= group, "decode rows must hold every query head of one KV head"
-    head_dim_pad = max(16, next_power_of_2(head_dim))
     if num_splits > 1:
         part_out = torch.empty((num_seqs, num_heads, num_splits, head_dim), dtype=torch.float32,
                                device=query.device)
@@ -144,14 +143,24 @@ def decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: 
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0),
-        NUM_HEADS=num_heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, GROUP=group,
-        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, PAGE=key_cache.shape[1], NUM_SPLITS=num_splits,
-        DOT_PRECISION=dot_precision(query.dtype),
+        **launch_constants(num_heads, head_dim, group, key_cache.shape[1], query.dtype, tiles, num_splits),
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
     if num_splits > 1:
         _reduce_splits_kernel[(num_seqs, num_heads)](
             out, part_out, part_lse, cu_seqlens_q, out.stride(0), out.stride(1),
-            NUM_HEADS=num_heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
-            NUM_SPLITS=num_splits, SPLITS_PAD=next_power_of_2(num_splits), num_warps=4,
+            **reduce_constants(num_heads, head_dim, num_splits), num_warps=4,
         )
+
+
+def launch_constants(num_heads: int, head_dim: int, group: int, block_size: int, dtype: torch.dtype,
+                     tiles: AttentionTiles, num_splits: int) -> dict:
+    """The decode kernel's constexpr arguments (shared with kernels.compile_report)."""
+    return dict(NUM_HEADS=num_heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, next_power_of_2(head_dim)), GROUP=group,
+                BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, PAGE=block_size, NUM_SPLITS=num_splits,
+                DOT_PRECISION=dot_precision(dtype))
+
+
+def reduce_constants(num_heads: int, head_dim: int, num_splits: int) -> dict:
+    return dict(NUM_HEADS=num_heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, next_power_of_2(head_dim)),
+                NUM_SPLITS=num_splits, SPLITS_PAD=next_power_of_2(num_splits))

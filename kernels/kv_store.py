@@ -46,13 +46,21 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, va
     num_tokens, num_kv_heads, head_dim = key.shape
     if num_tokens == 0:
         return
-    heads_pad = next_power_of_2(num_kv_heads)
-    head_dim_pad = next_power_of_2(head_dim)
+    constants = launch_constants(num_kv_heads, head_dim, key_cache.shape[1])
     _store_kv_kernel[(num_tokens,)](
         key, value, key_cache, value_cache, slot_mapping,
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
-        NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, HEADS_PAD=heads_pad, HEAD_DIM_PAD=head_dim_pad,
-        PAGE=key_cache.shape[1], num_warps=4 if heads_pad * head_dim_pad >= 1024 else 2,
+        **constants, num_warps=store_num_warps(constants),
     )
+
+
+def launch_constants(num_kv_heads: int, head_dim: int, block_size: int) -> dict:
+    """The store kernel's constexpr arguments (shared with kernels.compile_report)."""
+    return dict(NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, HEADS_PAD=next_power_of_2(num_kv_heads),
+                HEAD_DIM_PAD=next_power_of_2(head_dim), PAGE=block_size)
+
+
+def store_num_warps(constants: dict) -> int:
+    return 4 if constants["HEADS_PAD"] * constants["HEAD_DIM_PAD"] >= 1024 else 2

@@ -1,8 +1,9 @@
 """Launch planning for paged attention: which kernel runs, with which tiles, and how many KV splits.
 
 Everything here is plain Python (no triton), so it can be unit-tested anywhere and read by the benchmark.
-The tile choices are the tuning knobs: they are reasoned for Hopper (H200, 228 KiB shared memory per SM,
-132 SMs) but not yet measured there; change them here and nowhere else.
+The tile choices and split constants are the tuning knobs: reasoned for Hopper (H200: 132 SMs, 227 KiB of
+shared memory per block) and checked to compile without register spills (kernels.compile_report), but not yet
+timed there; change them here and nowhere else.
 
 `plan_paged_attention` never reads tensor values when the caller gives the hints it needs, so a decode step
 planned with `max_query_len=1` and a fixed `num_splits` can be captured in a CUDA graph.
@@ -20,6 +21,8 @@ DEFAULT_NUM_SMS = 132
 MAX_NUM_SPLITS = 64
 # A split should stream at least this many KV tiles, or the reduce pass costs more than the split saves.
 MIN_TILES_PER_SPLIT = 4
+# When a decode batch is split, aim for this many programs per SM so that their memory traffic overlaps.
+SPLIT_PROGRAMS_PER_SM = 2
 
 
 @dataclass(frozen=True)
@@ -56,34 +59,49 @@ def cdiv(a: int, b: int) -> int:
 def unified_tiles(head_dim: int, group: int, dtype: torch.dtype) -> AttentionTiles:
     """Tiles of the varlen kernel (prefill, chunked prefill, mixed batches).
 
-    128 rows x 64 keys with 8 warps keeps Q, one K and one V tile (16 KiB each at D=128, 16-bit) in shared
-    memory three stages deep. D=256 and fp32 double the bytes per tile, so they get half the tile.
+    16-bit, D <= 128: 128 rows x 64 keys, 8 warps (two warp groups of 64 rows for wgmma), 3 stages.
+    D = 256: 128 x 32 keys, 2 stages, to stay within registers. fp32 (a correctness dtype, not a fast one:
+    exact fp32 products run on FMA units) gets 32 x 16. `python -m kernels.compile_report` shows the shared
+    memory, registers and spills of each choice for sm_90: none of these spill.
     """
-    wide = next_power_of_2(head_dim) > 128 or dtype == torch.float32
-    tiles = AttentionTiles(64, 32, 4, 2) if wide else AttentionTiles(128, 64, 8, 3)
+    if dtype == torch.float32:
+        tiles = AttentionTiles(32, 16, 8, 2)
+    elif next_power_of_2(head_dim) > 128:
+        tiles = AttentionTiles(128, 32, 8, 2)
+    else:
+        tiles = AttentionTiles(128, 64, 8, 3)
     # At least one token per tile, however many query heads share a KV head.
     block_m = max(tiles.block_m, next_power_of_2(group))
     return AttentionTiles(block_m, tiles.block_n, tiles.num_warps, tiles.num_stages)
 
 
 def decode_tiles(head_dim: int, group: int, dtype: torch.dtype) -> AttentionTiles:
-    """Tiles of the decode kernel: one query token, its `group` heads as rows (>= 16 rows for tl.dot)."""
+    """Tiles of the decode kernel: one query token, its `group` heads as rows (>= 16 rows for tl.dot).
+
+    Decode is bandwidth-bound: what matters is bytes in flight per SM. A 64-key K+V tile of D=128 is 32 KiB,
+    prefetched one tile ahead, with two or more programs resident per SM (see choose_num_splits).
+    """
     block_m = max(16, next_power_of_2(group))
-    wide = next_power_of_2(head_dim) > 128 or dtype == torch.float32
-    return AttentionTiles(block_m, 32 if wide else 64, 4, 2 if wide else 3)
+    if dtype == torch.float32:
+        return AttentionTiles(block_m, 32, 8, 2)
+    if next_power_of_2(head_dim) > 128:
+        return AttentionTiles(block_m, 32, 4, 2)
+    return AttentionTiles(block_m, 64, 4, 3)
 
 
 def choose_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, block_n: int,
                       num_sms: int = DEFAULT_NUM_SMS) -> int:
-    """KV splits for a decode step: enough programs to fill the SMs once, never a split of < 4 tiles.
+    """KV splits for a decode step.
 
-    Without splitting the grid has num_seqs * num_kv_heads programs; a small batch then leaves most SMs idle
-    while each program streams a long context alone.
+    Without splitting the grid has num_seqs * num_kv_heads programs; a small batch then leaves SMs idle while
+    each program streams a long context alone. With fewer programs than SMs, split so that about
+    SPLIT_PROGRAMS_PER_SM programs share each SM (their loads overlap), but never into splits of fewer than
+    MIN_TILES_PER_SPLIT tiles, where the partial results and the reduce cost more than they save.
     """
     programs = max(1, num_seqs * num_kv_heads)
     if programs >= num_sms:
         return 1
-    wanted = cdiv(num_sms, programs)
+    wanted = cdiv(SPLIT_PROGRAMS_PER_SM * num_sms, programs)
     worth_it = max(1, cdiv(max(max_seq_len, 0), block_n) // MIN_TILES_PER_SPLIT)
     return max(1, min(wanted, worth_it, MAX_NUM_SPLITS))
 

@@ -36,7 +36,8 @@ def _unified_attention_kernel(
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    tile_id = tl.program_id(0)
+    # Highest tile ids first: the last tiles of a sequence see the most keys, so start them early (less tail).
+    tile_id = tl.num_programs(0) - 1 - tl.program_id(0)
     kv_head = tl.program_id(1)
 
     # Last sequence whose first tile id is <= tile_id (first_tile is strictly increasing in s).
@@ -123,8 +124,13 @@ def unified_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache:
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0),
-        HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, next_power_of_2(head_dim)), GROUP=group,
-        BLOCK_M=tiles.block_m, BLOCK_Q=block_q, BLOCK_N=tiles.block_n, PAGE=key_cache.shape[1],
-        DOT_PRECISION=dot_precision(query.dtype),
+        **launch_constants(head_dim, group, key_cache.shape[1], query.dtype, tiles),
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
+
+
+def launch_constants(head_dim: int, group: int, block_size: int, dtype: torch.dtype, tiles: AttentionTiles) -> dict:
+    """The kernel's constexpr arguments for one configuration (shared with kernels.compile_report)."""
+    return dict(HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, next_power_of_2(head_dim)), GROUP=group,
+                BLOCK_M=tiles.block_m, BLOCK_Q=tiles.tokens_per_tile(group), BLOCK_N=tiles.block_n, PAGE=block_size,
+                DOT_PRECISION=dot_precision(dtype))

@@ -21,8 +21,9 @@ def meta_batch(num_tokens, num_seqs, num_heads=32, head_dim=128, dtype=torch.bfl
 @pytest.mark.parametrize("num_seqs,num_kv_heads,max_seq_len,expected", [
     (32, 8, 32768, 1),  # 256 programs already fill 132 SMs
     (128, 8, 512, 1),
-    (1, 8, 32768, 17),  # ceil(132 / 8) splits of 30 tiles each
-    (4, 8, 8192, 5),  # ceil(132 / 32)
+    (1, 8, 32768, 33),  # ceil(2 * 132 / 8): two programs per SM, splits of 16 tiles
+    (4, 8, 8192, 9),  # ceil(2 * 132 / 32)
+    (16, 8, 8192, 3),  # 128 programs, just under one per SM
     (1, 8, 512, 2),  # 8 tiles: no split shorter than 4 tiles
     (1, 8, 100, 1),
     (1, 1, 10**6, MAX_NUM_SPLITS),
@@ -37,7 +38,7 @@ def test_decode_with_hints_never_reads_tensor_values():
     plan = plan_paged_attention(query, 8, cu, seq_lens, max_query_len=1, max_seq_len=None, num_splits=4)
     assert (plan.kind, plan.num_splits) == ("decode", 4)
     plan = plan_paged_attention(query, 8, cu, seq_lens, max_query_len=1, max_seq_len=8192, num_splits=None)
-    assert (plan.kind, plan.num_splits) == ("decode", 3)  # 64 programs -> ceil(132 / 64)
+    assert (plan.kind, plan.num_splits) == ("decode", 5)  # 64 programs -> ceil(2 * 132 / 64)
 
 
 def test_mixed_batch_with_hint_never_reads_tensor_values():
@@ -77,6 +78,6 @@ def test_head_dim_256_gets_smaller_tiles_than_128():
 
 
 def test_public_decode_num_splits_is_what_paged_attention_uses():
-    assert kernels.decode_num_splits(4, 32, 8, 128, 8192, torch.bfloat16) == 5
-    assert kernels.decode_num_splits(1, 32, 8, 128, 8192, torch.bfloat16) == 17
+    assert kernels.decode_num_splits(4, 32, 8, 128, 8192, torch.bfloat16) == 9
+    assert kernels.decode_num_splits(1, 32, 8, 128, 8192, torch.bfloat16) == 32  # 128 tiles: at least 4 per split
     assert kernels.decode_num_splits(64, 32, 8, 128, 8192, torch.bfloat16) == 1
