@@ -7,8 +7,8 @@ all GROUP = H / KVH query heads that read the program's KV head, flattened to BL
 Program id -> (sequence, tile) without host metadata: sequence s owns the ids starting at
     first_tile(s) = cu_seqlens_q[s] // BLOCK_Q + s,
 which leaves each sequence at least ceil(q_len / BLOCK_Q) ids (the "+ s" pays for its partial tile), so
-T // BLOCK_Q + S programs cover every batch whose flattened length is T. A program binary-searches
-first_tile over the S sequences and exits when its tile starts past its sequence's q_len.
+T // BLOCK_Q + S programs cover every batch whose flattened length is T. A program finds its sequence by
+counting the sequences whose first_tile is <= its id, and exits when its tile starts past that sequence's q_len.
 
     sequence s:  |<------------- seq_len --------------->|
                  |<--- ctx = seq_len - q_len --->|<q_len>|   query token i sits at position ctx + i
@@ -25,6 +25,8 @@ import triton.language as tl
 from kernels.attention_tile import attend_kv_tile
 from kernels.planning import AttentionTiles, next_power_of_2
 
+SEQ_CHUNK = 128  # sequences examined per vector load when mapping a tile to its sequence
+
 
 @triton.jit
 def _unified_attention_kernel(
@@ -34,22 +36,20 @@ def _unified_attention_kernel(
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, SEQ_CHUNK: tl.constexpr,
 ):
     # Highest tile ids first: the last tiles of a sequence see the most keys, so start them early (less tail).
     tile_id = tl.num_programs(0) - 1 - tl.program_id(0)
     kv_head = tl.program_id(1)
 
-    # Last sequence whose first tile id is <= tile_id (first_tile is strictly increasing in s).
-    lo = tile_id * 0
-    hi = lo + num_seqs
-    while lo < hi:
-        mid = (lo + hi) // 2
-        mid_first = tl.load(cu_seqlens_q_ptr + mid) // BLOCK_Q + mid
-        right = mid_first <= tile_id
-        lo = tl.where(right, mid + 1, lo)
-        hi = tl.where(right, hi, mid)
-    seq = lo - 1
+    # first_tile is strictly increasing in s, so this tile's sequence is (number of s with
+    # first_tile(s) <= tile_id) - 1: counted SEQ_CHUNK sequences per vector load, one load for most batches.
+    seq = tile_id * 0 - 1
+    for chunk in range(0, tl.cdiv(num_seqs, SEQ_CHUNK)):
+        offs_s = chunk * SEQ_CHUNK + tl.arange(0, SEQ_CHUNK)
+        s_ok = offs_s < num_seqs
+        first = tl.load(cu_seqlens_q_ptr + offs_s, mask=s_ok, other=0) // BLOCK_Q + offs_s
+        seq += tl.sum((s_ok & (first <= tile_id)).to(tl.int32), 0)
 
     q_start = tl.load(cu_seqlens_q_ptr + seq)
     q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
@@ -133,4 +133,4 @@ def launch_constants(head_dim: int, group: int, block_size: int, dtype: torch.dt
     """The kernel's constexpr arguments for one configuration (shared with kernels.compile_report)."""
     return dict(HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, next_power_of_2(head_dim)), GROUP=group,
                 BLOCK_M=tiles.block_m, BLOCK_Q=tiles.tokens_per_tile(group), BLOCK_N=tiles.block_n, PAGE=block_size,
-                DOT_PRECISION=dot_precision(dtype))
+                DOT_PRECISION=dot_precision(dtype), SEQ_CHUNK=SEQ_CHUNK)

@@ -139,3 +139,10 @@ def test_random_batches_match_reference(lens, heads, block_size, tiles, seed, de
     out = torch.full_like(batch.query, float("nan"))
     unified_attention(*batch.args()[:6], batch.scale, out, tiles)
     assert_matches(out, paged_attention_ref(*batch.args()))
+
+
+def test_batch_of_more_sequences_than_one_search_chunk(device, assert_matches):
+    """Over SEQ_CHUNK (128) sequences: the tile -> sequence count spans several vector loads."""
+    lens = [(1, 3 + s % 40) for s in range(125)] + [(2, 9)] + [(0, 5)] * 3 + [(20, 20)]
+    batch = batch_of(lens, num_heads=2, num_kv_heads=1, head_dim=16, dtype=torch.float16, device=device)
+    assert_matches(run(batch), paged_attention_ref(*batch.args()))
