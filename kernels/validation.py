@@ -107,7 +107,8 @@ def check_store_kv_args(key, value, key_cache, value_cache, slot_mapping) -> Non
     if key_cache.shape[1] < 1:
         raise ValueError(f"key_cache: block_size must be >= 1, got shape {tuple(key_cache.shape)}")
     if key.shape[1:] != key_cache.shape[2:]:
-        raise ValueError(f"key: [KVH, D] = {tuple(key.shape[1:])} differs from key_cache's {tuple(key_cache.shape[2:])}")
+        raise ValueError(f"key: [KVH, D] = {tuple(key.shape[1:])} differs from key_cache's "
+                         f"{tuple(key_cache.shape[2:])}")
     if value.shape != key.shape:
         raise ValueError(f"value: shape {tuple(value.shape)} differs from key's {tuple(key.shape)}")
     for name, x in (("key", key), ("value", value), ("value_cache", value_cache)):
@@ -115,4 +116,5 @@ def check_store_kv_args(key, value, key_cache, value_cache, slot_mapping) -> Non
             raise ValueError(f"{name}: dtype {x.dtype} differs from key_cache's {key_cache.dtype}")
     if slot_mapping.shape[0] != key.shape[0]:
         raise ValueError(f"slot_mapping: expected {key.shape[0]} entries (one per token), got {slot_mapping.shape[0]}")
-    _same_device("key", key.device, value=value, key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping)
+    _same_device("key", key.device, value=value, key_cache=key_cache, value_cache=value_cache,
+                 slot_mapping=slot_mapping)
