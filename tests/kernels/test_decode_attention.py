@@ -101,3 +101,13 @@ def test_padding_slot_with_empty_context_gives_zeros(num_splits, device):
     assert torch.equal(out[1], torch.zeros_like(out[1]))
     ref = paged_attention_ref(*batch.args())
     torch.testing.assert_close(out[0], ref[0], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_query_rows_outside_every_sequence_are_left_untouched(num_splits, device, assert_matches):
+    batch = decode_batch([40, 9], device=device)
+    padded = torch.cat([batch.query, torch.randn(2, 8, 64, device=device)])
+    out = torch.full_like(padded, float("nan"))
+    kernels.paged_attention(padded, *batch.args()[1:], out=out, max_query_len=1, num_splits=num_splits)
+    assert_matches(out[:2], paged_attention_ref(*batch.args()))
+    assert out[2:].isnan().all()

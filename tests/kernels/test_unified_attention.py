@@ -146,3 +146,13 @@ def test_batch_of_more_sequences_than_one_search_chunk(device, assert_matches):
     lens = [(1, 3 + s % 40) for s in range(125)] + [(2, 9)] + [(0, 5)] * 3 + [(20, 20)]
     batch = batch_of(lens, num_heads=2, num_kv_heads=1, head_dim=16, dtype=torch.float16, device=device)
     assert_matches(run(batch), paged_attention_ref(*batch.args()))
+
+
+def test_query_rows_outside_every_sequence_are_left_untouched(device, assert_matches):
+    """Padding tokens after cu_seqlens_q[-1] (e.g. a batch padded to a fixed T) are neither read nor written."""
+    batch = batch_of([(5, 12), (1, 30)], dtype=torch.float16, device=device)
+    padded = torch.cat([batch.query, torch.randn(3, 8, 64, device=device).half()])
+    out = torch.full_like(padded, float("nan"))
+    kernels.paged_attention(padded, *batch.args()[1:], out=out)
+    assert_matches(out[:6], paged_attention_ref(*batch.args()))
+    assert out[6:].isnan().all()
