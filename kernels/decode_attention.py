@@ -1,16 +1,17 @@
 """Split-KV (flash-decoding) paged attention for batches where every sequence has at most one query token.
 
-Grid: (sequences, KV heads, NUM_SPLITS), fixed by shapes and the split count alone, so a decode step can be
-captured in a CUDA graph and replayed for any context lengths. The rows of a program are the GROUP query heads
+Grid: (sequences, KV heads, num_splits), fixed by shapes and the split count alone, so a decode step can be
+captured in a CUDA graph and replayed for any context lengths. The split count is a runtime value (the grid's
+third dimension), not a compile-time one: changing it between steps compiles nothing new. The rows of a program are the GROUP query heads
 of its KV head (padded to >= 16 rows for tl.dot).
 
 Each program works out its own key range from seq_lens on the device:
-    tiles = ceil(seq_len / BLOCK_N),  per_split = ceil(tiles / NUM_SPLITS),
+    tiles = ceil(seq_len / BLOCK_N),  per_split = ceil(tiles / num_splits),
     split j streams tiles [j * per_split, min((j + 1) * per_split, tiles)),
 which is empty for the last splits of a short sequence.
 
-NUM_SPLITS == 1: the program normalizes and writes the output itself.
-NUM_SPLITS > 1: it writes a normalized partial output o_j and its log-sum-exp lse_j (base 2; -inf and o_j = 0
+num_splits == 1 (SPLIT=False): the program normalizes and writes the output itself.
+num_splits > 1 (SPLIT=True): it writes a normalized partial output o_j and its log-sum-exp lse_j (base 2; -inf and o_j = 0
 for an empty split), and the reduce kernel combines them per (sequence, head):
     out = sum_j 2^(lse_j - M) o_j / sum_j 2^(lse_j - M),   M = max_j lse_j,
 where empty splits get weight 0 and a sequence with no keys at all (seq_len 0, e.g. CUDA-graph padding)
@@ -35,19 +36,20 @@ def _decode_kernel(
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, GROUP: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr, SPLIT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    num_splits = tl.num_programs(2)
 
     q_start = tl.load(cu_seqlens_q_ptr + seq)
     if tl.load(cu_seqlens_q_ptr + seq + 1) == q_start:
         return  # no query token: nothing to write (the reduce kernel skips it too)
     seq_len = tl.load(seq_lens_ptr + seq)
     num_tiles = tl.cdiv(seq_len, BLOCK_N)
-    per_split = tl.cdiv(num_tiles, NUM_SPLITS)
+    per_split = tl.cdiv(num_tiles, num_splits)
     tile_begin = split * per_split
     tile_end = tl.minimum(tile_begin + per_split, num_tiles)
     # Tiles before this one hold only existing keys, all visible to the single query at seq_len - 1.
@@ -82,13 +84,13 @@ def _decode_kernel(
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
-    if NUM_SPLITS == 1:
+    if not SPLIT:
         tl.store(out_ptr + q_row * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
                  o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     else:
         lse = m_i + tl.math.log2(l_safe)  # an empty split keeps m_i = -inf, l_i = 0: lse = -inf, o = 0
-        # Partials are [S, H, NUM_SPLITS, HEAD_DIM] and [S, H, NUM_SPLITS], contiguous fp32.
-        part = (seq.to(tl.int64) * NUM_HEADS + head) * NUM_SPLITS + split
+        # Partials are [S, H, num_splits, HEAD_DIM] and [S, H, num_splits], contiguous fp32.
+        part = (seq.to(tl.int64) * NUM_HEADS + head) * num_splits + split
         tl.store(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], o,
                  mask=row_ok[:, None] & d_ok[None, :])
         tl.store(part_lse_ptr + part, lse, mask=row_ok)
@@ -96,9 +98,9 @@ def _decode_kernel(
 
 @triton.jit
 def _reduce_splits_kernel(
-    out_ptr, part_out_ptr, part_lse_ptr, cu_seqlens_q_ptr, stride_ot, stride_oh,
+    out_ptr, part_out_ptr, part_lse_ptr, cu_seqlens_q_ptr, num_splits, stride_ot, stride_oh,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    SPLITS_PAD: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
@@ -107,9 +109,9 @@ def _reduce_splits_kernel(
         return
     offs_s = tl.arange(0, SPLITS_PAD)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
-    s_ok = offs_s < NUM_SPLITS
+    s_ok = offs_s < num_splits
     d_ok = offs_d < HEAD_DIM
-    part = (seq.to(tl.int64) * NUM_HEADS + head) * NUM_SPLITS + offs_s
+    part = (seq.to(tl.int64) * NUM_HEADS + head) * num_splits + offs_s
     lse = tl.load(part_lse_ptr + part, mask=s_ok, other=float("-inf"))
     lse_max = tl.max(lse, 0)
     lse_ref = tl.where(lse_max == float("-inf"), 0.0, lse_max)
@@ -136,7 +138,7 @@ def decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: 
                                device=query.device)
         part_lse = torch.empty((num_seqs, num_heads, num_splits), dtype=torch.float32, device=query.device)
     else:
-        part_out = part_lse = out  # unused by the kernel when NUM_SPLITS == 1
+        part_out = part_lse = out  # unused by the kernel when SPLIT is False
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         out, part_out, part_lse, query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens,
         scale * 1.4426950408889634,
@@ -148,7 +150,7 @@ def decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: 
     )
     if num_splits > 1:
         _reduce_splits_kernel[(num_seqs, num_heads)](
-            out, part_out, part_lse, cu_seqlens_q, out.stride(0), out.stride(1),
+            out, part_out, part_lse, cu_seqlens_q, num_splits, out.stride(0), out.stride(1),
             **reduce_constants(num_heads, head_dim, num_splits), num_warps=4,
         )
 
@@ -157,10 +159,10 @@ def launch_constants(num_heads: int, head_dim: int, group: int, block_size: int,
                      tiles: AttentionTiles, num_splits: int) -> dict:
     """The decode kernel's constexpr arguments (shared with kernels.compile_report)."""
     return dict(NUM_HEADS=num_heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, next_power_of_2(head_dim)), GROUP=group,
-                BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, PAGE=block_size, NUM_SPLITS=num_splits,
+                BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, PAGE=block_size, SPLIT=num_splits > 1,
                 DOT_PRECISION=dot_precision(dtype))
 
 
 def reduce_constants(num_heads: int, head_dim: int, num_splits: int) -> dict:
     return dict(NUM_HEADS=num_heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, next_power_of_2(head_dim)),
-                NUM_SPLITS=num_splits, SPLITS_PAD=next_power_of_2(num_splits))
+                SPLITS_PAD=next_power_of_2(num_splits))
