@@ -10,7 +10,8 @@ Public API (the engine codes against these):
 Triton is imported on first launch only, so `import kernels` and `kernels.reference` work without it.
 Module map: planning (path, tiles, splits; no triton), validation (argument checks), unified_attention
 (varlen kernel), decode_attention (split-KV decode + reduce), attention_tile (their shared inner step),
-kv_store (store kernel), reference (pure-torch oracle), batch (random paged batches), bench.
+kv_store (store kernel), reference (pure-torch oracle), batch (random paged batches), bench (GPU benchmark),
+compile_report (sm_90 ahead-of-time compile report, no GPU needed).
 """
 
 from __future__ import annotations
