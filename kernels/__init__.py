@@ -1,0 +1,108 @@
+"""Triton kernels for the paged KV cache: attention over pages and storing new keys/values into pages.
+
+Public API (the engine codes against these):
+    paged_attention(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out=None,
+                    *, max_query_len=None, max_seq_len=None, num_splits=None) -> out
+    store_kv(key, value, key_cache, value_cache, slot_mapping) -> None
+    decode_num_splits(num_seqs, num_heads, num_kv_heads, head_dim, max_seq_len, dtype, device=None) -> int
+        the split count paged_attention would choose for a decode batch (to fix one for CUDA graphs)
+
+Triton is imported on first launch only, so `import kernels` and `kernels.reference` work without it.
+Module map: planning (path, tiles, splits; no triton), validation (argument checks), unified_attention
+(varlen kernel), decode_attention (split-KV decode + reduce), attention_tile (their shared inner step),
+kv_store (store kernel), reference (pure-torch oracle), batch (random paged batches), bench (GPU benchmark),
+compile_report (sm_90 ahead-of-time compile report, no GPU needed).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from kernels.planning import DEFAULT_NUM_SMS, choose_num_splits, decode_tiles, plan_paged_attention
+from kernels.validation import check_paged_attention_args, check_store_kv_args
+
+__all__ = ["paged_attention", "store_kv", "decode_num_splits"]
+
+
+def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                    block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
+                    scale: float, out: torch.Tensor | None = None, *, max_query_len: int | None = None,
+                    max_seq_len: int | None = None, num_splits: int | None = None) -> torch.Tensor:
+    """Causal attention of a flattened batch of new query tokens over each sequence's paged KV cache.
+
+    query [T, H, D]; key_cache, value_cache [num_blocks, block_size, KVH, D] (H a multiple of KVH);
+    block_tables [S, max_blocks] int32; cu_seqlens_q [S + 1] int32; seq_lens [S] int32, each sequence's
+    context length including its new tokens. Query token i of sequence s sits at position
+    seq_lens[s] - q_len_s + i and sees keys 0..that position. Returns out [T, H, D] in query's dtype.
+
+    Hints: with max_query_len given (and max_seq_len or num_splits when max_query_len <= 1) nothing here
+    synchronizes with the device. num_splits only affects decode batches (every q_len <= 1).
+    """
+    check_paged_attention_args(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out,
+                               max_query_len, max_seq_len, num_splits)
+    _check_runnable("query", query.device, query.dtype)
+    if out is None:
+        out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    plan = plan_paged_attention(query, key_cache.shape[2], cu_seqlens_q, seq_lens, max_query_len, max_seq_len,
+                                num_splits, _num_sms(query.device))
+    if plan.kind == "decode":
+        from kernels.decode_attention import decode_attention
+
+        decode_attention(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, float(scale), out,
+                         plan.tiles, plan.num_splits)
+    elif plan.kind == "unified":
+        from kernels.unified_attention import unified_attention
+
+        unified_attention(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, float(scale), out,
+                          plan.tiles)
+    return out
+
+
+def store_kv(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Write key[t] / value[t] ([T, KVH, D]) into slot slot_mapping[t] of the paged caches; slot -1 skips t.
+
+    slot = block_id * block_size + offset, i.e. key_cache.view(-1, KVH, D)[slot] for a contiguous cache.
+    """
+    check_store_kv_args(key, value, key_cache, value_cache, slot_mapping)
+    _check_runnable("key", key.device, key.dtype)
+    from kernels.kv_store import store_kv as launch_store_kv
+
+    launch_store_kv(key, value, key_cache, value_cache, slot_mapping)
+
+
+def decode_num_splits(num_seqs: int, num_heads: int, num_kv_heads: int, head_dim: int, max_seq_len: int,
+                      dtype: torch.dtype, device: torch.device | str | None = None) -> int:
+    """The split count paged_attention picks for a decode batch of this shape on `device`.
+
+    A CUDA-graph caller captures with a fixed num_splits: pass what this returns for the graph's batch size
+    and the longest context it will replay (e.g. max_model_len).
+    """
+    tiles = decode_tiles(head_dim, num_heads // num_kv_heads, dtype)
+    num_sms = _num_sms(torch.device(device)) if device is not None else DEFAULT_NUM_SMS
+    return choose_num_splits(num_seqs, num_kv_heads, max_seq_len, tiles.block_n, num_sms)
+
+
+def _check_runnable(name: str, device: torch.device, dtype: torch.dtype) -> None:
+    if device.type == "cuda":
+        return
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"{name}: on {device}, but the Triton kernels need a CUDA device (or TRITON_INTERPRET=1, "
+                         "the slow interpreter); use kernels.reference on the CPU")
+    if dtype == torch.bfloat16:
+        # The interpreter computes garbage for bf16 (it has no bf16 arithmetic); refuse rather than mislead.
+        raise ValueError(f"{name}: bfloat16 is not supported by the Triton interpreter; use float16/float32 on CPU")
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return DEFAULT_NUM_SMS
+    return _cuda_num_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count

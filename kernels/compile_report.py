@@ -1,0 +1,154 @@
+"""Compile the kernels for Hopper without a GPU and report what the compiler made of them.
+
+    python -m kernels.compile_report [--quick] [--json PATH]
+
+The interpreter checks what the kernels compute, not whether they compile for a GPU or how. This compiles
+each configuration the launchers use for sm_90 (ahead of time, no device needed) and reports its shared
+memory, whether the K/V loads are pipelined through shared memory (async copies), whether tl.dot became
+Hopper wgmma, and ptxas's register and spill counts. Pointer and stride arguments get the divisibility-by-16
+specialization the JIT applies at launch for such values (the engine's strides are multiples of 16 elements).
+Uses triton's compiler internals (ASTSource, GPUTarget), present from triton 3.2 on. TRITON_INTERPRET must be
+unset: the interpreter replaces @triton.jit functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+
+import torch
+
+from kernels.planning import decode_tiles, unified_tiles
+
+HOPPER_SHARED_LIMIT = 227 * 1024  # bytes of shared memory one block may use on sm_90
+TRITON_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+INDEX_POINTERS = {"block_tables_ptr": "*i32", "cu_seqlens_q_ptr": "*i32", "seq_lens_ptr": "*i32",
+                  "slot_mapping_ptr": "*i64", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32"}
+
+
+@dataclass
+class KernelReport:
+    kernel: str
+    config: str
+    shared_bytes: int
+    registers: int | None
+    spill_bytes: int | None
+    async_loads: bool  # loads go global -> shared asynchronously (software pipelining)
+    wgmma: bool  # tl.dot lowered to Hopper warp-group MMA
+
+    @property
+    def fits(self) -> bool:
+        return self.shared_bytes <= HOPPER_SHARED_LIMIT
+
+
+def _compile(fn, constants: dict, dtype: torch.dtype, num_warps: int, num_stages: int, arch: int):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = INDEX_POINTERS.get(name, "*" + TRITON_TYPES[dtype])
+        else:
+            signature[name] = "fp32" if name == "qk_scale" else "i32"
+        if name.endswith("_ptr") or name.startswith("stride"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    source = ASTSource(fn, signature, constants, attrs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                          options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+def _ptxas_usage(ptx: str, arch: int) -> tuple[int | None, int | None]:
+    """(registers, spill bytes) from `ptxas -v`, or (None, None) when this triton's ptxas cannot be found."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        try:
+            ptxas = get_ptxas(arch).path
+        except TypeError:  # older triton: no arch argument
+            ptxas = get_ptxas().path
+    except Exception:
+        return None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        result = subprocess.run([ptxas, "-v", f"--gpu-name=sm_{arch}a", src, "-o", os.path.join(tmp, "k.cubin")],
+                                capture_output=True, text=True)
+    regs = re.search(r"Used (\d+) registers", result.stderr)
+    spills = re.findall(r"(\d+) bytes spill (?:stores|loads)", result.stderr)
+    if regs is None:
+        return None, None
+    return int(regs.group(1)), sum(int(s) for s in spills)
+
+
+def report(fn, config: str, constants: dict, dtype: torch.dtype, num_warps: int, num_stages: int,
+           arch: int) -> KernelReport:
+    compiled = _compile(fn, constants, dtype, num_warps, num_stages, arch)
+    ttgir = compiled.asm["ttgir"]
+    registers, spills = _ptxas_usage(compiled.asm["ptx"], arch)
+    return KernelReport(fn.__name__.strip("_"), config, compiled.metadata.shared, registers, spills,
+                        "async_copy_global_to_local" in ttgir, "warp_group_dot" in ttgir)
+
+
+def configurations(quick: bool) -> list[tuple]:
+    """(kernel, config label, constants, dtype, num_warps, num_stages) as the launchers would use them."""
+    from kernels import decode_attention, kv_store, unified_attention
+
+    shapes = [(torch.bfloat16, 128, 4)] if quick else [
+        (torch.bfloat16, 64, 4), (torch.bfloat16, 128, 4), (torch.bfloat16, 256, 4), (torch.float16, 80, 3),
+        (torch.float32, 128, 4)]
+    num_heads, block_size = 32, 16
+    out = []
+    for dtype, head_dim, group in shapes:
+        label = f"{TRITON_TYPES[dtype]} D={head_dim} group={group} block_size={block_size}"
+        tiles = unified_tiles(head_dim, group, dtype)
+        out.append((unified_attention._unified_attention_kernel, f"{label} tiles={tiles.block_m}x{tiles.block_n}",
+                    unified_attention.launch_constants(head_dim, group, block_size, dtype, tiles), dtype,
+                    tiles.num_warps, tiles.num_stages))
+        tiles = decode_tiles(head_dim, group, dtype)
+        for num_splits in (1, 8):
+            out.append((decode_attention._decode_kernel, f"{label} rows={tiles.block_m} keys={tiles.block_n} "
+                        f"splits={num_splits}",
+                        decode_attention.launch_constants(num_heads, head_dim, group, block_size, dtype, tiles,
+                                                          num_splits), dtype, tiles.num_warps, tiles.num_stages))
+    out.append((decode_attention._reduce_splits_kernel, "bf16 D=128 splits=8",
+                decode_attention.reduce_constants(num_heads, 128, 8), torch.bfloat16, 4, 1))
+    constants = kv_store.launch_constants(8, 128, block_size)
+    out.append((kv_store._store_kv_kernel, "bf16 KVH=8 D=128", constants, torch.bfloat16,
+                kv_store.store_num_warps(constants), 1))
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[KernelReport]:
+    parser = argparse.ArgumentParser(prog="python -m kernels.compile_report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="only the bf16 D=128 configurations")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability to compile for (default 90)")
+    parser.add_argument("--json", metavar="PATH", default=None)
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("kernels.compile_report: unset TRITON_INTERPRET (the interpreter cannot compile)")
+    reports = []
+    print(f"{'kernel':<24} {'shared KiB':>10} {'regs':>5} {'spill B':>7} {'async':>5} {'wgmma':>5}  config")
+    for fn, config, constants, dtype, num_warps, num_stages in configurations(args.quick):
+        r = report(fn, config, constants, dtype, num_warps, num_stages, args.arch)
+        reports.append(r)
+        print(f"{r.kernel:<24} {r.shared_bytes / 1024:10.1f} {r.registers or '-':>5} "
+              f"{'-' if r.spill_bytes is None else r.spill_bytes:>7} {str(r.async_loads):>5} {str(r.wgmma):>5}  "
+              f"{r.config} warps={num_warps} stages={num_stages}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(r) | {"fits": r.fits} for r in reports], f, indent=2)
+    return reports
+
+
+if __name__ == "__main__":
+    main()

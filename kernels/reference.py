@@ -1,0 +1,61 @@
+"""Pure-torch references for the paged-attention and KV-store kernels: the oracle the tests trust.
+
+Written for obviousness, not speed: one sequence at a time, its pages gathered into contiguous K/V, KV heads
+repeated for GQA, an explicit causal mask with the position offset, softmax in fp32. Same signatures as the
+kernels (the launch hints are accepted and ignored). Reads tensor values freely; never needs triton.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def paged_attention_ref(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                        block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
+                        scale: float, out: torch.Tensor | None = None, *, max_query_len: int | None = None,
+                        max_seq_len: int | None = None, num_splits: int | None = None) -> torch.Tensor:
+    """Causal attention of each sequence's new query tokens over its whole paged context.
+
+    Query token i of sequence s sits at position seq_lens[s] - q_len + i and sees keys 0..that position.
+    A query that sees no key at all (only when seq_len is 0) gets a zero output.
+    """
+    del max_query_len, max_seq_len, num_splits  # launch hints of the kernels; the reference needs none
+    num_heads = query.shape[1]
+    block_size, num_kv_heads = key_cache.shape[1], key_cache.shape[2]
+    group = num_heads // num_kv_heads
+    if out is None:
+        out = torch.empty_like(query)
+    cu = cu_seqlens_q.tolist()
+    for s, seq_len in enumerate(seq_lens.tolist()):
+        q_start, q_end = cu[s], cu[s + 1]
+        q_len = q_end - q_start
+        if q_len == 0:
+            continue
+        num_pages = -(-seq_len // block_size)
+        pages = block_tables[s, :num_pages].long()
+        k = key_cache[pages].reshape(-1, num_kv_heads, key_cache.shape[3])[:seq_len]  # [seq_len, KVH, D]
+        v = value_cache[pages].reshape(-1, num_kv_heads, value_cache.shape[3])[:seq_len]
+        k = k.float().repeat_interleave(group, dim=1)  # [seq_len, H, D]
+        v = v.float().repeat_interleave(group, dim=1)
+        q = query[q_start:q_end].float()  # [q_len, H, D]
+
+        scores = torch.einsum("qhd,khd->hqk", q, k) * scale
+        q_pos = torch.arange(q_len, device=query.device) + (seq_len - q_len)
+        k_pos = torch.arange(seq_len, device=query.device)
+        visible = k_pos[None, :] <= q_pos[:, None]  # [q_len, seq_len]
+        scores = scores.masked_fill(~visible, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        probs = torch.where(visible.any(dim=-1)[None, :, None], probs, 0.0)  # no visible key: 0, not NaN
+        out[q_start:q_end] = torch.einsum("hqk,khd->qhd", probs, v).to(out.dtype)
+    return out
+
+
+def store_kv_ref(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                 slot_mapping: torch.Tensor) -> None:
+    """key[t] -> key_cache[slot // block_size, slot % block_size] (same for value); slot < 0 is skipped."""
+    block_size = key_cache.shape[1]
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep].long()
+    pages, offsets = slots // block_size, slots % block_size
+    key_cache[pages, offsets] = key[keep]
+    value_cache[pages, offsets] = value[keep]

@@ -1,0 +1,120 @@
+"""Argument checks for the public kernel entry points.
+
+Only shapes, dtypes, devices and strides are checked: reading tensor values would synchronize with the device
+(and break CUDA-graph capture). Every error is a ValueError whose message starts with the argument's name.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kernels.planning import MAX_NUM_SPLITS
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+INDEX_DTYPES = (torch.int32,)
+SLOT_DTYPES = (torch.int32, torch.int64)
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
+
+
+def _tensor(name: str, x: object, ndim: int, dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(x.shape)}")
+    if x.dtype not in dtypes:
+        raise ValueError(f"{name}: dtype must be one of {[str(d) for d in dtypes]}, got {x.dtype}")
+    if x.dim() and x.shape[-1] > 1 and x.stride(-1) != 1:
+        raise ValueError(f"{name}: last dimension must be contiguous (stride 1), got strides {x.stride()}")
+    return x
+
+
+def _same_device(reference: str, device: torch.device, **tensors: torch.Tensor) -> None:
+    for name, x in tensors.items():
+        if x.device != device:
+            raise ValueError(f"{name}: on {x.device}, but {reference} is on {device}")
+
+
+def _optional_int(name: str, value: object, minimum: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: expected a Python int or None, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+
+
+def check_paged_attention_args(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out,
+                               max_query_len, max_seq_len, num_splits) -> None:
+    _tensor("query", query, 3, FLOAT_DTYPES)
+    _tensor("key_cache", key_cache, 4, FLOAT_DTYPES)
+    _tensor("value_cache", value_cache, 4, FLOAT_DTYPES)
+    _tensor("block_tables", block_tables, 2, INDEX_DTYPES)
+    _tensor("cu_seqlens_q", cu_seqlens_q, 1, INDEX_DTYPES)
+    _tensor("seq_lens", seq_lens, 1, INDEX_DTYPES)
+
+    num_tokens, num_heads, head_dim = query.shape
+    num_blocks, block_size, num_kv_heads, cache_head_dim = key_cache.shape
+    if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"query: head_dim must be in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {head_dim}")
+    if key_cache.dtype != query.dtype:
+        raise ValueError(f"key_cache: dtype {key_cache.dtype} differs from query's {query.dtype}")
+    if value_cache.dtype != query.dtype:
+        raise ValueError(f"value_cache: dtype {value_cache.dtype} differs from query's {query.dtype}")
+    if cache_head_dim != head_dim:
+        raise ValueError(f"key_cache: head_dim {cache_head_dim} differs from query's {head_dim}")
+    if value_cache.shape != key_cache.shape:
+        raise ValueError(f"value_cache: shape {tuple(value_cache.shape)} differs from key_cache's "
+                         f"{tuple(key_cache.shape)}")
+    if block_size < 1 or num_kv_heads < 1:
+        raise ValueError(f"key_cache: block_size and num_kv_heads must be >= 1, got shape {tuple(key_cache.shape)}")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"query: {num_heads} heads is not a multiple of key_cache's {num_kv_heads} KV heads")
+    num_seqs = seq_lens.shape[0]
+    if cu_seqlens_q.shape[0] != num_seqs + 1:
+        raise ValueError(f"cu_seqlens_q: expected {num_seqs + 1} entries (seq_lens has {num_seqs}), "
+                         f"got {cu_seqlens_q.shape[0]}")
+    if block_tables.shape[0] != num_seqs:
+        raise ValueError(f"block_tables: expected {num_seqs} rows (one per sequence), got {block_tables.shape[0]}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale: expected a finite Python float, got {scale!r}")
+    if out is not None:
+        _tensor("out", out, 3, FLOAT_DTYPES)
+        if out.shape != query.shape:
+            raise ValueError(f"out: shape {tuple(out.shape)} differs from query's {tuple(query.shape)}")
+        if out.dtype != query.dtype:
+            raise ValueError(f"out: dtype {out.dtype} differs from query's {query.dtype}")
+        _same_device("query", query.device, out=out)
+    _same_device("query", query.device, key_cache=key_cache, value_cache=value_cache, block_tables=block_tables,
+                 cu_seqlens_q=cu_seqlens_q, seq_lens=seq_lens)
+    _optional_int("max_query_len", max_query_len, 0)
+    _optional_int("max_seq_len", max_seq_len, 0)
+    _optional_int("num_splits", num_splits, 1)
+    if num_splits is not None and num_splits > MAX_NUM_SPLITS:
+        raise ValueError(f"num_splits: must be <= {MAX_NUM_SPLITS}, got {num_splits}")
+
+
+def check_store_kv_args(key, value, key_cache, value_cache, slot_mapping) -> None:
+    _tensor("key", key, 3, FLOAT_DTYPES)
+    _tensor("value", value, 3, FLOAT_DTYPES)
+    _tensor("key_cache", key_cache, 4, FLOAT_DTYPES)
+    _tensor("value_cache", value_cache, 4, FLOAT_DTYPES)
+    _tensor("slot_mapping", slot_mapping, 1, SLOT_DTYPES)
+    if value_cache.shape != key_cache.shape:
+        raise ValueError(f"value_cache: shape {tuple(value_cache.shape)} differs from key_cache's "
+                         f"{tuple(key_cache.shape)}")
+    if key_cache.shape[1] < 1:
+        raise ValueError(f"key_cache: block_size must be >= 1, got shape {tuple(key_cache.shape)}")
+    if key.shape[1:] != key_cache.shape[2:]:
+        raise ValueError(f"key: [KVH, D] = {tuple(key.shape[1:])} differs from key_cache's "
+                         f"{tuple(key_cache.shape[2:])}")
+    if value.shape != key.shape:
+        raise ValueError(f"value: shape {tuple(value.shape)} differs from key's {tuple(key.shape)}")
+    for name, x in (("key", key), ("value", value), ("value_cache", value_cache)):
+        if x.dtype != key_cache.dtype:
+            raise ValueError(f"{name}: dtype {x.dtype} differs from key_cache's {key_cache.dtype}")
+    if slot_mapping.shape[0] != key.shape[0]:
+        raise ValueError(f"slot_mapping: expected {key.shape[0]} entries (one per token), got {slot_mapping.shape[0]}")
+    _same_device("key", key.device, value=value, key_cache=key_cache, value_cache=value_cache,
+                 slot_mapping=slot_mapping)

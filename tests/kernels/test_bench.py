@@ -1,0 +1,61 @@
+"""The benchmark's CPU-side parts: its formulas, its command line, its table, and a clear exit without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import bench
+
+
+def test_copy_bandwidth_counts_read_and_write():
+    assert bench.copy_bandwidth(num_bytes=10**9, seconds=0.5) == 4e9
+
+
+def test_decode_bytes_are_kv_plus_query_and_output():
+    # batch 2, context 100, 4 query / 2 KV heads, D 8, 2-byte elements
+    kv = 2 * 2 * 100 * 2 * 8 * 2
+    q_and_out = 2 * 2 * 4 * 8 * 2
+    assert bench.decode_bytes(2, 100, 4, 2, 8, 2) == kv + q_and_out == 13056
+
+
+def test_causal_flops_count_visible_pairs():
+    # 3 tokens see 1 + 2 + 3 = 6 keys; each pair is a D-long dot for QK^T and for PV: 2 * 2 * D FLOPs per head
+    assert bench.causal_attention_flops(3, num_heads=2, head_dim=8) == 4 * 2 * 8 * 6
+    assert bench.causal_attention_flops(4096, 32, 128) == 4 * 32 * 128 * 4096 * 4097 // 2
+
+
+def test_decode_memory_counts_gathered_and_repeated_kv_for_torch():
+    ours, torch_extra = bench.decode_memory_needed(1, 10, 8, 2, 4, 2)
+    assert ours == 2 * 10 * 2 * 4 * 2
+    assert torch_extra == ours * (1 + 4)
+
+
+def test_command_line():
+    assert (bench.parse_args([]).json, bench.parse_args([]).quick) == (None, False)
+    args = bench.parse_args(["--json", "out.json", "--quick"])
+    assert (args.json, args.quick) == ("out.json", True)
+
+
+def test_sweeps_cover_the_stated_shapes():
+    assert bench.FULL.batches == (1, 8, 32, 128) and bench.FULL.contexts == (512, 2048, 8192, 32768)
+    assert bench.FULL.prefill_tokens == (1024, 2048, 4096, 8192, 16384)
+    assert set(bench.QUICK.batches) < set(bench.FULL.batches)
+
+
+def test_table_lists_every_measured_and_skipped_shape():
+    results = dict(device="X", torch="t", triton="tr", copy_GBps=4000.0, prefill=[
+        dict(tokens=1024, ours_ms=0.1, ours_TFLOPs=300.0, sdpa_ms=0.2, sdpa_TFLOPs=150.0, ratio_to_sdpa=2.0, ok=True),
+    ], decode=[
+        dict(batch=1, context=512, num_splits=2, ours_ms=0.01, ours_GBps=1000.0, fraction_of_copy=0.25,
+             torch_ms=0.05, speedup=5.0, ok=True),
+        dict(batch=128, context=32768, skipped="needs 200 GiB"),
+    ])
+    table = bench.format_tables(results)
+    assert "25.0%" in table and "5.00" in table and "skipped: needs 200 GiB" in table and "300.0" in table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")
+def test_exits_with_a_clear_message_without_a_gpu():
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        bench.main(["--quick"])

@@ -1,0 +1,38 @@
+"""The kernels compile for Hopper (sm_90) as the launchers configure them: within shared memory, without
+register spills, K/V loads pipelined, and the varlen kernel's tl.dot on wgmma. Runs the ahead-of-time compiler
+in a subprocess (this process runs triton as the interpreter); no GPU needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_quick_configurations_compile_for_hopper_without_spills(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONPATH=str(REPO_ROOT), TRITON_DEFAULT_FP_FUSION="1")
+    result = subprocess.run([sys.executable, "-m", "kernels.compile_report", "--quick", "--json",
+                             str(tmp_path / "report.json")], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = {}
+    for r in json.loads((tmp_path / "report.json").read_text()):
+        split = r["kernel"] == "decode_kernel" and "splits=8" in r["config"]
+        reports[r["kernel"] + ("/split" if split else "")] = r
+    assert set(reports) == {"unified_attention_kernel", "decode_kernel", "decode_kernel/split",
+                            "reduce_splits_kernel", "store_kv_kernel"}
+    for name, r in reports.items():
+        assert r["fits"], f"{name}: {r['shared_bytes']} bytes of shared memory"
+        assert r["spill_bytes"] in (0, None), f"{name}: spills {r['spill_bytes']} bytes"
+    for name in ("unified_attention_kernel", "decode_kernel", "decode_kernel/split"):
+        assert reports[name]["async_loads"], f"{name}: K/V loads are not pipelined"
+    assert reports["unified_attention_kernel"]["wgmma"]
