@@ -107,6 +107,9 @@ class LLMEngine:
         bad = next((t for t in prompt_ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab), None)
         if bad is not None:
             raise ParamError("prompt", f"token id {bad!r} is outside the vocabulary [0, {vocab})")
+        bad = next((t for t in params.stop_token_ids if t >= vocab), None)
+        if bad is not None:
+            raise ParamError("stop_token_ids", f"token id {bad} is outside the vocabulary [0, {vocab})")
         n, limit = len(prompt_ids), self.max_model_len
         if n >= limit:
             raise ParamError("prompt", f"the prompt has {n} tokens, but the context window is {limit} tokens "

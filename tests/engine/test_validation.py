@@ -45,6 +45,7 @@ def llm(tiny_model_dir):
     ([1, 2, 100000], SamplingParams(max_tokens=4), "prompt"),
     ([1, -1], SamplingParams(max_tokens=4), "prompt"),
     ("text needs a tokenizer", SamplingParams(max_tokens=4), "prompt"),
+    ([1, 2], SamplingParams(max_tokens=4, stop_token_ids=[10**6]), "stop_token_ids"),
 ])
 def test_bad_requests_are_refused_and_the_engine_keeps_serving(llm, prompt, params, param):
     with pytest.raises(ValueError) as info:
