@@ -39,6 +39,18 @@ def build_tiny_model(out: Path) -> Path:
     return out
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The test machine has 2 cores shared with other jobs; torch's spinning intra-op threads are several
+    times slower there than one thread. Restored after each module, so other test folders are unaffected."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
