@@ -22,13 +22,13 @@ REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 2
 
 
 def token_count_buckets(max_value: int) -> tuple[int, ...]:
-    """1, 2, 5, 10, 20, 50, ... up to and including the first value >= max_value (vLLM's 1-2-5 series)."""
+    """1, 2, 5, 10, 20, 50, ... up to max_value (vLLM's 1-2-5 series; +Inf catches the rest)."""
     out, scale = [], 1
     while True:
         for m in (1, 2, 5):
-            out.append(m * scale)
-            if m * scale >= max_value:
+            if m * scale > max_value:
                 return tuple(out)
+            out.append(m * scale)
         scale *= 10
 
 
