@@ -19,7 +19,7 @@ from .guard import access_record
 from .parsing import parse_request
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .responses import ChatFormatter, CompletionFormatter, TokenTexts
-from .sampling import chat_params, chat_renames, completion_params
+from .sampling import apply_model_limits, chat_params, chat_renames, completion_params
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -59,7 +59,7 @@ def router(ctx: ServerContext) -> APIRouter:
         try:
             req = parse_request(await request.body(), CompletionRequest)
             ctx.check_model(req.model)
-            params = completion_params(req)
+            params = apply_model_limits(completion_params(req), ctx.vocab_size)
             ctx.check_queue()
             if isinstance(req.prompt, str):
                 if not req.prompt:
@@ -83,7 +83,7 @@ def router(ctx: ServerContext) -> APIRouter:
         try:
             req = parse_request(await request.body(), ChatCompletionRequest)
             ctx.check_model(req.model)
-            params = chat_params(req)
+            params = apply_model_limits(chat_params(req), ctx.vocab_size)
             ctx.check_queue()
             ids = await chat_prompt_ids(ctx, req.chat_messages(), req.add_generation_prompt)
             _check_prompt_len(ctx, ids, "messages")

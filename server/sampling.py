@@ -44,6 +44,19 @@ def engine_param_error(e: ParamError, renames: dict[str, str] | None = None) -> 
     return bad_request(param, message)
 
 
+def apply_model_limits(params: SamplingParams, vocab_size: int) -> SamplingParams:
+    """Checks that need the model, done before the engine sees the request: out-of-vocabulary stop token
+    ids and a top_k beyond int64 make the engine's sampler raise inside step(), which would fail every
+    request in flight. top_k above the vocabulary means "no limit", which is what top_k = vocab means."""
+    bad = next((t for t in params.stop_token_ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise bad_request("stop_token_ids", f"stop_token_ids: token id {bad} is outside the vocabulary "
+                                            f"[0, {vocab_size})")
+    if params.top_k > vocab_size:
+        params.top_k = vocab_size
+    return params
+
+
 def completion_params(req: CompletionRequest) -> SamplingParams:
     if req.echo:
         raise _unsupported("echo", "echo (returning the prompt with the completion)")

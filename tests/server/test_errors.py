@@ -41,6 +41,8 @@ CASES = [
     ("n-bool", C, body(n=True), 400, "n"),
     ("stop-list-huge", C, body(stop=["x"] * 1000), 400, "stop"),
     ("stop-wrong-type", C, body(stop=123), 400, "stop"),
+    ("stop-token-id-out-of-vocab", C, body(stop_token_ids=[10**6], min_tokens=2), 400, "stop_token_ids"),
+    ("stop-token-id-beyond-int64", C, body(stop_token_ids=[2**70], min_tokens=2), 400, "stop_token_ids"),
     ("top-p-zero", C, body(top_p=0), 400, "top_p"),
     ("top-k-below-minus-one", C, body(top_k=-5), 400, "top_k"),
     ("min-p-above-one", C, body(min_p=1.5), 400, "min_p"),
@@ -128,6 +130,11 @@ def test_a_chunked_body_over_the_limit_is_413(client):
     r = client.post(C, content=chunks(), headers={"Content-Type": "application/json"})
     assert "content-length" not in r.request.headers
     assert_envelope(r, 413, None)
+
+
+def test_a_top_k_beyond_the_vocabulary_means_no_limit(client):
+    r = client.post(C, json=body(top_k=2**70, temperature=1.0))
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
 
 
 def test_the_server_is_healthy_and_serving_after_all_that(server, client):
