@@ -36,8 +36,8 @@ class ServerConfig:
             raise ValueError(f"port: must be in [0, 65535], got {self.port}")
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key: must not be empty")
-        if self.max_queue < 0:
-            raise ValueError(f"max_queue: must be >= 0, got {self.max_queue}")
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue: must be >= 1, got {self.max_queue}")
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes: must be >= 1024, got {self.max_body_bytes}")
         if self.shutdown_timeout < 0:

@@ -58,7 +58,7 @@ async def run(ctx: ServerContext, http: Request, ticket: Ticket, record: AccessR
             raise engine_param_error(e, gen.renames) from None
         if gen.stream:
             handed_off = True
-            return SSEResponse(_frames(stream, gen, record), lambda gone: _close(ctx, stream, ticket, record, gone))
+            return SSEResponse(_frames(stream, gen, record), lambda: _close(ctx, stream, ticket))
         return await _respond_whole(ctx, http, stream, gen, record)
     finally:
         if not handed_off:
@@ -66,7 +66,7 @@ async def run(ctx: ServerContext, http: Request, ticket: Ticket, record: AccessR
             ticket.release()
 
 
-def _close(ctx: ServerContext, stream: RequestStream, ticket: Ticket, record: AccessRecord, gone: bool) -> None:
+def _close(ctx: ServerContext, stream: RequestStream, ticket: Ticket) -> None:
     ctx.abort(stream)  # no-op when the stream finished
     ticket.release()
 

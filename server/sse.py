@@ -30,19 +30,17 @@ async def wait_for_disconnect(receive: Receive) -> None:
 class SSEResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, frames: AsyncIterator[bytes], on_close: Callable[[bool], None]):
+    def __init__(self, frames: AsyncIterator[bytes], on_close: Callable[[], None]):
         super().__init__(status_code=200)
         self.frames = frames
-        self.on_close = on_close  # called with True when the client disconnected first
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sender = asyncio.ensure_future(self._send_all(send))
         watcher = asyncio.ensure_future(wait_for_disconnect(receive))
-        disconnected = False
         try:
             done, _ = await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            disconnected = watcher in done and not sender.done()
-            if disconnected:
+            if watcher in done and not sender.done():  # the client left first
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError, OSError):
                     await sender
@@ -51,9 +49,9 @@ class SSEResponse(Response):
         finally:
             for task in (sender, watcher):
                 task.cancel()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception):
                 await self.frames.aclose()
-            self.on_close(disconnected)
+            self.on_close()
 
     async def _send_all(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})

@@ -41,7 +41,7 @@ def test_server_and_engine_flags_parse_together():
     assert args.max_num_seqs == 4
 
 
-@pytest.mark.parametrize("kwargs", [{"port": 70000}, {"max_queue": -1}, {"max_body_bytes": 10}, {"api_key": ""}])
+@pytest.mark.parametrize("kwargs", [{"port": 70000}, {"max_queue": 0}, {"max_body_bytes": 10}, {"api_key": ""}])
 def test_invalid_settings_are_refused(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         ServerConfig(**kwargs)
