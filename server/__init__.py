@@ -17,7 +17,10 @@ The engine runs in its own thread (`engine_loop`); the asyncio event loop only p
     sampling        request model -> engine SamplingParams
     responses       engine deltas -> OpenAI response bodies, stream chunks and logprobs
     sse             the Server-Sent-Events response that aborts on client disconnect
-    routes_*        the endpoints
+    generation      after validation: submit to the engine, then stream or collect the answer
+    routes_generate /v1/completions and /v1/chat/completions
+    routes_admin    /health, /metrics, /v1/models, /tokenize, /detokenize
     metrics         ServerMetrics: the Prometheus registry and metric objects
     stat_logger     engine deltas + IterationStats -> ServerMetrics (the one translation point)
+    bench_overhead  `python -m server.bench_overhead`: HTTP vs offline throughput
 """

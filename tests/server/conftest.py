@@ -82,9 +82,10 @@ class LiveServer:
         self.loop.run_until_complete(self.server.serve(sockets=[self._sock]))
         self.loop.close()
 
-    def start(self, timeout: float = 120) -> "LiveServer":
+    def start(self, timeout: float = 120, wait_until_loaded: bool = True) -> "LiveServer":
         self._thread.start()
-        assert self.ctx.ready.wait(timeout), "the engine did not load in time"
+        if wait_until_loaded:
+            assert self.ctx.ready.wait(timeout), "the engine did not load in time"
         return self
 
     def stop(self) -> None:

@@ -41,3 +41,29 @@ def test_unknown_route_and_wrong_method_use_the_error_envelope(client):
     assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
     r = client.get("/v1/completions")
     assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_health_is_503_while_the_model_loads(live_server, tiny_llama_dir):
+    import threading
+
+    LiveServer, factory = live_server
+    release = threading.Event()
+    build = factory(tiny_llama_dir)
+
+    def slow_build():
+        release.wait(60)
+        return build()
+
+    live = LiveServer(slow_build).start(wait_until_loaded=False)
+    try:
+        with live.client() as client:
+            r = client.get("/health")
+            assert r.status_code == 503 and r.json() == {"status": "loading"}
+            r = client.post("/v1/completions", json={"prompt": "hi"})
+            assert r.status_code == 503 and r.json()["error"]["message"] == "the model is still loading"
+            release.set()
+            assert live.ctx.ready.wait(60)
+            assert client.get("/health").status_code == 200
+    finally:
+        release.set()
+        live.stop()

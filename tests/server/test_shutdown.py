@@ -79,3 +79,12 @@ def test_sigterm_drains_in_flight_streams_and_exits_0(tiny_llama_dir, parse_sse)
         assert server.proc.wait(timeout=60) == 0
     finally:
         server.kill()
+
+
+def test_a_model_that_cannot_load_makes_the_process_exit_1(tmp_path):
+    server = ServerProcess("--model", str(tmp_path / "no-such-model"), "--port", "0")
+    try:
+        server.wait_for("could not be loaded")
+        assert server.proc.wait(timeout=60) == 1
+    finally:
+        server.kill()
