@@ -61,7 +61,7 @@ def test_sigterm_drains_in_flight_streams_and_exits_0(tiny_llama_dir, parse_sse)
         url = server.wait_for("serving on").split("serving on ")[1].split()[0]
         server.wait_for("-> ready")
         headers = {"Authorization": "Bearer k"}
-        body = {"prompt": "Tell me a long story.", "max_tokens": 120, "temperature": 0, "ignore_eos": True,
+        body = {"prompt": "Tell me a long story.", "max_tokens": 300, "temperature": 0, "ignore_eos": True,
                 "stream": True}
         with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
             with client.stream("POST", "/v1/completions", json=body) as r:
