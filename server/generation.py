@@ -24,7 +24,7 @@ from .context import ServerContext, Ticket
 from .errors import APIError
 from .guard import AccessRecord
 from .request_stream import RequestStream
-from .responses import DONE_FRAME, ChatFormatter, ChoiceAccumulator, Usage, sse_frame
+from .responses import DONE_FRAME, ChatFormatter, ChoiceAccumulator, Formatter, Usage, sse_frame
 from .sampling import engine_param_error
 from .sse import SSEResponse, wait_for_disconnect
 
@@ -38,7 +38,7 @@ class Generation:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
-    formatter: object  # CompletionFormatter | ChatFormatter
+    formatter: Formatter
     stream: bool
     include_usage: bool
     renames: dict[str, str]  # engine parameter names -> this endpoint's field names

@@ -79,7 +79,7 @@ class ChoiceAccumulator:
         return "".join(self.texts)
 
 
-class _Formatter:
+class Formatter:
     object_name = ""
     chunk_object_name = ""
 
@@ -122,7 +122,7 @@ class _Formatter:
         raise NotImplementedError
 
 
-class CompletionFormatter(_Formatter):
+class CompletionFormatter(Formatter):
     """/v1/completions: `text`; logprobs as {tokens, token_logprobs, top_logprobs, text_offset}."""
 
     object_name = chunk_object_name = "text_completion"
@@ -156,7 +156,7 @@ class CompletionFormatter(_Formatter):
                 "stop_reason": c.stop_reason}
 
 
-class ChatFormatter(_Formatter):
+class ChatFormatter(Formatter):
     """/v1/chat/completions: `message` / `delta`; logprobs as {content: [{token, logprob, bytes, top_logprobs}]}."""
 
     object_name = "chat.completion"
