@@ -1,0 +1,46 @@
+"""`kvserve serve`: the engine's flags plus the server's, then uvicorn until SIGTERM/SIGINT.
+
+    kvserve serve                                  # the default model on http://127.0.0.1:8000
+    kvserve serve --model ./my-model --port 0      # any free port; the startup line says which
+    KVSERVE_API_KEY=secret kvserve serve --host 0.0.0.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from engine.config import EngineArgs
+
+from .config import ServerConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    ServerConfig.add_cli_args(parser)
+    EngineArgs.add_cli_args(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .app import build_app
+    from .context import ServerContext
+    from .serving import DrainingServer, uvicorn_config
+
+    try:
+        config = ServerConfig.from_cli_args(args)
+        engine_args = EngineArgs.from_cli_args(args)
+    except ValueError as e:
+        print(f"kvserve serve: {e}")
+        return 2
+    logging.getLogger("kvserve.access").setLevel(logging.INFO if config.access_log else logging.WARNING)
+
+    def build_engine():
+        from engine.engine import LLMEngine
+
+        return LLMEngine.from_args(engine_args)
+
+    ctx = ServerContext(config, build_engine)
+    app = build_app(ctx)
+    server = DrainingServer(uvicorn_config(app, ctx, log_config=None), ctx)
+    asyncio.run(server.serve())
+    return server.exit_code

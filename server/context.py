@@ -1,0 +1,198 @@
+"""`ServerContext`: everything one server owns, passed explicitly to the routes (no module globals).
+
+It holds the server's phase (the truth behind /health), the engine loop, the server's own tokenizer with
+the one worker thread that runs it (tokenization and chat templating never run on the event loop), the
+metrics, and the count of in-flight generation requests that a graceful shutdown waits for.
+
+    LOADING --engine built--> READY --SIGTERM--> DRAINING --(idle or timeout)--> process exits
+       |                        |                    |
+       +--load failed--> FAILED <--engine failure----+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from engine.outputs import StepOutput
+
+from .config import ServerConfig
+from .engine_loop import EngineLoop
+from .errors import APIError, bad_request, unavailable
+from .metrics import ServerMetrics
+from .request_stream import RequestStream
+from .stat_logger import StatLogger
+
+logger = logging.getLogger(__name__)
+
+
+class Phase(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+class Ticket:
+    """One admitted generation request; `release()` (idempotent) when its response is over."""
+
+    def __init__(self, ctx: "ServerContext"):
+        self._ctx = ctx
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._ctx._release()
+
+
+class ServerContext:
+    def __init__(self, config: ServerConfig, engine_factory: Callable[[], object]):
+        self.config = config
+        self.phase = Phase.LOADING
+        self.ready = threading.Event()  # set when loading ends, well or badly (for the CLI and tests)
+        self.on_fatal: Callable[[BaseException], None] | None = None  # the model could not be loaded
+        self._engine_factory = engine_factory
+        self.engine_loop: EngineLoop | None = None
+        self.tokenizer = None
+        self.model_name = config.served_model_name or ""
+        self.max_model_len = 0
+        self.vocab_size = 0
+        self.metrics: ServerMetrics | None = None
+        self.stat_logger: StatLogger | None = None
+        self._tokenizer_worker = ThreadPoolExecutor(1, thread_name_prefix="kvserve-tokenizer")
+        self._in_flight = 0
+        self._idle: asyncio.Event | None = None
+        self._closing = False  # drained past the timeout: no new submissions at all
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Called on the event loop at startup: start the engine thread, which loads the model."""
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.engine_loop = EngineLoop(self._engine_factory, asyncio.get_running_loop(), self)
+        self.engine_loop.start()
+
+    async def close(self) -> None:
+        if self.engine_loop is not None:
+            await asyncio.to_thread(self.engine_loop.stop, 5.0)
+        self._tokenizer_worker.shutdown(wait=False, cancel_futures=True)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop admitting, give in-flight requests `timeout` seconds to finish, then abort the rest."""
+        if self.phase is Phase.READY:
+            self._set_phase(Phase.DRAINING)
+        logger.info("Draining: %d request(s) in flight, up to %.1f s", self._in_flight, timeout)
+        assert self._idle is not None
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return
+        except asyncio.TimeoutError:
+            pass
+        self._closing = True
+        streams = self.engine_loop.in_flight() if self.engine_loop is not None else []
+        logger.warning("Shutdown timeout: aborting %d request(s)", len(streams))
+        for stream in streams:
+            stream.fail(APIError(503, "the server is shutting down; the request was aborted", code="server_shutdown"))
+            self.engine_loop.abort(stream.request_id)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), 5.0)
+
+    def _set_phase(self, phase: Phase) -> None:
+        logger.info("Server phase: %s -> %s", self.phase.value, phase.value)
+        self.phase = phase
+
+    # ---- EngineListener (event loop) ----------------------------------------------------------------------
+    def on_ready(self, engine) -> None:
+        asyncio.ensure_future(self._finish_loading(engine))
+
+    async def _finish_loading(self, engine) -> None:
+        # Only immutable configuration is read here; the engine itself belongs to its thread.
+        mc = engine.model_config
+        try:
+            self.tokenizer = await asyncio.get_running_loop().run_in_executor(
+                self._tokenizer_worker, _load_tokenizer, mc.tokenizer)
+        except Exception as e:  # noqa: BLE001
+            logger.exception("Loading the server's tokenizer failed")
+            self.on_load_failed(e)
+            return
+        self.model_name = self.config.served_model_name or mc.name
+        self.max_model_len = engine.max_model_len
+        self.vocab_size = mc.vocab_size
+        self.metrics = ServerMetrics(self.model_name, self.max_model_len)
+        self.stat_logger = StatLogger(self.metrics)
+        if self.phase is Phase.LOADING:
+            self._set_phase(Phase.READY)
+        self.ready.set()
+
+    def on_load_failed(self, error: BaseException) -> None:
+        self._set_phase(Phase.FAILED)
+        self.ready.set()
+        if self.on_fatal is not None:
+            self.on_fatal(error)
+
+    def on_step(self, output: StepOutput) -> None:
+        if self.stat_logger is not None:
+            self.stat_logger.record(output)
+
+    def on_failure(self, error: BaseException) -> None:
+        self._set_phase(Phase.FAILED)
+
+    # ---- admission ----------------------------------------------------------------------------------------
+    def require_ready(self) -> None:
+        if self.phase is not Phase.READY:
+            raise unavailable({Phase.LOADING: "the model is still loading",
+                               Phase.DRAINING: "the server is shutting down",
+                               Phase.FAILED: "the engine has failed; the server needs a restart"}
+                              .get(self.phase, "the server is not ready"))
+
+    def admit(self) -> Ticket:
+        """Count a new generation request in (503 unless ready)."""
+        self.require_ready()
+        self._in_flight += 1
+        self._idle.clear()
+        return Ticket(self)
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise APIError(404, f"model: the model {model[:200]!r} does not exist; this server serves "
+                                f"{self.model_name!r}", param="model", code="model_not_found")
+
+    def check_queue(self) -> None:
+        if self.engine_loop.num_waiting >= self.config.max_queue:
+            raise APIError(429, f"the server is overloaded: {self.config.max_queue} sequences are already waiting; "
+                                "retry later", code="queue_full",
+                           headers={"Retry-After": str(self.config.retry_after_s)})
+
+    def submit(self, stream: RequestStream, prompt_token_ids: list[int], params) -> None:
+        if self._closing or self.phase is Phase.FAILED:
+            raise unavailable("the server is shutting down" if self._closing else "the engine has failed")
+        self.engine_loop.submit(stream, prompt_token_ids, params)
+
+    def abort(self, stream: RequestStream) -> None:
+        if not stream.finished and self.engine_loop is not None:
+            self.engine_loop.abort(stream.request_id)
+
+    # ---- tokenization (off the event loop) ----------------------------------------------------------------
+    async def run_tokenizer(self, fn: Callable, *args):
+        if self.tokenizer is None:
+            raise bad_request("prompt", "prompt: this model has no tokenizer; send token ids")
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_worker, fn, self.tokenizer, *args)
+
+
+def _load_tokenizer(path: str | None):
+    if path is None:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,217 @@
+"""The engine thread: the only thread that ever touches the `LLMEngine`.
+
+    event loop (asyncio)                         engine thread
+    --------------------                         -------------
+    submit(stream, ids, params) --Add-------->   inbox (SimpleQueue) --+
+    abort(request_id) ------------Abort------>                         |  applied between steps
+                                                                       v
+    _deliver_acks  <---call_soon_threadsafe---   add_request / abort_request
+    _deliver_step  <---call_soon_threadsafe---   step() -> StepOutput (deltas + IterationStats)
+    _deliver_failure <-call_soon_threadsafe---   an exception from step()
+
+The thread builds the engine itself (so the model loads while HTTP already answers /health with 503), then
+loops: block on the inbox while the engine is idle (no spinning), apply every queued command, run one step,
+post its output to the event loop in one call. The event loop routes deltas to per-request
+`RequestStream`s; the registry of streams is touched only on the event loop.
+
+A bad request fails alone: an exception from `add_request` rejects that request only. An exception from
+`step()` (or `abort_request`) means the engine's state can no longer be trusted: every in-flight request
+fails with a 500 and the thread stops; the listener turns /health to 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from engine.outputs import StepOutput
+from engine.sampling_params import ParamError, SamplingParams
+
+from .errors import APIError, unavailable
+from .request_stream import RequestStream
+
+logger = logging.getLogger(__name__)
+
+
+class EngineListener(Protocol):
+    """What the engine loop reports to its owner; every call runs on the event loop."""
+
+    def on_ready(self, engine) -> None: ...
+    def on_load_failed(self, error: BaseException) -> None: ...
+    def on_step(self, output: StepOutput) -> None: ...
+    def on_failure(self, error: BaseException) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Add:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    arrival: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Abort:
+    request_id: str
+
+
+_STOP = object()
+ENGINE_FAILED_MESSAGE = "the engine failed while running this request; the server needs a restart"
+
+
+class EngineLoop:
+    def __init__(self, factory: Callable[[], object], loop: asyncio.AbstractEventLoop, listener: EngineListener):
+        self._factory = factory
+        self._loop = loop
+        self._listener = listener
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, RequestStream] = {}  # event-loop side only
+        self._lock = threading.Lock()
+        self._unapplied = 0  # sequences submitted but not yet handed to the engine
+        self._engine_waiting = 0  # sequences in the engine's waiting queue, as of the last step
+        self._dead = False
+        self._thread = threading.Thread(target=self._run, name="kvserve-engine", daemon=True)
+
+    # ---- event-loop side ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, stream: RequestStream, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Hand a request to the engine; `stream.accepted` resolves once the engine took it (or refused)."""
+        if self._dead:
+            raise unavailable("the engine is not running")
+        self._streams[stream.request_id] = stream
+        with self._lock:
+            self._unapplied += params.n
+        self._inbox.put(_Add(stream.request_id, prompt_token_ids, params, stream.arrival))
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its KV blocks; its final (abort) deltas still come back, for the metrics."""
+        if not self._dead:
+            self._inbox.put(_Abort(request_id))
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the thread to exit after the commands already queued; wait up to `timeout` seconds."""
+        self._inbox.put(_STOP)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def num_waiting(self) -> int:
+        """Sequences waiting for the engine: submitted but not yet added, plus the engine's waiting queue."""
+        with self._lock:
+            return self._unapplied + self._engine_waiting
+
+    def in_flight(self) -> list[RequestStream]:
+        return list(self._streams.values())
+
+    # ---- engine thread ------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            engine = self._factory()
+        except BaseException as e:  # noqa: BLE001 - any failure to load is reported, never raised into nowhere
+            logger.exception("Loading the engine failed")
+            self._dead = True
+            self._post(self._listener.on_load_failed, e)
+            return
+        self._post(self._listener.on_ready, engine)
+        try:
+            self._serve(engine)
+        except BaseException as e:  # noqa: BLE001
+            logger.exception("The engine failed; failing every in-flight request")
+            self._dead = True
+            self._post(self._deliver_failure, e)
+
+    def _serve(self, engine) -> None:
+        while True:
+            commands = self._take(block=not engine.has_unfinished_requests())
+            if commands and self._apply(engine, commands):
+                return
+            if engine.has_unfinished_requests():
+                out = engine.step()
+                with self._lock:
+                    self._engine_waiting = out.stats.num_waiting
+                self._post(self._deliver_step, out)
+
+    def _take(self, block: bool) -> list:
+        items = [self._inbox.get()] if block else []
+        while True:
+            try:
+                items.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _apply(self, engine, commands: list) -> bool:
+        """Apply queued commands in order; post the add results in one batch. True = stop the loop."""
+        acks: list[tuple[str, list[int] | BaseException]] = []
+        stop = False
+        for cmd in commands:
+            if cmd is _STOP:
+                stop = True
+                break
+            if isinstance(cmd, _Abort):
+                engine.abort_request(cmd.request_id)
+                continue
+            try:
+                ids = engine.add_request(cmd.request_id, cmd.prompt_token_ids, cmd.params, arrival_time=cmd.arrival)
+                acks.append((cmd.request_id, ids))
+                added = cmd.params.n
+            except Exception as e:  # noqa: BLE001 - one bad request fails alone
+                if not isinstance(e, ValueError):
+                    logger.exception("add_request failed for %s", cmd.request_id)
+                acks.append((cmd.request_id, e))
+                added = 0
+            with self._lock:
+                self._unapplied -= cmd.params.n
+                self._engine_waiting += added
+        if acks:
+            self._post(self._deliver_acks, acks)
+        return stop
+
+    def _post(self, fn, *args) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the event loop is closed: the server is gone, nobody is listening
+            pass
+
+    # ---- event-loop callbacks -----------------------------------------------------------------------------
+    def _deliver_acks(self, acks: list[tuple[str, list[int] | BaseException]]) -> None:
+        for request_id, result in acks:
+            stream = self._streams.get(request_id)
+            if stream is None:
+                continue
+            if isinstance(result, BaseException):
+                del self._streams[request_id]
+                stream.reject(_as_api_error(result))
+            else:
+                stream.accept(result)
+
+    def _deliver_step(self, out: StepOutput) -> None:
+        self._listener.on_step(out)  # metrics first: a client that sees its last token sees it counted
+        for delta in out.deltas:
+            stream = self._streams.get(delta.request_id)
+            if stream is None:
+                continue
+            stream.put(delta)
+            if stream.finished:
+                del self._streams[delta.request_id]
+
+    def _deliver_failure(self, error: BaseException) -> None:
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream.fail(APIError(500, ENGINE_FAILED_MESSAGE, code="engine_failed"))
+        self._listener.on_failure(error)
+
+
+def _as_api_error(e: BaseException) -> APIError | ParamError:
+    """Keep ParamError as-is (the endpoint renames its param); anything else becomes an APIError."""
+    if isinstance(e, ParamError):
+        return e
+    if isinstance(e, ValueError):
+        return APIError(400, str(e))
+    return APIError(500, "the engine could not add this request", code="internal_error")

@@ -1,0 +1,190 @@
+"""Engine deltas -> OpenAI response bodies: whole responses, stream chunks, usage and logprobs.
+
+One formatter per request. `chunk(delta)` gives the stream chunk for one engine delta (or None when it
+carries nothing a client could see); `ChoiceAccumulator` gathers a choice's deltas for a non-streaming
+response, which `response(choices, usage)` turns into the final body. Completions and chat differ only in
+the object names, where the text goes (`text` vs `message`/`delta`) and the logprobs format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from engine.outputs import SequenceDelta, TokenLogprob
+
+MIN_LOGPROB = -9999.0  # JSON has no -inf; a token the sampler could never pick reports this
+DONE_FRAME = b"data: [DONE]\n\n"
+
+
+def sse_frame(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n\n"
+
+
+def finite_logprob(x: float) -> float:
+    return x if math.isfinite(x) and x > MIN_LOGPROB else MIN_LOGPROB
+
+
+class TokenTexts:
+    """Token id -> its text (cached); `token_id:N` when the model has no tokenizer."""
+
+    def __init__(self, tokenizer):
+        self._tok = tokenizer
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self._cache.get(token_id)
+        if text is None:
+            text = self._tok.decode([token_id]) if self._tok is not None else f"token_id:{token_id}"
+            if len(self._cache) < 65536:
+                self._cache[token_id] = text
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    def body(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+@dataclass
+class ChoiceAccumulator:
+    """One choice of a non-streaming response, built from its deltas."""
+
+    index: int
+    texts: list[str] = field(default_factory=list)
+    logprobs: dict[str, list] | None = None
+    num_output_tokens: int = 0
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+    def add(self, delta: SequenceDelta, logprobs: dict[str, list] | None) -> None:
+        self.texts.append(delta.new_text)
+        self.num_output_tokens = delta.num_output_tokens
+        if logprobs is not None:
+            if self.logprobs is None:
+                self.logprobs = {k: [] for k in logprobs}
+            for k, v in logprobs.items():
+                self.logprobs[k].extend(v)
+        if delta.finished:
+            self.finish_reason, self.stop_reason = delta.finish_reason, delta.stop_reason
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+
+class Formatter:
+    object_name = ""
+    chunk_object_name = ""
+
+    def __init__(self, request_id: str, model: str, created: int, logprobs: bool, texts: TokenTexts,
+                 include_usage: bool = False):
+        self.request_id, self.model, self.created = request_id, model, created
+        self.want_logprobs, self.texts, self.include_usage = logprobs, texts, include_usage
+
+    def _envelope(self, object_name: str, choices: list[dict]) -> dict:
+        return {"id": self.request_id, "object": object_name, "created": self.created, "model": self.model,
+                "choices": choices}
+
+    def logprobs(self, delta: SequenceDelta) -> dict[str, list] | None:
+        if not self.want_logprobs:
+            return None
+        return self._logprobs(delta.index, delta.new_logprobs or [])
+
+    def chunk(self, delta: SequenceDelta) -> dict | None:
+        logprobs = self.logprobs(delta)
+        if not delta.new_text and not delta.finished and not (logprobs and any(logprobs.values())):
+            return None  # a token whose text is held back (a possible stop string, half a character)
+        body = self._envelope(self.chunk_object_name, [self._chunk_choice(delta, logprobs)])
+        if self.include_usage:
+            body["usage"] = None
+        return body
+
+    def usage_chunk(self, usage: Usage) -> dict:
+        return dict(self._envelope(self.chunk_object_name, []), usage=usage.body())
+
+    def response(self, choices: list[ChoiceAccumulator], usage: Usage) -> dict:
+        return dict(self._envelope(self.object_name, [self._final_choice(c) for c in choices]), usage=usage.body())
+
+    def _logprobs(self, index: int, lps: list[TokenLogprob]) -> dict[str, list]:
+        raise NotImplementedError
+
+    def _chunk_choice(self, delta: SequenceDelta, logprobs: dict | None) -> dict:
+        raise NotImplementedError
+
+    def _final_choice(self, c: ChoiceAccumulator) -> dict:
+        raise NotImplementedError
+
+
+class CompletionFormatter(Formatter):
+    """/v1/completions: `text`; logprobs as {tokens, token_logprobs, top_logprobs, text_offset}."""
+
+    object_name = chunk_object_name = "text_completion"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._offsets: dict[int, int] = {}  # choice index -> characters of token text so far
+
+    def _logprobs(self, index: int, lps: list[TokenLogprob]) -> dict[str, list]:
+        tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
+        offset = self._offsets.get(index, 0)
+        for lp in lps:
+            text = self.texts(lp.token_id)
+            tokens.append(text)
+            token_logprobs.append(finite_logprob(lp.logprob))
+            top = {self.texts(t): finite_logprob(v) for t, v in lp.top.items()}
+            top.setdefault(text, finite_logprob(lp.logprob))  # the sampled token is always listed (OpenAI)
+            top_logprobs.append(top)
+            text_offset.append(offset)
+            offset += len(text)
+        self._offsets[index] = offset
+        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
+                "text_offset": text_offset}
+
+    def _chunk_choice(self, delta: SequenceDelta, logprobs: dict | None) -> dict:
+        return {"index": delta.index, "text": delta.new_text, "logprobs": logprobs,
+                "finish_reason": delta.finish_reason, "stop_reason": delta.stop_reason}
+
+    def _final_choice(self, c: ChoiceAccumulator) -> dict:
+        return {"index": c.index, "text": c.text, "logprobs": c.logprobs, "finish_reason": c.finish_reason,
+                "stop_reason": c.stop_reason}
+
+
+class ChatFormatter(Formatter):
+    """/v1/chat/completions: `message` / `delta`; logprobs as {content: [{token, logprob, bytes, top_logprobs}]}."""
+
+    object_name = "chat.completion"
+    chunk_object_name = "chat.completion.chunk"
+
+    def _entry(self, token_id: int, logprob: float) -> dict:
+        text = self.texts(token_id)
+        return {"token": text, "logprob": finite_logprob(logprob), "bytes": list(text.encode("utf-8"))}
+
+    def _logprobs(self, index: int, lps: list[TokenLogprob]) -> dict[str, list]:
+        content = []
+        for lp in lps:
+            entry = self._entry(lp.token_id, lp.logprob)
+            entry["top_logprobs"] = [self._entry(t, v) for t, v in lp.top.items()]
+            content.append(entry)
+        return {"content": content}
+
+    def role_chunk(self, index: int) -> dict:
+        body = self._envelope(self.chunk_object_name, [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                                        "logprobs": None, "finish_reason": None}])
+        if self.include_usage:
+            body["usage"] = None
+        return body
+
+    def _chunk_choice(self, delta: SequenceDelta, logprobs: dict | None) -> dict:
+        return {"index": delta.index, "delta": {"content": delta.new_text} if delta.new_text else {},
+                "logprobs": logprobs, "finish_reason": delta.finish_reason, "stop_reason": delta.stop_reason}
+
+    def _final_choice(self, c: ChoiceAccumulator) -> dict:
+        return {"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": c.logprobs,
+                "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}

@@ -1,0 +1,87 @@
+"""Request model -> engine `SamplingParams`, with errors named as the client spelled the field.
+
+The engine's `SamplingParams` is the one place that checks ranges (temperature in [0, 2], top_p in (0, 1],
+n <= MAX_N, ...); a `ParamError` from it becomes a 400 whose `param` is the request field. Fields the server
+does not implement are rejected here instead of being silently ignored, because ignoring them would change
+what the client gets (echo, suffix, logit_bias, best_of, tools, structured output).
+"""
+
+from __future__ import annotations
+
+from engine.sampling_params import ParamError, SamplingParams
+
+from .errors import APIError, bad_request
+from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+
+
+def _unsupported(param: str, what: str) -> APIError:
+    return bad_request(param, f"{param}: {what} is not supported by this server", code="unsupported_parameter")
+
+
+def _common_kwargs(req: SamplingFields) -> dict:
+    if req.logit_bias:
+        raise _unsupported("logit_bias", "logit_bias")
+    return dict(n=req.n, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
+                presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                repetition_penalty=req.repetition_penalty, seed=req.seed, stop=req.stop,
+                stop_token_ids=req.stop_token_ids or [], include_stop_str_in_output=req.include_stop_str_in_output,
+                ignore_eos=req.ignore_eos, min_tokens=req.min_tokens, skip_special_tokens=req.skip_special_tokens)
+
+
+def _build(kwargs: dict, renames: dict[str, str]) -> SamplingParams:
+    try:
+        return SamplingParams(**kwargs)
+    except ParamError as e:
+        raise engine_param_error(e, renames) from None
+
+
+def engine_param_error(e: ParamError, renames: dict[str, str] | None = None) -> APIError:
+    """An engine ParamError as a 400; `renames` maps engine parameter names to this endpoint's field names."""
+    param = (renames or {}).get(e.param, e.param)
+    message = str(e)
+    if param != e.param and message.startswith(e.param + ":"):
+        message = param + message[len(e.param):]
+    return bad_request(param, message)
+
+
+def apply_model_limits(params: SamplingParams, vocab_size: int) -> SamplingParams:
+    """Checks that need the model, done before the engine sees the request: out-of-vocabulary stop token
+    ids and a top_k beyond int64 make the engine's sampler raise inside step(), which would fail every
+    request in flight. top_k above the vocabulary means "no limit", which is what top_k = vocab means."""
+    bad = next((t for t in params.stop_token_ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise bad_request("stop_token_ids", f"stop_token_ids: token id {bad} is outside the vocabulary "
+                                            f"[0, {vocab_size})")
+    if params.top_k > vocab_size:
+        params.top_k = vocab_size
+    return params
+
+
+def completion_params(req: CompletionRequest) -> SamplingParams:
+    if req.echo:
+        raise _unsupported("echo", "echo (returning the prompt with the completion)")
+    if req.suffix:
+        raise _unsupported("suffix", "suffix (insertion)")
+    if req.best_of is not None and req.best_of != req.n:
+        raise _unsupported("best_of", "best_of other than n")
+    return _build(dict(_common_kwargs(req), max_tokens=req.max_tokens, logprobs=req.logprobs), {})
+
+
+def chat_renames(req: ChatCompletionRequest) -> dict[str, str]:
+    """Engine names -> chat field names (the prompt is made of messages; logprobs come as top_logprobs)."""
+    max_field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    return {"prompt": "messages", "logprobs": "top_logprobs", "max_tokens": max_field}
+
+
+def chat_params(req: ChatCompletionRequest) -> SamplingParams:
+    if req.tools or req.functions:
+        raise _unsupported("tools", "tool calling")
+    if req.tool_choice not in (None, "none"):
+        raise _unsupported("tool_choice", "tool_choice other than 'none'")
+    if req.response_format is not None and req.response_format.get("type", "text") != "text":
+        raise _unsupported("response_format", "structured output (response_format other than text)")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise bad_request("top_logprobs", "top_logprobs: requires logprobs to be true")
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    return _build(dict(_common_kwargs(req), max_tokens=max_tokens, logprobs=logprobs), chat_renames(req))

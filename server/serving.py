@@ -1,0 +1,81 @@
+"""Running the app under uvicorn: the startup line, and SIGTERM/SIGINT as a graceful drain.
+
+uvicorn on its own closes the listening socket at the first signal (new clients get "connection
+refused", not a 503) and re-raises the signal after shutdown (the process dies by SIGTERM instead of
+exiting 0). `DrainingServer` instead keeps listening while it drains: /health and new requests get 503,
+in-flight requests get `shutdown_timeout` seconds to finish, the rest are aborted; then uvicorn's own
+shutdown runs and the process exits 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+import uvicorn
+
+from .context import ServerContext
+
+logger = logging.getLogger(__name__)
+
+
+def uvicorn_config(app, ctx: ServerContext, **overrides) -> uvicorn.Config:
+    cfg = ctx.config
+    kwargs = dict(host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False, http="h11",
+                  h11_max_incomplete_event_size=cfg.max_header_bytes, lifespan="on",
+                  timeout_graceful_shutdown=5, server_header=False)
+    kwargs.update(overrides)
+    return uvicorn.Config(app, **kwargs)
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, ctx: ServerContext):
+        super().__init__(config)
+        self.ctx = ctx
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self.exit_code = 0
+        self.url = ""
+        ctx.on_fatal = self._on_fatal
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host, port = self._bound_address(sockets)
+            self.url = f"http://{host}:{port}"
+            print(f"kvserve: serving on {self.url} (model loading; GET /health turns 200 when ready)", flush=True)
+
+    def _bound_address(self, sockets) -> tuple[str, int]:
+        for s in (sockets or []) + [s for srv in self.servers for s in (srv.sockets or [])]:
+            addr = s.getsockname()
+            if isinstance(addr, tuple):
+                host = addr[0]
+                return (f"[{host}]" if ":" in host else host), addr[1]
+        return self.config.host, self.config.port
+
+    def handle_exit(self, sig: int, frame) -> None:
+        # Runs in the main thread between bytecodes; hand the work to the event loop.
+        if self._draining or self._loop is None:
+            self.force_exit = True
+            self.should_exit = True
+            return
+        self._draining = True
+        logger.info("Received %s: draining", signal.Signals(sig).name)
+        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain_then_exit()))
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self.ctx.drain(self.ctx.config.shutdown_timeout)
+        finally:
+            self.should_exit = True
+
+    def _on_fatal(self, error: BaseException) -> None:
+        logger.error("The model could not be loaded (%s); exiting", type(error).__name__)
+        self.exit_code = 1
+        self.should_exit = True
