@@ -30,7 +30,7 @@ class PrefillSeq:
 @dataclass(frozen=True, slots=True)
 class TorchPlan:
     decode_rows: torch.Tensor | None  # [Sd] query rows of decoding sequences
-    decode_blocks: torch.Tensor | None  # [Sd, Bmax] block ids (0 where padded)
+    decode_blocks: torch.Tensor | None  # [Sd * Bmax] block ids, row-major (0 where padded)
     decode_mask: torch.Tensor | None  # [Sd, 1, 1, Bmax * block_size] bool
     prefills: tuple[PrefillSeq, ...]
 
@@ -50,7 +50,7 @@ class TorchAttentionBackend:
             blocks = np.where(np.arange(bmax)[None, :] < nblk[:, None], block_tables[decode, :bmax], 0)
             mask = np.arange(bmax * block_size)[None, :] < lens[:, None]
             decode_rows = torch.from_numpy(cu[decode].astype(np.int64)).to(device)
-            decode_blocks = torch.from_numpy(blocks.astype(np.int64)).to(device)
+            decode_blocks = torch.from_numpy(blocks.astype(np.int64).ravel()).to(device)
             decode_mask = torch.from_numpy(mask[:, None, None, :]).to(device)
         prefills = []
         for s in np.flatnonzero(query_lens > 1):
@@ -78,10 +78,11 @@ class TorchAttentionBackend:
         kvh, d = key_cache.shape[2], key_cache.shape[3]
         out = torch.empty_like(query)
         if plan.decode_rows is not None:
-            sd = plan.decode_blocks.shape[0]
+            sd = plan.decode_rows.shape[0]
             q = query.index_select(0, plan.decode_rows).unsqueeze(2)  # [Sd, H, 1, D]
-            k = key_cache[plan.decode_blocks].view(sd, -1, kvh, d).transpose(1, 2)  # [Sd, KVH, L, D]
-            v = value_cache[plan.decode_blocks].view(sd, -1, kvh, d).transpose(1, 2)
+            # index_select copies whole blocks with memcpy: several times faster than advanced indexing
+            k = key_cache.index_select(0, plan.decode_blocks).view(sd, -1, kvh, d).transpose(1, 2)  # [Sd, KVH, L, D]
+            v = value_cache.index_select(0, plan.decode_blocks).view(sd, -1, kvh, d).transpose(1, 2)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.decode_mask, scale=scale, enable_gqa=True)
             out.index_copy_(0, plan.decode_rows, o.squeeze(2))
         for p in plan.prefills:
@@ -90,8 +91,8 @@ class TorchAttentionBackend:
                 k, v = key[p.q_start:p.q_end].transpose(0, 1), value[p.q_start:p.q_end].transpose(0, 1)
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
             else:
-                k = key_cache[p.kv_blocks].view(-1, kvh, d)[:p.kv_len].transpose(0, 1)
-                v = value_cache[p.kv_blocks].view(-1, kvh, d)[:p.kv_len].transpose(0, 1)
+                k = key_cache.index_select(0, p.kv_blocks).view(-1, kvh, d)[:p.kv_len].transpose(0, 1)
+                v = value_cache.index_select(0, p.kv_blocks).view(-1, kvh, d)[:p.kv_len].transpose(0, 1)
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=p.mask, scale=scale, enable_gqa=True)
             out[p.q_start:p.q_end] = o.transpose(0, 1)
         return out
