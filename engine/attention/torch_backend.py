@@ -1,8 +1,8 @@
 """Paged attention in plain torch: the CPU path and the engine-level oracle for the Triton kernels.
 
-Per step it precomputes gather indices (a `TorchPlan`), so each layer does one batched SDPA call for all
-decoding sequences (their blocks gathered whole into a padded [S, blocks x block_size] layout with a mask)
-and one SDPA call per prefilling sequence. Gathering whole blocks moves the same bytes as gathering slots
+Per step it precomputes gather indices (a `TorchPlan`), so each layer does a few batched SDPA calls for
+the decoding sequences (grouped by context length; each group's blocks gathered whole into a padded
+[S, blocks x block_size] layout with a mask) and one SDPA call per prefilling sequence. Gathering whole blocks moves the same bytes as gathering slots
 but with 1/block_size as many index operations. A prefill with no earlier context attends to its freshly computed K/V directly
 (plain causal attention); a chunked prefill or a prefix-cache hit gathers its earlier keys from the cache.
 """
@@ -28,11 +28,25 @@ class PrefillSeq:
 
 
 @dataclass(frozen=True, slots=True)
+class DecodeGroup:
+    rows: torch.Tensor  # [Sg] query rows of these decoding sequences
+    blocks: torch.Tensor  # [Sg * Bmax] block ids, row-major (0 where padded)
+    mask: torch.Tensor  # [Sg, 1, 1, Bmax * block_size] bool, True = attend
+
+
+@dataclass(frozen=True, slots=True)
 class TorchPlan:
-    decode_rows: torch.Tensor | None  # [Sd] query rows of decoding sequences
-    decode_blocks: torch.Tensor | None  # [Sd * Bmax] block ids, row-major (0 where padded)
-    decode_mask: torch.Tensor | None  # [Sd, 1, 1, Bmax * block_size] bool
+    decodes: tuple[DecodeGroup, ...]
     prefills: tuple[PrefillSeq, ...]
+
+
+def _decode_groups(lengths: np.ndarray, max_groups: int = 4, min_group: int = 8) -> list[np.ndarray]:
+    """Split decoding sequences, sorted by context length, into a few equal-count groups: each group is
+    padded only to its own longest context, which cuts the padded gather and attention work, while a handful
+    of groups keeps the per-layer call count small."""
+    order = np.argsort(lengths, kind="stable")
+    n = int(np.clip(len(order) // min_group, 1, max_groups))
+    return [g for g in np.array_split(order, n) if len(g)]
 
 
 class TorchAttentionBackend:
@@ -42,16 +56,17 @@ class TorchAttentionBackend:
              device: torch.device) -> TorchPlan:
         cu = np.concatenate([[0], np.cumsum(query_lens)])
         decode = np.flatnonzero(query_lens == 1)
-        decode_rows = decode_blocks = decode_mask = None
-        if len(decode):
-            lens = seq_lens[decode]
+        groups = []
+        for members in (_decode_groups(seq_lens[decode]) if len(decode) else []):
+            idx = decode[members]
+            lens = seq_lens[idx]
             nblk = -(-lens // block_size)
             bmax = int(nblk.max())
-            blocks = np.where(np.arange(bmax)[None, :] < nblk[:, None], block_tables[decode, :bmax], 0)
+            blocks = np.where(np.arange(bmax)[None, :] < nblk[:, None], block_tables[idx, :bmax], 0)
             mask = np.arange(bmax * block_size)[None, :] < lens[:, None]
-            decode_rows = torch.from_numpy(cu[decode].astype(np.int64)).to(device)
-            decode_blocks = torch.from_numpy(blocks.astype(np.int64).ravel()).to(device)
-            decode_mask = torch.from_numpy(mask[:, None, None, :]).to(device)
+            groups.append(DecodeGroup(torch.from_numpy(cu[idx].astype(np.int64)).to(device),
+                                      torch.from_numpy(blocks.astype(np.int64).ravel()).to(device),
+                                      torch.from_numpy(mask[:, None, None, :]).to(device)))
         prefills = []
         for s in np.flatnonzero(query_lens > 1):
             q_len, kv_len = int(query_lens[s]), int(seq_lens[s])
@@ -62,7 +77,7 @@ class TorchAttentionBackend:
             q_pos = np.arange(kv_len - q_len, kv_len)
             mask = torch.from_numpy(np.arange(kv_len)[None, :] <= q_pos[:, None]).to(device)
             prefills.append(PrefillSeq(int(cu[s]), int(cu[s + 1]), blocks, kv_len, mask))
-        return TorchPlan(decode_rows, decode_blocks, decode_mask, tuple(prefills))
+        return TorchPlan(tuple(groups), tuple(prefills))
 
     def store_kv(self, key, value, key_cache, value_cache, meta: AttentionMetadata) -> None:
         _, block_size, kvh, d = key_cache.shape
@@ -77,22 +92,24 @@ class TorchAttentionBackend:
         plan: TorchPlan = meta.plan
         kvh, d = key_cache.shape[2], key_cache.shape[3]
         out = torch.empty_like(query)
-        if plan.decode_rows is not None:
-            sd = plan.decode_rows.shape[0]
-            q = query.index_select(0, plan.decode_rows).unsqueeze(2)  # [Sd, H, 1, D]
+        for g in plan.decodes:
+            sd = g.rows.shape[0]
+            q = query.index_select(0, g.rows).unsqueeze(2)  # [Sg, H, 1, D]
             # index_select copies whole blocks with memcpy: several times faster than advanced indexing
-            k = key_cache.index_select(0, plan.decode_blocks).view(sd, -1, kvh, d).transpose(1, 2)  # [Sd, KVH, L, D]
-            v = value_cache.index_select(0, plan.decode_blocks).view(sd, -1, kvh, d).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.decode_mask, scale=scale, enable_gqa=True)
-            out.index_copy_(0, plan.decode_rows, o.squeeze(2))
+            k = key_cache.index_select(0, g.blocks).view(sd, -1, kvh, d).transpose(1, 2)  # [Sg, KVH, L, D]
+            v = value_cache.index_select(0, g.blocks).view(sd, -1, kvh, d).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale, enable_gqa=True)
+            out.index_copy_(0, g.rows, o.squeeze(2))
         for p in plan.prefills:
-            q = query[p.q_start:p.q_end].transpose(0, 1)  # [H, q_len, D]
+            # 4-D [1, heads, len, D] inputs: with 3-D ones torch's CPU SDPA falls back to its slow math path
+            q = query[p.q_start:p.q_end].transpose(0, 1).unsqueeze(0)
             if p.kv_blocks is None:
-                k, v = key[p.q_start:p.q_end].transpose(0, 1), value[p.q_start:p.q_end].transpose(0, 1)
+                k = key[p.q_start:p.q_end].transpose(0, 1).unsqueeze(0)
+                v = value[p.q_start:p.q_end].transpose(0, 1).unsqueeze(0)
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
             else:
-                k = key_cache.index_select(0, p.kv_blocks).view(-1, kvh, d)[:p.kv_len].transpose(0, 1)
-                v = value_cache.index_select(0, p.kv_blocks).view(-1, kvh, d)[:p.kv_len].transpose(0, 1)
+                k = key_cache.index_select(0, p.kv_blocks).view(-1, kvh, d)[:p.kv_len].transpose(0, 1).unsqueeze(0)
+                v = value_cache.index_select(0, p.kv_blocks).view(-1, kvh, d)[:p.kv_len].transpose(0, 1).unsqueeze(0)
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=p.mask, scale=scale, enable_gqa=True)
-            out[p.q_start:p.q_end] = o.transpose(0, 1)
+            out[p.q_start:p.q_end] = o[0].transpose(0, 1)
         return out

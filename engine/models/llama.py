@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..attention import AttentionBackend, AttentionMetadata
-from .layers import RMSNorm, RotaryEmbedding, silu_and_mul
+from .layers import Linear, RMSNorm, RotaryEmbedding, linear, silu_and_mul
 
 
 class Attention(nn.Module):
@@ -26,8 +26,8 @@ class Attention(nn.Module):
         self.head_dim = head_dim
         self.q_size, self.kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
         bias = cfg.model_type == "qwen2" or bool(getattr(cfg, "attention_bias", False))
-        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=bool(getattr(cfg, "attention_bias", False)))
+        self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
+        self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=bool(getattr(cfg, "attention_bias", False)))
         self.qk_norm = cfg.model_type == "qwen3"
         if self.qk_norm:
             self.q_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
@@ -54,8 +54,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=bool(getattr(cfg, "mlp_bias", False)))
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=bool(getattr(cfg, "mlp_bias", False)))
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=bool(getattr(cfg, "mlp_bias", False)))
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=bool(getattr(cfg, "mlp_bias", False)))
 
     def forward(self, x):
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
@@ -92,7 +92,7 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
         if not self.tie_word_embeddings:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def bind_kv_cache(self, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         for layer, (k, v) in zip(self.layers, caches, strict=True):
@@ -106,4 +106,4 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
-        return torch.nn.functional.linear(hidden, weight)
+        return linear(hidden, weight)

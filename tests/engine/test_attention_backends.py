@@ -26,6 +26,7 @@ def stale_but_finite(batch, seed=0):
     ([1, 1, 1], [1, 17, 40], (4, 2)),  # decode only, partial blocks
     ([5, 1, 16, 3], [5, 30, 16, 50], (9, 3)),  # prefill, decode, prefill, chunk after a prefix
     ([1, 7, 1], [64, 70, 3], (8, 8)),  # no GQA
+    ([1] * 20 + [4], list(range(1, 200, 10)) + [9], (4, 1)),  # many decodes: split into length groups
 ])
 def test_torch_backend_matches_reference(q_lens, seq_lens, heads):
     h, kvh = heads
