@@ -18,13 +18,11 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from server.process import ServerProcess
+
 TOPICS = ["dragon", "lighthouse", "robot", "river", "violin", "desert", "comet", "garden"]
 
 
@@ -66,37 +64,6 @@ async def run_http(url: str, texts: list[str], max_tokens: int) -> tuple[int, fl
         return sum(counts), time.perf_counter() - t0
 
 
-class ServerProcess:
-    def __init__(self, engine_flags: list[str], threads: int):
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-        cmd = [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--no-access-log", "--log-level",
-               "warning", *engine_flags]
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        self.url = ""
-        for line in self.proc.stdout:
-            if "serving on " in line:
-                self.url = line.split("serving on ")[1].split()[0]
-                break
-        if not self.url:
-            raise RuntimeError("the server did not start")
-        # Keep reading its output, or a full pipe would one day block the server.
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-
-    def wait_ready(self, timeout: float = 600) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while httpx.get(self.url + "/health").status_code != 200:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready")
-            time.sleep(0.2)
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        return self.proc.wait(60)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model directory (default: the default model)")
@@ -116,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     texts = prompts(args.concurrency)
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min); "
           f"torch {torch.__version__}, {args.torch_threads} intra-op thread(s)")
-    server = ServerProcess(engine_flags, args.torch_threads)
+    server = ServerProcess("--no-access-log", "--log-level", "warning", *engine_flags, threads=args.torch_threads)
     try:
         llm = LLM(args.model, enable_prefix_caching=False)
-        server.wait_ready()
+        server.start(timeout=600)
         print(f"model: {llm.engine.model_config.name}; workload: {args.concurrency} concurrent requests x "
               f"{args.max_tokens} output tokens (ignore_eos, greedy)")
         run_offline(llm, texts[:2], 4)  # warm-up both sides

@@ -8,7 +8,6 @@ token ids are realistic while a step takes milliseconds. Servers are real: uvico
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import threading
 from pathlib import Path
@@ -22,21 +21,9 @@ TINY_MAX_MODEL_LEN = 512
 
 
 def build_tiny_model(out: Path) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from engine.models.tiny import save_tiny_llama
 
-    from engine.models.resolve import resolve_model
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=TINY_MAX_MODEL_LEN,
-                      bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tokenizer_dir = resolve_model(None).path
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
-        if (tokenizer_dir / name).is_file():
-            shutil.copy(tokenizer_dir / name, out / name)
-    return out
+    return save_tiny_llama(out, max_position_embeddings=TINY_MAX_MODEL_LEN)
 
 
 @pytest.fixture(scope="module", autouse=True)
