@@ -17,9 +17,10 @@ SKINNY_ROWS = 128
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] @ weight[N, K]^T (+ bias), choosing the faster GEMM orientation for skinny CPU batches."""
+    """x [M, K] @ weight[N, K]^T (+ bias), choosing the faster GEMM orientation for skinny CPU batches.
+    The skinny path returns a transposed (column-major) view; every consumer in the model accepts one."""
     if x.device.type == "cpu" and x.dim() == 2 and x.shape[0] <= SKINNY_ROWS:
-        out = (weight @ x.t()).t().contiguous()
+        out = (weight @ x.t()).t()
         return out if bias is None else out + bias
     return F.linear(x, weight, bias)
 
