@@ -43,6 +43,7 @@ class EngineArgs:
     cpu_kv_cache_gb: float = 2.0
     attention_backend: str = "auto"
     enforce_eager: bool = False
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size % 16 and self.block_size not in (1, 2, 4, 8):
@@ -65,6 +66,8 @@ class EngineArgs:
             raise ValueError(f"attention_backend: must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization: must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads: must be >= 1, got {self.cpu_threads}")
         if self.cpu_kv_cache_gb <= 0:
             raise ValueError(f"cpu_kv_cache_gb: must be > 0, got {self.cpu_kv_cache_gb}")
         if self.model is not None and self.model_config is not None:
@@ -95,6 +98,9 @@ class EngineArgs:
         g.add_argument("--cpu-kv-cache-gb", type=float, default=2.0, help="KV-cache budget on the CPU (GiB)")
         g.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS)
         g.add_argument("--enforce-eager", action="store_true", help="never use CUDA graphs")
+        g.add_argument("--cpu-threads", type=int, default=None,
+                       help="torch intra-op threads on the CPU (default: torch's choice, one per core); on a "
+                            "machine shared with other busy processes fewer threads can be much faster")
         return parser
 
     @classmethod
@@ -132,7 +138,8 @@ class EngineArgs:
         if backend == "auto":
             backend = "triton" if device.type == "cuda" else "torch"
         return EngineConfig(model=model, cache=cache, scheduler=sched, device=device, seed=self.seed,
-                            attention_backend=backend, enforce_eager=self.enforce_eager or device.type != "cuda")
+                            attention_backend=backend, enforce_eager=self.enforce_eager or device.type != "cuda",
+                            cpu_threads=self.cpu_threads)
 
     def _resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -222,3 +229,4 @@ class EngineConfig:
     seed: int
     attention_backend: str
     enforce_eager: bool
+    cpu_threads: int | None = None

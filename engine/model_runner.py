@@ -55,6 +55,8 @@ class ModelRunner:
         self.device = config.device
         self.block_size = config.cache.block_size
         mc = config.model
+        if self.device.type == "cpu" and config.cpu_threads is not None:
+            torch.set_num_threads(config.cpu_threads)  # process-wide: this process is the worker
         t0 = time.perf_counter()
         torch.manual_seed(config.seed)
         self.model = build_model(mc, self.device, seed=config.seed)
@@ -149,7 +151,8 @@ class ModelRunner:
         """Hidden states of the sampling rows, from a CUDA graph when one fits, else eagerly."""
         if self.graphs is not None and self.graphs.can_run(hb):
             return self.graphs.run(hb).index_select(0, self._device(hb.logits_indices))
-        plan = self.backend.plan(hb.query_lens, hb.seq_lens, hb.block_tables, self.block_size, self.device)
+        plan = self.backend.plan(hb.query_lens, hb.seq_lens, hb.block_tables, self.block_size, self.device,
+                                 self.config.model.dtype)
         meta = build_attention_metadata(hb.query_lens, hb.seq_lens, hb.block_tables, hb.slot_mapping, self.device, plan)
         hidden = self.model(self._device(hb.input_ids), self._device(hb.positions), meta, self.backend)
         return hidden.index_select(0, self._device(hb.logits_indices))

@@ -24,14 +24,14 @@ class PrefillSeq:
     q_end: int
     kv_blocks: torch.Tensor | None  # [nblk] block ids holding the L keys; None when q covers the whole context
     kv_len: int
-    mask: torch.Tensor | None  # [q_len, L] bool, True = attend
+    mask: torch.Tensor | None  # [q_len, L] additive: 0 = attend, -inf = in the future
 
 
 @dataclass(frozen=True, slots=True)
 class DecodeGroup:
     rows: torch.Tensor  # [Sg] query rows of these decoding sequences
     blocks: torch.Tensor  # [Sg * Bmax] block ids, row-major (0 where padded)
-    mask: torch.Tensor  # [Sg, 1, 1, Bmax * block_size] bool, True = attend
+    mask: torch.Tensor  # [Sg, 1, 1, Bmax * block_size] additive: 0 = attend, -inf = padding
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +49,18 @@ def _decode_groups(lengths: np.ndarray, max_groups: int = 4, min_group: int = 8)
     return [g for g in np.array_split(order, n) if len(g)]
 
 
+def _additive(allowed: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask as the additive 0 / -inf mask SDPA would otherwise build from it in every layer."""
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask.masked_fill_(torch.from_numpy(~allowed), float("-inf"))
+    return mask.to(device)
+
+
 class TorchAttentionBackend:
     name = "torch"
 
     def plan(self, query_lens: np.ndarray, seq_lens: np.ndarray, block_tables: np.ndarray, block_size: int,
-             device: torch.device) -> TorchPlan:
+             device: torch.device, dtype: torch.dtype) -> TorchPlan:
         cu = np.concatenate([[0], np.cumsum(query_lens)])
         decode = np.flatnonzero(query_lens == 1)
         groups = []
@@ -66,7 +73,7 @@ class TorchAttentionBackend:
             mask = np.arange(bmax * block_size)[None, :] < lens[:, None]
             groups.append(DecodeGroup(torch.from_numpy(cu[idx].astype(np.int64)).to(device),
                                       torch.from_numpy(blocks.astype(np.int64).ravel()).to(device),
-                                      torch.from_numpy(mask[:, None, None, :]).to(device)))
+                                      _additive(mask[:, None, None, :], device, dtype)))
         prefills = []
         for s in np.flatnonzero(query_lens > 1):
             q_len, kv_len = int(query_lens[s]), int(seq_lens[s])
@@ -75,7 +82,7 @@ class TorchAttentionBackend:
                 continue
             blocks = torch.from_numpy(block_tables[s, :-(-kv_len // block_size)].astype(np.int64)).to(device)
             q_pos = np.arange(kv_len - q_len, kv_len)
-            mask = torch.from_numpy(np.arange(kv_len)[None, :] <= q_pos[:, None]).to(device)
+            mask = _additive(np.arange(kv_len)[None, :] <= q_pos[:, None], device, dtype)
             prefills.append(PrefillSeq(int(cu[s]), int(cu[s + 1]), blocks, kv_len, mask))
         return TorchPlan(tuple(groups), tuple(prefills))
 

@@ -15,7 +15,7 @@ class TritonAttentionBackend:
 
         self._kernels = kernels
 
-    def plan(self, query_lens, seq_lens, block_tables, block_size, device):
+    def plan(self, query_lens, seq_lens, block_tables, block_size, device, dtype):
         return None
 
     def store_kv(self, key, value, key_cache, value_cache, meta: AttentionMetadata) -> None:

@@ -79,17 +79,18 @@ class RotaryEmbedding(nn.Module):
         self.cos = (emb.cos() * scaling).to(device)
         self.sin = (emb.sin() * scaling).to(device)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """q [T, H, D], k [T, KVH, D] -> rotated copies."""
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (first halves, [T, 1, D/2]) for these positions; computed once per step, used by every
+        layer through `apply_rope`."""
         half = self.head_dim // 2
-        cos = self.cos[positions, :half].to(q.dtype).unsqueeze(1)
-        sin = self.sin[positions, :half].to(q.dtype).unsqueeze(1)
-        return _rotate(q, cos, sin, half), _rotate(k, cos, sin, half)
+        return (self.cos[positions, :half].to(dtype).unsqueeze(1), self.sin[positions, :half].to(dtype).unsqueeze(1))
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """transformers' `x * cos + rotate_half(x) * sin` (cos and sin repeat their first half) computed half by
     half: the same products and sums, so bit-identical, with half the multiplications and no negated copy."""
+    cos, sin = rope
+    half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 

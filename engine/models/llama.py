@@ -15,11 +15,11 @@ import torch
 import torch.nn as nn
 
 from ..attention import AttentionBackend, AttentionMetadata
-from .layers import Linear, RMSNorm, RotaryEmbedding, linear, silu_and_mul
+from .layers import Linear, RMSNorm, RotaryEmbedding, apply_rope, linear, silu_and_mul
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg, head_dim: int, rope: RotaryEmbedding):
+    def __init__(self, cfg, head_dim: int):
         super().__init__()
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
@@ -32,12 +32,11 @@ class Attention(nn.Module):
         if self.qk_norm:
             self.q_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
-        self.rope = rope
         self.scale = head_dim ** -0.5
         self.key_cache: torch.Tensor | None = None
         self.value_cache: torch.Tensor | None = None
 
-    def forward(self, positions, x, meta: AttentionMetadata, backend: AttentionBackend):
+    def forward(self, rope, x, meta: AttentionMetadata, backend: AttentionBackend):
         t = x.shape[0]
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(t, self.num_heads, self.head_dim)
@@ -45,7 +44,9 @@ class Attention(nn.Module):
         v = v.view(t, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rope(positions, q, k)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        if v.stride(-1) != 1:  # a column-major skinny-GEMM output (CPU); the kernels want rows of D contiguous
+            v = v.contiguous()
         backend.store_kv(k, v, self.key_cache, self.value_cache, meta)
         o = backend.attention(q, k, v, self.key_cache, self.value_cache, meta, self.scale)
         return self.o_proj(o.reshape(t, self.q_size))
@@ -62,15 +63,15 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg, head_dim: int, rope: RotaryEmbedding):
+    def __init__(self, cfg, head_dim: int):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg, head_dim, rope)
+        self.self_attn = Attention(cfg, head_dim)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, positions, x, meta, backend):
-        x = x + self.self_attn(positions, self.input_layernorm(x), meta, backend)
+    def forward(self, rope, x, meta, backend):
+        x = x + self.self_attn(rope, self.input_layernorm(x), meta, backend)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -86,9 +87,8 @@ class LlamaForCausalLM(nn.Module):
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        rope = RotaryEmbedding(cfg, head_dim, max_positions)
-        self.rotary = rope
-        self.layers = nn.ModuleList(DecoderLayer(cfg, head_dim, rope) for _ in range(cfg.num_hidden_layers))
+        self.rotary = RotaryEmbedding(cfg, head_dim, max_positions)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, head_dim) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
         if not self.tie_word_embeddings:
@@ -100,8 +100,9 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, input_ids, positions, meta: AttentionMetadata, backend: AttentionBackend):
         x = self.embed_tokens(input_ids)
+        rope = self.rotary(positions, x.dtype)  # once per step, shared by every layer
         for layer in self.layers:
-            x = layer(positions, x, meta, backend)
+            x = layer(rope, x, meta, backend)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

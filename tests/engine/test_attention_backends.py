@@ -35,7 +35,7 @@ def test_torch_backend_matches_reference(q_lens, seq_lens, heads):
     backend = get_attention_backend("torch")
     qlen, slen = np.array(q_lens), np.array(seq_lens)
     bt = b.block_tables.numpy()
-    plan = backend.plan(qlen, slen, bt, 16, torch.device("cpu"))
+    plan = backend.plan(qlen, slen, bt, 16, torch.device("cpu"), torch.float32)
     meta = build_attention_metadata(qlen, slen, bt, np.zeros(sum(q_lens), dtype=np.int64), torch.device("cpu"), plan)
     # the backend's fast path for whole prefills reads this step's K/V directly: hand it the cache's copy
     kvh_, d = b.key_cache.shape[2], b.key_cache.shape[3]

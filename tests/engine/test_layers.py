@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from engine.models.layers import RotaryEmbedding, linear
+from engine.models.layers import RotaryEmbedding, apply_rope, linear
 
 
 def test_rotary_embedding_is_bit_identical_to_transformers():
@@ -20,7 +20,8 @@ def test_rotary_embedding_is_bit_identical_to_transformers():
     q, k = torch.randn(7, 2, 64), torch.randn(7, 1, 64)
     cos, sin = LlamaRotaryEmbedding(cfg)(q, positions.unsqueeze(0))
     hf_q, hf_k = apply_rotary_pos_emb(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), cos, sin)
-    our_q, our_k = ours(positions, q, k)
+    rope = ours(positions, q.dtype)
+    our_q, our_k = apply_rope(q, rope), apply_rope(k, rope)
     assert torch.equal(our_q, hf_q[0].transpose(0, 1))
     assert torch.equal(our_k, hf_k[0].transpose(0, 1))
 

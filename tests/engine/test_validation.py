@@ -104,3 +104,16 @@ def test_a_request_that_exactly_fills_the_cache_is_accepted(tiny_model_dir):
     llm = LLM(tiny_model_dir("llama"), device="cpu", block_size=4, num_kv_blocks=3)
     out = llm.generate([[5] * 8], SamplingParams(max_tokens=5, ignore_eos=True))[0]
     assert len(out.token_ids) == 5
+
+
+def test_min_tokens_holds_back_stop_tokens(llm):
+    prompt = [5, 6, 7, 8]
+    free = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))[0].token_ids
+    first = free[0]
+    # the greedy first token, declared a stop token, ends the request at once...
+    stopped = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=6, stop_token_ids=[first]))[0]
+    assert stopped.token_ids == [first] and stopped.finish_reason == "stop"
+    assert stopped.outputs[0].stop_reason == first
+    # ...but not before min_tokens: it cannot even be sampled until 3 tokens exist
+    held = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=6, min_tokens=3, stop_token_ids=[first]))[0]
+    assert len(held.token_ids) >= 3 and first not in held.token_ids[:3]
