@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import platform
+import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -56,26 +57,35 @@ def make_workload(num_prompts: int, input_len: str, output_len: str, seed: int, 
     return Workload(num_prompts, str(input_len), str(output_len), seed, prompts, [int(n) for n in out_lens])
 
 
-def run_engine(args: EngineArgs, wl: Workload) -> dict:
-    from .llm import LLM
-    from .sampling_params import SamplingParams
+class EngineRun:
+    """The engine under test, loaded once; `run(wl)` times one pass over the workload."""
 
-    t0 = time.perf_counter()
-    llm = LLM(**{k: v for k, v in asdict(args).items()})
-    load_s = time.perf_counter() - t0
-    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in wl.output_lens]
-    llm.generate(wl.prompts[:2], [SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)] * 2)  # warm-up
-    _sync()
-    t0 = time.perf_counter()
-    outs = llm.generate(wl.prompts, params)
-    _sync()
-    dt = time.perf_counter() - t0
-    produced = sum(len(o.token_ids) for o in outs)
-    assert produced == sum(wl.output_lens), "engine produced a different number of tokens than requested"
-    return {"seconds": dt, "output_tokens": produced, "output_tok_s": produced / dt, "load_s": load_s,
-            "num_kv_blocks": llm.engine.kv.num_blocks, "device": str(llm.engine.config.device),
-            "dtype": str(llm.engine.config.model.dtype).replace("torch.", ""),
-            "attention_backend": llm.engine.config.attention_backend}
+    def __init__(self, args: EngineArgs):
+        from .llm import LLM
+        from .sampling_params import SamplingParams
+
+        t0 = time.perf_counter()
+        self.llm = LLM(**{k: v for k, v in asdict(args).items()})
+        self.load_s = time.perf_counter() - t0
+        self.llm.generate([[1, 2, 3]] * 2, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm-up
+
+    def run(self, wl: Workload) -> dict:
+        from .sampling_params import SamplingParams
+
+        engine = self.llm.engine
+        engine.kv.pool.reset_prefix_cache()  # a repeated round must not hit the previous round's prompts
+        params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in wl.output_lens]
+        _sync()
+        t0 = time.perf_counter()
+        outs = self.llm.generate(wl.prompts, params)
+        _sync()
+        dt = time.perf_counter() - t0
+        produced = sum(len(o.token_ids) for o in outs)
+        assert produced == sum(wl.output_lens), "engine produced a different number of tokens than requested"
+        return {"seconds": dt, "output_tokens": produced, "output_tok_s": produced / dt, "load_s": self.load_s,
+                "num_kv_blocks": engine.kv.num_blocks, "device": str(engine.config.device),
+                "dtype": str(engine.config.model.dtype).replace("torch.", ""),
+                "attention_backend": engine.config.attention_backend}
 
 
 def _release_memory() -> None:
@@ -161,9 +171,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vs-hf", action="store_true", help="also run HF transformers on the same workload")
     parser.add_argument("--hf-batch-size", type=int, default=16)
     parser.add_argument("--no-hf-cb", action="store_true", help="skip HF continuous batching")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate engine and HF static this many times and report medians (keeps both "
+                             "loaded: on a GPU lower --gpu-memory-utilization to leave room for HF)")
     parser.add_argument("--json", default=None, help="write results as JSON to this path")
     parser.add_argument("--log-level", default="WARNING")
     EngineArgs.add_cli_args(parser)
+
+
+def _median_of(rounds: list[dict]) -> dict:
+    """The round with the median throughput (its own seconds and tokens), plus every round's tok/s."""
+    ordered = sorted(rounds, key=lambda r: r["output_tok_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "rounds_output_tok_s": [r["output_tok_s"] for r in rounds]}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,20 +191,38 @@ def run(args: argparse.Namespace) -> int:
     wl = make_workload(args.num_prompts, args.input_len, args.output_len, args.seed, vocab)
     print(f"workload: {wl.num_prompts} prompts, input {wl.input_len}, output {wl.output_len}, seed {wl.seed}, "
           f"{wl.summary()['prompt_tokens']} prompt + {wl.summary()['output_tokens']} output tokens, ignore_eos")
-    results: dict = {"workload": wl.summary(), "machine": _machine()}
-    eng = run_engine(eargs, wl)
-    results["engine"] = eng
-    _release_memory()  # the engine's KV cache and graphs must not crowd out HF's model
+    results: dict = {"workload": wl.summary(), "machine": _machine(), "rounds": args.rounds}
+    engine = EngineRun(eargs)
+    hf = None
+    if args.vs_hf and args.rounds > 1:  # both stay loaded: rounds alternate, so machine drift hits both
+        hf = load_hf_model(eargs)
+    eng_rounds, st_rounds, ratios = [], [], []
+    for r in range(args.rounds):
+        eng_rounds.append(engine.run(wl))
+        line = f"round {r}: kvserve engine {eng_rounds[-1]['output_tok_s']:7.1f} output tok/s"
+        if hf is not None:
+            st_rounds.append(run_hf_static(*hf, wl, args.hf_batch_size))
+            ratios.append(eng_rounds[-1]["output_tok_s"] / st_rounds[-1]["output_tok_s"])
+            line += f", HF static {st_rounds[-1]['output_tok_s']:7.1f}, ratio {ratios[-1]:.2f}x"
+        if args.rounds > 1:
+            print(line, flush=True)
+    eng = results["engine"] = _median_of(eng_rounds)
     print(f"kvserve engine        : {eng['output_tok_s']:8.1f} output tok/s ({eng['seconds']:.1f} s)")
     if args.vs_hf:
-        model, device = load_hf_model(eargs)
-        st = run_hf_static(model, device, wl, args.hf_batch_size)
-        results["hf_static"] = st
+        if hf is None:  # one round: free the engine first, HF may need the memory (a GPU's KV cache)
+            del engine
+            _release_memory()
+            hf = load_hf_model(eargs)
+            st_rounds.append(run_hf_static(*hf, wl, args.hf_batch_size))
+            ratios.append(eng["output_tok_s"] / st_rounds[0]["output_tok_s"])
+        st = results["hf_static"] = _median_of(st_rounds)
+        results["engine_over_hf_static"] = statistics.median(ratios)
+        results["engine_over_hf_static_rounds"] = ratios
         print(f"HF static (batch {args.hf_batch_size:3d}) : {st['output_tok_s']:8.1f} output tok/s ({st['seconds']:.1f} s)"
-              f"   engine / HF static = {eng['output_tok_s'] / st['output_tok_s']:.2f}x")
+              f"   engine / HF static = {statistics.median(ratios):.2f}x" + (" (median of rounds)" if args.rounds > 1 else ""))
         if not args.no_hf_cb:
             try:
-                cb = run_hf_cb(model, wl)
+                cb = run_hf_cb(hf[0], wl)
             except Exception as e:  # HF's CB is young; a failure there must not hide our numbers
                 logger.warning("HF continuous batching failed: %s", e)
                 cb = {"error": repr(e)[:500]}

@@ -1,0 +1,30 @@
+"""`kvserve bench`: a seeded workload, the same for every system, and results in the documented JSON keys."""
+
+from __future__ import annotations
+
+import json
+
+from engine.bench import make_workload, parse_len
+from engine.cli import main
+
+
+def test_workload_is_seeded_and_within_ranges():
+    a = make_workload(16, "5:9", "3", seed=4, vocab_size=100)
+    assert a == make_workload(16, "5:9", "3", seed=4, vocab_size=100)
+    assert a != make_workload(16, "5:9", "3", seed=5, vocab_size=100)
+    assert all(5 <= len(p) <= 9 and all(0 <= t < 100 for t in p) for p in a.prompts)
+    assert a.output_lens == [3] * 16
+    assert parse_len("32:256") == (32, 256) and parse_len("7") == (7, 7)
+
+
+def test_bench_vs_hf_writes_the_documented_json(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--model", tiny_model_dir("llama"), "--num-prompts", "5", "--input-len", "4:12",
+               "--output-len", "2:6", "--vs-hf", "--hf-batch-size", "2", "--rounds", "2", "--json", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    wl = make_workload(5, "4:12", "2:6", seed=0, vocab_size=512)
+    assert r["output_tokens"] == sum(wl.output_lens) == r["workload"]["output_tokens"]
+    assert r["engine_output_tok_s"] > 0 and r["hf_static_output_tok_s"] > 0 and r["hf_cb_output_tok_s"] > 0
+    assert len(r["engine_over_hf_static_rounds"]) == 2
+    assert "engine / HF static" in capsys.readouterr().out
