@@ -11,9 +11,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-# Below this many rows, MKL's CPU GEMM computes x @ W^T 1.1-3x faster as (W @ x^T)^T (measured on the 2-core CI
-# machine for SmolLM2's shapes: docs/benchmarks.md, "CPU linear layers"); above it, F.linear is faster.
-SKINNY_ROWS = 128
+# Up to this many rows, MKL's CPU GEMM computes x @ W^T 1.2-3x faster as (W @ x^T)^T (SmolLM2's shapes on the
+# 2-core CI machine: scripts/bench_cpu_linear.py, docs/benchmarks.md "CPU linear layers"); at prefill sizes
+# (2048 rows) F.linear is ~10% faster for the projections.
+SKINNY_ROWS = 256
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
