@@ -193,12 +193,8 @@ def test_scheduler_state_machine_keeps_kv_state_consistent_and_completes_every_r
 # ---- the real engine, tiny model ---------------------------------------------------------------------------
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """A 32-wide model gains nothing from threads, and on a shared machine they make each step ~5x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """A 32-wide model gains nothing from threads (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

@@ -27,15 +27,8 @@ def build_tiny_model(out: Path) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The test machine has 2 cores shared with other jobs; torch's spinning intra-op threads are several
-    times slower there than one thread. Restored after each module, so other test folders are unaffected."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every server test module runs the engine on one torch thread (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")
