@@ -22,5 +22,6 @@ The engine runs in its own thread (`engine_loop`); the asyncio event loop only p
     routes_admin    /health, /metrics, /v1/models, /tokenize, /detokenize
     metrics         ServerMetrics: the Prometheus registry and metric objects
     stat_logger     engine deltas + IterationStats -> ServerMetrics (the one translation point)
+    process         `kvserve serve` as a child process (tests, benchmarks, scripts)
     bench_overhead  `python -m server.bench_overhead`: HTTP vs offline throughput
 """
