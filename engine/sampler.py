@@ -139,7 +139,8 @@ def apply_top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[floa
     ranks = torch.arange(vocab, device=logits.device).unsqueeze(0)
     remove = torch.zeros_like(sorted_logits, dtype=torch.bool)
     if use_k:
-        ks = torch.tensor([k if k > 0 else vocab for k in top_ks], device=logits.device).unsqueeze(1)
+        # k >= vocab (however large: a client may send 2**70) keeps everything, like k <= 0
+        ks = torch.tensor([k if 0 < k < vocab else vocab for k in top_ks], device=logits.device).unsqueeze(1)
         remove |= ranks >= ks
     if use_p:
         ps = torch.tensor(top_ps, device=logits.device, dtype=torch.float32).unsqueeze(1)

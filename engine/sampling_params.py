@@ -74,8 +74,8 @@ class SamplingParams:
         _finite("temperature", self.temperature)
         if not 0.0 <= self.temperature <= 2.0:
             raise ParamError("temperature", f"must be in [0, 2], got {self.temperature}")
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or not -1 <= self.top_k < 2**31:
-            raise ParamError("top_k", f"must be -1, 0 (off) or a positive integer below 2**31, got {self.top_k!r}")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < -1:
+            raise ParamError("top_k", f"must be -1, 0 (off) or a positive integer, got {self.top_k!r}")
         _finite("top_p", self.top_p)
         if not 0.0 < self.top_p <= 1.0:
             raise ParamError("top_p", f"must be in (0, 1], got {self.top_p}")

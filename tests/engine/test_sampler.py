@@ -56,6 +56,10 @@ def test_min_p_drops_tokens_below_a_fraction_of_the_top_probability():
     assert support(draw(SamplingParams(temperature=1.0, min_p=0.3))) == {0, 1, 2}
 
 
+def test_top_k_beyond_the_vocabulary_keeps_every_token():
+    assert support(draw(SamplingParams(temperature=1.0, top_k=2**70))) == set(range(len(PROBS)))
+
+
 def test_top_k_and_top_p_combine_per_row():
     logits = torch.stack([LOGITS, LOGITS, LOGITS])
     out = apply_top_k_top_p(logits.clone(), [2, 0, 4], [1.0, 0.5, 0.5])
