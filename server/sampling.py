@@ -45,9 +45,9 @@ def engine_param_error(e: ParamError, renames: dict[str, str] | None = None) -> 
 
 
 def apply_model_limits(params: SamplingParams, vocab_size: int) -> SamplingParams:
-    """Checks that need the model, done before the engine sees the request: out-of-vocabulary stop token
-    ids and a top_k beyond int64 make the engine's sampler raise inside step(), which would fail every
-    request in flight. top_k above the vocabulary means "no limit", which is what top_k = vocab means."""
+    """Checks that need the model, done on the event loop before the request is queued for the engine (which
+    checks them again): out-of-vocabulary stop token ids are a 400 at once. top_k above the vocabulary means
+    "no limit", which is what top_k = vocab means."""
     bad = next((t for t in params.stop_token_ids if not 0 <= t < vocab_size), None)
     if bad is not None:
         raise bad_request("stop_token_ids", f"stop_token_ids: token id {bad} is outside the vocabulary "
