@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from engine.models.layers import RotaryEmbedding, apply_rope, linear
+from engine.models.layers import RotaryEmbedding, apply_rope, gemm_rows, linear
 
 
 def test_rotary_embedding_is_bit_identical_to_transformers():
@@ -28,7 +28,17 @@ def test_rotary_embedding_is_bit_identical_to_transformers():
 
 def test_linear_matches_f_linear_for_skinny_and_wide_batches():
     w, b = torch.randn(300, 64), torch.randn(300)
-    for rows in (1, 5, 128, 129, 700):
+    for rows in (1, 3, 5, 7, 13, 128, 129, 251, 700):  # padded to an even count / a multiple of 8, or not
         x = torch.randn(rows, 64)
         out = linear(x, w, b)
+        assert out.shape == (rows, 300)
         torch.testing.assert_close(out, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    x = torch.randn(64, 7).t()  # a column-major input, as a flipped GEMM's output is
+    torch.testing.assert_close(linear(x, w), torch.nn.functional.linear(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_skinny_gemm_row_padding_never_shrinks_and_lands_on_fast_sizes():
+    for m in range(1, 257):
+        rows = gemm_rows(m)
+        assert m <= rows < m + 8
+        assert rows in (2, 4, 5, 6) or rows % 8 == 0
