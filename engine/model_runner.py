@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import cpu_allocator
 from .attention import build_attention_metadata, get_attention_backend
 from .config import EngineConfig
 from .models.loader import build_model
@@ -55,8 +56,10 @@ class ModelRunner:
         self.device = config.device
         self.block_size = config.cache.block_size
         mc = config.model
-        if self.device.type == "cpu" and config.cpu_threads is not None:
-            torch.set_num_threads(config.cpu_threads)  # process-wide: this process is the worker
+        if self.device.type == "cpu":
+            if config.cpu_threads is not None:
+                torch.set_num_threads(config.cpu_threads)  # process-wide: this process is the worker
+            cpu_allocator.keep_freed_memory()  # process-wide too: reuse activation pages across steps
         t0 = time.perf_counter()
         torch.manual_seed(config.seed)
         self.model = build_model(mc, self.device, seed=config.seed)
