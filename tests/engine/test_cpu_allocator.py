@@ -26,7 +26,8 @@ def _a_step():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 def test_a_repeated_large_allocation_reuses_its_pages():
     assert keep_freed_memory()
-    _a_step()  # the first time the pages are new
-    faults = [_page_faults(_a_step) for _ in range(3)]
-    # untuned glibc maps and unmaps both 16 MiB buffers every time: ~8,192 faults per step
-    assert max(faults) < 512, faults
+    faults = [_page_faults(_a_step) for _ in range(30)]
+    # Untuned glibc maps and unmaps both 16 MiB buffers every time: ~8,192 faults in every step. Tuned, the
+    # heap grows while the first steps find their places among other allocations, then the same pages
+    # serve the later steps.
+    assert sum(faults[-10:]) < 2 * 8192, faults
