@@ -71,8 +71,9 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, rope, x, meta, backend):
-        x = x + self.self_attn(rope, self.input_layernorm(x), meta, backend)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        # the residual stream is updated in place: it is this forward's own tensor (the embedding's output)
+        x.add_(self.self_attn(rope, self.input_layernorm(x), meta, backend))
+        return x.add_(self.mlp(self.post_attention_layernorm(x)))
 
 
 class LlamaForCausalLM(nn.Module):
