@@ -101,12 +101,14 @@ class TorchAttentionBackend:
         out = torch.empty_like(query)
         for g in plan.decodes:
             sd = g.rows.shape[0]
-            q = query.index_select(0, g.rows).unsqueeze(2)  # [Sg, H, 1, D]
+            # The query heads sharing a KV head become that head's "query rows" (they attend to the same
+            # keys at the same position), so SDPA reads each gathered K/V row once per KV head, not per head.
+            q = query.index_select(0, g.rows).view(sd, kvh, -1, d)  # [Sg, KVH, H / KVH, D]
             # index_select copies whole blocks with memcpy: several times faster than advanced indexing
             k = key_cache.index_select(0, g.blocks).view(sd, -1, kvh, d).transpose(1, 2)  # [Sg, KVH, L, D]
             v = value_cache.index_select(0, g.blocks).view(sd, -1, kvh, d).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale, enable_gqa=True)
-            out.index_copy_(0, g.rows, o.squeeze(2))
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale)
+            out.index_copy_(0, g.rows, o.reshape(sd, -1, d))
         for p in plan.prefills:
             # 4-D [1, heads, len, D] inputs: with 3-D ones torch's CPU SDPA falls back to its slow math path
             q = query[p.q_start:p.q_end].transpose(0, 1).unsqueeze(0)
