@@ -3,11 +3,10 @@
 A CPU forward allocates and frees the same large activations every step (a 2048-token prefill chunk of
 SmolLM2 makes 5-22 MB tensors in every layer). By default glibc serves such sizes with mmap, or trims them
 off the top of the heap when freed, so the next step touches fresh pages and pays a page fault per 4 KiB:
-the elementwise ops of a prefill (SiLU, the gated multiply, RMSNorm) ran about 2x slower than on warm
-memory, and the gate/up GEMM that writes 22 MB ~20% slower (`scripts/bench_cpu_linear.py` measures GEMMs
-only; the profile is in docs/benchmarks.md). Raising the mmap and trim thresholds keeps those pages in the
-process, so the steady state reuses them: the process's resident memory stays at its peak working set
-instead of shrinking between steps. Tensors over the mmap threshold (the KV cache, large logits) are
+in a profiled prefill the elementwise ops (SiLU, the gated multiply) ran about 2x slower than on warm
+memory and the gate/up GEMM that writes 22 MB ~20% slower (docs/benchmarks.md, "CPU memory allocator").
+Raising the mmap and trim thresholds keeps those pages in the process, so the steady state reuses them:
+the process's resident memory stays at its peak working set instead of shrinking between steps. Tensors over the mmap threshold (the KV cache, large logits) are
 unaffected.
 
 The settings are process-wide, like `torch.set_num_threads`; the CPU model runner applies them once.
