@@ -49,50 +49,55 @@ def _check_prompt_len(ctx: ServerContext, ids: list[int], param: str) -> None:
                                  f"{ctx.max_model_len} tokens (at least one must be left to generate)")
 
 
+async def _admit_and_run(ctx: ServerContext, request: Request, prepare) -> object:
+    """Admit the request (503 while not ready), build its `Generation` with `prepare(body)`, and run it. The
+    admission ticket is released here if preparing fails, and by `run` otherwise."""
+    record = access_record(request.scope)
+    ticket = ctx.admit()
+    try:
+        gen = await prepare(await request.body())
+    except BaseException:
+        ticket.release()
+        raise
+    return await run(ctx, request, ticket, record, gen)
+
+
 def router(ctx: ServerContext) -> APIRouter:
     r = APIRouter()
 
+    async def prepare_completion(body: bytes) -> Generation:
+        req = parse_request(body, CompletionRequest)
+        ctx.check_model(req.model)
+        params = apply_model_limits(completion_params(req), ctx.vocab_size)
+        ctx.check_queue()
+        if isinstance(req.prompt, str):
+            if not req.prompt:
+                raise bad_request("prompt", "prompt: must not be empty")
+            ids = await ctx.run_tokenizer(_encode, req.prompt)
+        else:
+            ids = req.prompt
+        _check_prompt_len(ctx, ids, "prompt")
+        fmt = CompletionFormatter(f"cmpl-{uuid.uuid4().hex}", ctx.model_name, int(time.time()),
+                                  req.logprobs is not None, TokenTexts(ctx.tokenizer), req.include_usage)
+        return Generation(fmt.request_id, ids, params, fmt, req.stream, req.include_usage, {})
+
+    async def prepare_chat(body: bytes) -> Generation:
+        req = parse_request(body, ChatCompletionRequest)
+        ctx.check_model(req.model)
+        params = apply_model_limits(chat_params(req), ctx.vocab_size)
+        ctx.check_queue()
+        ids = await chat_prompt_ids(ctx, req.chat_messages(), req.add_generation_prompt)
+        _check_prompt_len(ctx, ids, "messages")
+        fmt = ChatFormatter(f"chatcmpl-{uuid.uuid4().hex}", ctx.model_name, int(time.time()), req.logprobs,
+                            TokenTexts(ctx.tokenizer), req.include_usage)
+        return Generation(fmt.request_id, ids, params, fmt, req.stream, req.include_usage, chat_renames(req))
+
     @r.post("/v1/completions")
     async def completions(request: Request):
-        record = access_record(request.scope)
-        ticket = ctx.admit()
-        try:
-            req = parse_request(await request.body(), CompletionRequest)
-            ctx.check_model(req.model)
-            params = apply_model_limits(completion_params(req), ctx.vocab_size)
-            ctx.check_queue()
-            if isinstance(req.prompt, str):
-                if not req.prompt:
-                    raise bad_request("prompt", "prompt: must not be empty")
-                ids = await ctx.run_tokenizer(_encode, req.prompt)
-            else:
-                ids = req.prompt
-            _check_prompt_len(ctx, ids, "prompt")
-            fmt = CompletionFormatter(f"cmpl-{uuid.uuid4().hex}", ctx.model_name, int(time.time()),
-                                      req.logprobs is not None, TokenTexts(ctx.tokenizer), req.include_usage)
-            gen = Generation(fmt.request_id, ids, params, fmt, req.stream, req.include_usage, {})
-        except BaseException:
-            ticket.release()
-            raise
-        return await run(ctx, request, ticket, record, gen)
+        return await _admit_and_run(ctx, request, prepare_completion)
 
     @r.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        record = access_record(request.scope)
-        ticket = ctx.admit()
-        try:
-            req = parse_request(await request.body(), ChatCompletionRequest)
-            ctx.check_model(req.model)
-            params = apply_model_limits(chat_params(req), ctx.vocab_size)
-            ctx.check_queue()
-            ids = await chat_prompt_ids(ctx, req.chat_messages(), req.add_generation_prompt)
-            _check_prompt_len(ctx, ids, "messages")
-            fmt = ChatFormatter(f"chatcmpl-{uuid.uuid4().hex}", ctx.model_name, int(time.time()), req.logprobs,
-                                TokenTexts(ctx.tokenizer), req.include_usage)
-            gen = Generation(fmt.request_id, ids, params, fmt, req.stream, req.include_usage, chat_renames(req))
-        except BaseException:
-            ticket.release()
-            raise
-        return await run(ctx, request, ticket, record, gen)
+        return await _admit_and_run(ctx, request, prepare_chat)
 
     return r
