@@ -106,6 +106,14 @@ def server(tiny_llama_dir):
     live.stop()
 
 
+@pytest.fixture(scope="module")
+def own_server(tiny_llama_dir):
+    """A server for one test module alone (its metrics and KV cache start empty): tiny model, no API key."""
+    live = LiveServer(tiny_engine_factory(tiny_llama_dir)).start()
+    yield live
+    live.stop()
+
+
 @pytest.fixture(scope="session")
 def client(server):
     with server.client() as c:

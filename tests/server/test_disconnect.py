@@ -15,14 +15,6 @@ LONG = {"prompt": "Tell me a very long story.", "max_tokens": 480, "ignore_eos":
 LABEL = (("model_name", "tiny-llama"),)
 
 
-@pytest.fixture(scope="module")
-def watched(live_server, tiny_llama_dir):
-    LiveServer, factory = live_server
-    live = LiveServer(factory(tiny_llama_dir)).start()
-    yield live
-    live.stop()
-
-
 def poll_metrics(client, parse_metrics, done, timeout: float = 30.0) -> dict:
     """Read /metrics until `done(values)` holds; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -40,9 +32,9 @@ def idle(values) -> bool:
             and values["kvserve:kv_cache_usage_perc"] == 0)
 
 
-def test_dropped_streams_are_aborted_and_free_their_blocks(watched, parse_metrics):
-    with watched.client() as metrics_client, contextlib.ExitStack() as streams:
-        clients = [watched.client() for _ in range(3)]
+def test_dropped_streams_are_aborted_and_free_their_blocks(own_server, parse_metrics):
+    with own_server.client() as metrics_client, contextlib.ExitStack() as streams:
+        clients = [own_server.client() for _ in range(3)]
         for c in clients:
             response = streams.enter_context(c.stream("POST", "/v1/completions", json=dict(LONG, stream=True)))
             lines = streams.enter_context(contextlib.closing(response.iter_lines()))
@@ -56,14 +48,14 @@ def test_dropped_streams_are_aborted_and_free_their_blocks(watched, parse_metric
         assert values["kvserve:generation_tokens_total"] < 3 * LONG["max_tokens"]
 
 
-def test_a_dropped_non_streaming_request_is_aborted(watched, parse_metrics):
-    host, port = watched.url.removeprefix("http://").split(":")
+def test_a_dropped_non_streaming_request_is_aborted(own_server, parse_metrics):
+    host, port = own_server.url.removeprefix("http://").split(":")
     payload = json.dumps(LONG).encode()
-    with watched.client() as metrics_client:
+    with own_server.client() as metrics_client:
         before = poll_metrics(metrics_client, parse_metrics, idle)["kvserve:request_success_total"]
         with socket.create_connection((host, int(port))) as sock:
             sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Authorization: Bearer " + watched.api_key.encode() + b"\r\n"
+                         b"Authorization: Bearer " + own_server.api_key.encode() + b"\r\n"
                          b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
             poll_metrics(metrics_client, parse_metrics, lambda v: v["kvserve:num_requests_running"] == 1)
         poll_metrics(metrics_client, parse_metrics,

@@ -19,21 +19,13 @@ LABEL = (("model_name", "tiny-llama"),)
 
 
 @pytest.fixture(scope="module")
-def metered(live_server, tiny_llama_dir):
-    LiveServer, factory = live_server
-    live = LiveServer(factory(tiny_llama_dir)).start()
-    yield live
-    live.stop()
-
-
-@pytest.fixture(scope="module")
-def workload(metered, offline_llm, parse_sse):
+def workload(own_server, offline_llm, parse_sse):
     """Six requests of known lengths, finished before the test reads /metrics. Returns (prompt tokens,
     completion tokens) per request and how many finished with "stop"."""
     prompt = "The quick brown fox"
     first_token = offline_llm.generate([prompt], SamplingParams(temperature=0, max_tokens=1))[0].token_ids[0]
     done = []
-    with metered.client() as c:
+    with own_server.client() as c:
         for max_tokens in (1, 3, 5):
             r = c.post("/v1/completions", json={"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True})
             done.append(r.json()["usage"])
