@@ -14,8 +14,8 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("server.cli", "run the OpenAI-compatible HTTP server"),
     "generate": ("engine.generate_cli", "generate text offline and stream it to the terminal"),
-    "bench": ("engine.bench", "offline throughput benchmark (optionally side by side with HF transformers)"),
-    "plan": ("engine.planner", "KV-cache capacity and roofline planner"),
+    "bench": ("engine.tools.bench", "offline throughput benchmark (optionally side by side with HF transformers)"),
+    "plan": ("engine.tools.planner", "KV-cache capacity and roofline planner"),
     "loadtest": ("loadtest.cli", "load-test an OpenAI-compatible server"),
 }
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 from .config import EngineArgs, EngineConfig
 from .detokenizer import IncrementalDetokenizer
-from .kv_cache_manager import KVCacheManager
-from .model_runner import ModelRunner
+from .core.kv_cache_manager import KVCacheManager
+from .worker.model_runner import ModelRunner
 from .outputs import IterationStats, SequenceDelta, StepOutput, TokenLogprob
-from .request import Request, RequestStatus
+from .core.request import Request, RequestStatus
 from .sampling_params import ParamError, SamplingParams
-from .scheduler import Scheduler, ScheduledSeq
+from .core.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -150,31 +150,28 @@ class LLMEngine:
         t0 = time.perf_counter()
         deltas, self._pending = self._pending, []
         sched = self.scheduler.schedule()
-        result = self.runner.execute(sched, self._forbidden_tokens)
+        result = self.runner.execute(sched)
         self.scheduler.on_step_done(sched)
         now = time.time()
-        for seq in sched.seqs:
-            token = result.sampled.get(seq.request_id)
-            if token is None:
-                continue
-            req = self.scheduler.requests[seq.request_id]
-            deltas.append(self._append_token(req, token, result.logprobs.get(seq.request_id), now))
+        num_generated = 0
+        for rid, tokens, logprobs in zip(result.request_ids, result.token_ids, result.logprobs):
+            req = self.scheduler.requests[rid]
+            for j, token in enumerate(tokens):
+                delta = self._append_token(req, token, None if logprobs is None else logprobs[j], now)
+                deltas.append(delta)
+                num_generated += 1
+                if delta.finished:
+                    break
         pool = self.kv.pool
         stats = IterationStats(
             num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
             kv_blocks_used=pool.num_used_blocks, kv_blocks_total=pool.num_blocks,
             num_scheduled_tokens=sched.num_scheduled_tokens, num_prompt_tokens=sched.num_prompt_tokens,
-            num_generation_tokens=len(result.sampled), num_preemptions=len(sched.preempted_ids),
+            num_generation_tokens=num_generated, num_preemptions=len(sched.preempted_ids),
             prefix_cache_queries=sched.prefix_cache_queries, prefix_cache_hits=sched.prefix_cache_hits,
             step_time_s=time.perf_counter() - t0,
         )
         return StepOutput(deltas, stats)
-
-    def _forbidden_tokens(self, seq: ScheduledSeq) -> tuple[int, ...]:
-        p = seq.params
-        if len(seq.token_ids) - seq.num_prompt_tokens >= p.min_tokens:
-            return ()
-        return tuple(p.stop_token_ids) + (() if p.ignore_eos else self.eos_token_ids)
 
     def _append_token(self, req: Request, token: int, logprob: TokenLogprob | None, now: float) -> SequenceDelta:
         req.append_output_token(token, now)

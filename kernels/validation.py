@@ -93,6 +93,11 @@ def check_paged_attention_args(query, key_cache, value_cache, block_tables, cu_s
     _optional_int("num_splits", num_splits, 1)
     if num_splits is not None and num_splits > MAX_NUM_SPLITS:
         raise ValueError(f"num_splits: must be <= {MAX_NUM_SPLITS}, got {num_splits}")
+    # Host-side ints only (no device sync): the kernels read block_tables[s, key // block_size] for every key
+    # up to the longest context, so the table must have a column for each of those blocks.
+    if max_seq_len is not None and block_tables.shape[1] * block_size < max_seq_len:
+        raise ValueError(f"block_tables: {block_tables.shape[1]} columns of {block_size}-token blocks cover "
+                         f"{block_tables.shape[1] * block_size} keys, but max_seq_len is {max_seq_len}")
 
 
 def check_store_kv_args(key, value, key_cache, value_cache, slot_mapping) -> None:

@@ -8,13 +8,14 @@ import numpy as np
 import torch
 
 from .metadata import AttentionMetadata
+from .plans import AttentionPlan
 
 
 class AttentionBackend(Protocol):
     name: str
 
     def plan(self, query_lens: np.ndarray, seq_lens: np.ndarray, block_tables: np.ndarray, block_size: int,
-             device: torch.device, dtype: torch.dtype) -> object | None:
+             device: torch.device, dtype: torch.dtype) -> AttentionPlan | None:
         """Backend-private precomputation for one step (None if the backend needs none)."""
 
     def store_kv(self, key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,

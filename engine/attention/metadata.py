@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 import torch
+
+from .plans import AttentionPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,11 +25,12 @@ class AttentionMetadata:
     max_query_len: int
     max_seq_len: int
     num_decode_only: bool  # every sequence has exactly one query token
-    plan: Any = None
+    plan: AttentionPlan | None = None
 
 
 def build_attention_metadata(query_lens: np.ndarray, seq_lens: np.ndarray, block_tables: np.ndarray,
-                             slot_mapping: np.ndarray, device: torch.device, plan: Any = None) -> AttentionMetadata:
+                             slot_mapping: np.ndarray, device: torch.device,
+                             plan: AttentionPlan | None = None) -> AttentionMetadata:
     cu = np.zeros(len(query_lens) + 1, dtype=np.int32)
     np.cumsum(query_lens, out=cu[1:])
     pin = device.type == "cuda"

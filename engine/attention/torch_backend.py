@@ -9,35 +9,12 @@ but with 1/block_size as many index operations. A prefill with no earlier contex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .metadata import AttentionMetadata
-
-
-@dataclass(frozen=True, slots=True)
-class PrefillSeq:
-    q_start: int
-    q_end: int
-    kv_blocks: torch.Tensor | None  # [nblk] block ids holding the L keys; None when q covers the whole context
-    kv_len: int
-    mask: torch.Tensor | None  # [q_len, L] additive: 0 = attend, -inf = in the future
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeGroup:
-    rows: torch.Tensor  # [Sg] query rows of these decoding sequences
-    blocks: torch.Tensor  # [Sg * Bmax] block ids, row-major (0 where padded)
-    mask: torch.Tensor  # [Sg, 1, 1, Bmax * block_size] additive: 0 = attend, -inf = padding
-
-
-@dataclass(frozen=True, slots=True)
-class TorchPlan:
-    decodes: tuple[DecodeGroup, ...]
-    prefills: tuple[PrefillSeq, ...]
+from .plans import DecodeGroup, PrefillSeq, TorchPlan
 
 
 def _decode_groups(lengths: np.ndarray, max_groups: int = 4, min_group: int = 8) -> list[np.ndarray]:

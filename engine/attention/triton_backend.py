@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .metadata import AttentionMetadata
+from .plans import TritonPlan
 
 
 class TritonAttentionBackend:
@@ -23,7 +24,7 @@ class TritonAttentionBackend:
 
     def attention(self, query, key, value, key_cache, value_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         # `plan` may carry a fixed split count chosen by a CUDA-graph runner; otherwise the kernel chooses.
-        num_splits = meta.plan if isinstance(meta.plan, int) else None
+        num_splits = meta.plan.num_splits if isinstance(meta.plan, TritonPlan) else None
         return self._kernels.paged_attention(
             query, key_cache, value_cache, meta.block_tables, meta.cu_seqlens_q, meta.seq_lens, scale,
             max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len, num_splits=num_splits,

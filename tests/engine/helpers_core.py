@@ -7,11 +7,12 @@ on its prompt, never on what else ran beside it or on preemption, and two equal 
 
 from __future__ import annotations
 
-from engine.block_pool import BlockPool
-from engine.kv_cache_manager import KVCacheManager, cdiv, hash_block
-from engine.request import Request, RequestStatus
+from engine.core.block_pool import BlockPool
+from engine.core.kv_cache_manager import KVCacheManager, cdiv, hash_block
+from engine.core.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler, SchedulerOutput
+from engine.core.scheduler import Scheduler
+from engine.step import SchedulerOutput
 
 BLOCK_SIZE = 4
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from engine.bench import make_workload, parse_len
+from engine.tools.bench import make_workload, parse_len
 from engine.cli import main
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.block_pool import BlockPool, FreeBlockQueue, KVBlock
+from engine.core.block_pool import BlockPool, FreeBlockQueue, KVBlock
 from tests.engine.helpers_core import queue_ids
 
 H0, H1, H2 = b"hash-0", b"hash-1", b"hash-2"

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from engine.cpu_allocator import keep_freed_memory
+from engine.worker.cpu_allocator import keep_freed_memory
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 

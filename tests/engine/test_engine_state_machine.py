@@ -27,10 +27,12 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  run_state_machine_as_test)
 
 from engine.config import SchedulerConfig
-from engine.kv_cache_manager import KVCacheManager
-from engine.request import Request, RequestStatus
+from engine.core.kv_cache_manager import KVCacheManager
+from engine.core.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler, SchedulerOutput
+from engine.core.scheduler import Scheduler
+from engine.step import SchedulerOutput
+from engine.worker.seq_states import SeqStates
 from tests.engine.helpers_core import (BLOCK_SIZE, assert_all_free, assert_kv_consistent, complete_step,
                                        make_request, solo_output)
 
@@ -47,22 +49,30 @@ def fit(prompt: list[int], max_tokens: int, num_blocks: int) -> tuple[list[int],
 
 
 class PagedKVSimulator:
-    """The fake runner's KV cache: which token each slot of each block holds."""
+    """The fake runner: a worker's copy of the sequences, rebuilt only from what each step sends
+    (`SeqStates`), and its KV cache: which token each slot of each block holds."""
 
     def __init__(self, num_blocks: int, block_size: int):
         self.block_size = block_size
         self.slots: list[list[int | None]] = [[None] * block_size for _ in range(num_blocks)]
+        self.mirror = SeqStates()
 
-    def run(self, out: SchedulerOutput) -> None:
+    def run(self, sched: Scheduler, out: SchedulerOutput) -> None:
         bs = self.block_size
+        states = self.mirror.update(out)
+        # The step's deltas rebuild exactly the engine's tokens and block tables.
+        for st in states:
+            assert st.token_ids == sched.requests[st.request_id].all_token_ids
+            assert st.block_ids == sched.kv.block_ids(st.request_id)
+        assert set(self.mirror.states) <= set(sched.requests), "the worker holds a sequence the engine dropped"
         # Like one forward pass: every sequence writes its new tokens' K/V before any attention reads.
-        for s in out.seqs:
+        for s, st in zip(out.seqs, states):
             for pos in range(s.start, s.start + s.num_new):
-                self.slots[s.block_ids[pos // bs]][pos % bs] = s.token_ids[pos]
-        for s in out.seqs:
-            attended = [self.slots[s.block_ids[pos // bs]][pos % bs] for pos in range(s.start + s.num_new)]
-            assert attended == s.token_ids[:s.start + s.num_new], \
-                f"{s.request_id} attends to {attended}, its tokens are {s.token_ids[:s.start + s.num_new]}"
+                self.slots[st.block_ids[pos // bs]][pos % bs] = st.token_ids[pos]
+        for s, st in zip(out.seqs, states):
+            attended = [self.slots[st.block_ids[pos // bs]][pos % bs] for pos in range(s.start + s.num_new)]
+            assert attended == st.token_ids[:s.start + s.num_new], \
+                f"{s.request_id} attends to {attended}, its tokens are {st.token_ids[:s.start + s.num_new]}"
 
 
 def check_step_shape(sched: Scheduler, out: SchedulerOutput, running: list[str], waiting: list[str],
@@ -75,7 +85,7 @@ def check_step_shape(sched: Scheduler, out: SchedulerOutput, running: list[str],
     assert len(out.seqs) <= sched.config.max_num_seqs
 
     # Victims are the newest running requests, newest first, reset and put at the front of the queue.
-    victims = out.preempted_ids
+    victims = list(out.preempted_ids)
     assert victims == running[::-1][:len(victims)]
     assert [r.request_id for r in list(sched.waiting)[:len(victims)]] == victims[::-1]
     for rid in victims:
@@ -137,7 +147,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         progress = {rid: (r.num_computed_tokens, r.num_tokens) for rid, r in sched.requests.items()}
         out = sched.schedule()
         check_step_shape(sched, out, running, waiting, progress)
-        self.sim.run(out)
+        self.sim.run(sched, out)
         complete_step(sched, out)
         if out.preempted_ids:
             event("preemption")

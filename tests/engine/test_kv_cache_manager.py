@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.kv_cache_manager import KVCacheManager, hash_block
+from engine.core.kv_cache_manager import KVCacheManager, hash_block
 from tests.engine.helpers_core import BLOCK_SIZE, assert_all_free, chained_hashes, make_request, queue_ids
 
 P8 = list(range(10, 18))  # two full blocks

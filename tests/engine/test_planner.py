@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from engine.capacity import (GIB, GPU_PRESETS, Hardware, ModelShape, Workload, count_params, plan_capacity,
+from engine.tools.capacity import (GIB, GPU_PRESETS, Hardware, ModelShape, Workload, count_params, plan_capacity,
                              shape_from_hf_config)
 from engine.cli import main
 from engine.models.shapes import NAMED_SHAPES, named_config
@@ -163,5 +163,5 @@ def test_bad_arguments_exit_2_with_the_parameter_named(capsys, argv, message):
 
 
 def test_the_planner_imports_without_torch_or_transformers():
-    code = "import sys, engine.planner; sys.exit(int('torch' in sys.modules or 'transformers' in sys.modules))"
+    code = "import sys, engine.tools.planner; sys.exit(int('torch' in sys.modules or 'transformers' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

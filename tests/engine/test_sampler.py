@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from engine import LLM, SamplingParams
-from engine.sampler import Sampler, SamplingRow, apply_top_k_top_p
+from engine.sample.sampler import Sampler, SamplingRow, apply_top_k_top_p
+from engine.step import SamplingOptions
 
 PROBS = torch.tensor([0.40, 0.25, 0.15, 0.10, 0.06, 0.04])
 LOGITS = PROBS.log()
@@ -17,7 +18,7 @@ DRAWS = 4000
 
 
 def rows(params: SamplingParams, n: int, seed=None, tokens=(5, 5), prompt_len=1) -> list[SamplingRow]:
-    return [SamplingRow(f"r{i}", params, seed, list(tokens), prompt_len, ()) for i in range(n)]
+    return [SamplingRow(f"r{i}", SamplingOptions.from_params(params, seed), list(tokens), prompt_len, ()) for i in range(n)]
 
 
 def draw(params: SamplingParams, n: int = DRAWS, logits: torch.Tensor = LOGITS) -> torch.Tensor:
@@ -77,13 +78,13 @@ def test_seeded_rows_do_not_depend_on_the_rest_of_the_batch():
     a = Sampler(torch.device("cpu"), seed=0)(LOGITS.expand(1, -1).clone(), rows(p, 1, seed=123))
     noise = SamplingParams(temperature=1.0)
     b = Sampler(torch.device("cpu"), seed=99)(LOGITS.expand(4, -1).clone(),
-                                              rows(noise, 3) + [SamplingRow("r0", p, 123, [5], 1, ())])
+                                              rows(noise, 3) + [SamplingRow("r0", SamplingOptions.from_params(p, 123), [5], 1, ())])
     assert a.token_ids[0] == b.token_ids[3]
 
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
     logits = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
-    r = [SamplingRow("r", SamplingParams(repetition_penalty=2.0), None, [0, 1], 1, ())]
+    r = [SamplingRow("r", SamplingOptions.from_params(SamplingParams(repetition_penalty=2.0), None), [0, 1], 1, ())]
     out = Sampler(torch.device("cpu"), 0)._apply_penalties(logits.clone(), r)
     assert out.tolist() == [[1.0, -4.0, 1.0, 0.5]]
 
@@ -91,13 +92,13 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
 def test_presence_and_frequency_penalties_count_generated_tokens_only():
     logits = torch.zeros(1, 4)
     # prompt [3], output [1, 1, 2]
-    r = [SamplingRow("r", SamplingParams(presence_penalty=0.5, frequency_penalty=0.25), None, [3, 1, 1, 2], 1, ())]
+    r = [SamplingRow("r", SamplingOptions.from_params(SamplingParams(presence_penalty=0.5, frequency_penalty=0.25), None), [3, 1, 1, 2], 1, ())]
     out = Sampler(torch.device("cpu"), 0)._apply_penalties(logits.clone(), r)
     assert out.tolist() == [[0.0, -1.0, -0.75, 0.0]]
 
 
 def test_forbidden_tokens_are_never_sampled():
-    r = [SamplingRow(f"r{i}", SamplingParams(temperature=1.0), None, [1], 1, (0, 1)) for i in range(500)]
+    r = [SamplingRow(f"r{i}", SamplingOptions.from_params(SamplingParams(temperature=1.0), None), [1], 1, (0, 1)) for i in range(500)]
     out = Sampler(torch.device("cpu"), 0)(LOGITS.expand(500, -1).clone(), r)
     assert not {0, 1} & set(out.token_ids)
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from engine.config import SchedulerConfig
-from engine.kv_cache_manager import KVCacheManager
-from engine.request import RequestStatus
-from engine.scheduler import Scheduler
+from engine.core.kv_cache_manager import KVCacheManager
+from engine.core.request import RequestStatus
+from engine.core.scheduler import Scheduler
+from engine.step import NewSeq
 from tests.engine.helpers_core import (BLOCK_SIZE, assert_all_free, assert_kv_consistent, make_request, queue_ids,
                                        run_step, seq_view, solo_output)
 
@@ -143,8 +144,9 @@ def test_scheduled_block_ids_cover_every_token_written_this_step():
     add(sched, "a", list(range(1, 7)))
     out = run_step(sched)
     (seq,) = out.seqs
-    assert seq.block_ids == [0, 1]
-    assert seq.token_ids[:6] == [1, 2, 3, 4, 5, 6]
+    assert isinstance(seq, NewSeq)
+    assert seq.block_ids == (0, 1)
+    assert seq.token_ids[:6] == (1, 2, 3, 4, 5, 6)
     assert seq.num_prompt_tokens == 6
 
 
@@ -160,7 +162,7 @@ def two_requests_filling_four_blocks():
     b = add(sched, "b", B_PROMPT, max_tokens=8)
     for _ in range(5):
         out = run_step(sched)
-        assert out.preempted_ids == []
+        assert out.preempted_ids == ()
     assert (sched.kv.block_ids("a"), sched.kv.block_ids("b")) == ([0, 2], [1, 3])
     assert (a.num_computed_tokens, a.num_tokens, b.num_computed_tokens, b.num_tokens) == (8, 9, 8, 9)
     assert queue_ids(sched.kv.pool) == []
@@ -170,7 +172,7 @@ def two_requests_filling_four_blocks():
 def test_newest_running_request_is_preempted_when_the_oldest_needs_a_block():
     sched, a, b = two_requests_filling_four_blocks()
     out = run_step(sched)
-    assert out.preempted_ids == ["b"]
+    assert out.preempted_ids == ("b",)
     assert seq_view(out) == [("a", 8, 1, True)]
     assert sched.kv.block_ids("a") == [0, 2, 3]  # b's last block was freed first, so a reuses it
     assert sched.kv.block_ids("b") == []
@@ -220,7 +222,7 @@ def test_preemption_picks_the_newest_request_not_the_next_one():
     add(sched, "c", [5, 6, 7, 8, 9, 10, 11, 12], max_tokens=4)  # blocks 3, 4
     run_step(sched)
     out = run_step(sched)  # a and b each need a new block: preempting c frees two
-    assert out.preempted_ids == ["c"]
+    assert out.preempted_ids == ("c",)
     assert seq_view(out) == [("a", 8, 1, True), ("b", 4, 1, True)]
     assert (sched.kv.block_ids("a"), sched.kv.block_ids("b")) == ([0, 1, 4], [2, 3])
 
@@ -231,7 +233,7 @@ def test_newest_request_that_needs_a_block_preempts_itself_and_older_ones_still_
     add(sched, "b", [7, 8, 9, 10], max_tokens=4)  # block 2, full
     run_step(sched)
     out = run_step(sched)
-    assert out.preempted_ids == ["b"]
+    assert out.preempted_ids == ("b",)
     assert seq_view(out) == [("a", 6, 1, True)]
     assert [r.request_id for r in sched.waiting] == ["b"]
 
@@ -309,8 +311,8 @@ def test_finish_request_frees_its_blocks_and_is_reported_by_the_next_step_only()
     finished = sched.finish_request("a", RequestStatus.FINISHED_ABORTED)
     assert finished.status == RequestStatus.FINISHED_ABORTED
     assert queue_ids(sched.kv.pool) == [2, 3, 1, 0]
-    assert sched.schedule().finished_ids == ["a"]
-    assert sched.schedule().finished_ids == []
+    assert sched.schedule().finished_ids == ("a",)
+    assert sched.schedule().finished_ids == ()
     assert_all_free(sched.kv)
 
 
@@ -328,7 +330,7 @@ def test_finish_request_of_an_unknown_id_returns_none_and_changes_nothing():
     add(sched, "a", [1])
     assert sched.finish_request("zzz", RequestStatus.FINISHED_ABORTED) is None
     assert [r.request_id for r in sched.waiting] == ["a"]
-    assert sched.schedule().finished_ids == []
+    assert sched.schedule().finished_ids == ()
 
 
 def test_add_request_with_an_id_in_use_is_rejected():

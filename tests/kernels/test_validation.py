@@ -106,3 +106,11 @@ def test_store_kv_rejects_bad_argument(case):
     args[name] = mutate(args)
     with pytest.raises(ValueError, match=f"^{name}:"):
         kernels.store_kv(**args)
+
+
+def test_a_block_table_narrower_than_max_seq_len_is_refused_before_any_read_past_it():
+    args = good_attention_args()  # contexts of 10 and 20 tokens
+    block_size = args["key_cache"].shape[1]
+    narrow = args["block_tables"][:, :1]
+    with pytest.raises(ValueError, match="^block_tables: 1 columns"):
+        kernels.paged_attention(**{**args, "block_tables": narrow}, max_seq_len=block_size + 1)

@@ -16,42 +16,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .config import SchedulerConfig
+from ..config import SchedulerConfig
+from ..step import CachedSeq, NewSeq, ScheduledSeq, SchedulerOutput
 from .kv_cache_manager import KVCacheManager
 from .request import Request, RequestStatus
-from .sampling_params import SamplingParams
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduledSeq:
-    """One request's share of a step, everything a model-runner worker needs to run it.
-
-    The worker computes tokens `token_ids[start:start+num_new]` at positions `start..start+num_new-1`,
-    writing their K/V into the slots given by `block_ids`. When `sample` is set the chunk reaches the end
-    of the known tokens and the worker samples the next one. Lists are the request's live lists (no copy
-    in-process); a multi-process runner would ship `token_ids[start:start+num_new]` instead.
-    """
-
-    request_id: str
-    token_ids: list[int]
-    start: int
-    num_new: int
-    block_ids: list[int]
-    sample: bool
-    num_prompt_tokens: int
-    params: SamplingParams
-    seed: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerOutput:
-    seqs: list[ScheduledSeq]
-    num_scheduled_tokens: int
-    num_prompt_tokens: int  # tokens of prefill work (prompt or recompute) in this step
-    preempted_ids: list[str]
-    finished_ids: list[str]  # requests finished since the last step: workers drop their state
-    prefix_cache_queries: int  # tokens looked up in the prefix cache this step
-    prefix_cache_hits: int  # of those, tokens found
 
 
 @dataclass
@@ -62,6 +30,9 @@ class Scheduler:
     running: list[Request] = field(default_factory=list)
     requests: dict[str, Request] = field(default_factory=dict)
     _finished_since_step: list[str] = field(default_factory=list)
+    # What the worker holds of each sequence it knows: (token count, block count). A sequence missing here
+    # is sent whole (NewSeq), one present only as what changed since (CachedSeq).
+    _synced: dict[str, tuple[int, int]] = field(default_factory=dict)
     num_preemptions_total: int = 0
 
     # ---- queue management -------------------------------------------------------------------------------
@@ -84,6 +55,7 @@ class Scheduler:
         request.finished_time = time.time()
         self.kv.free(request)
         self._finished_since_step.append(request_id)
+        self._synced.pop(request_id, None)
         return request
 
     @property
@@ -139,19 +111,29 @@ class Scheduler:
                 budget -= num_new
             self.waiting.extendleft(reversed(skipped))
 
-        seqs = []
+        seqs: list[ScheduledSeq] = []
         num_prompt = 0
         for request, num_new in scheduled:
             start = request.num_computed_tokens
-            sample = start + num_new == request.num_tokens
             if not (num_new == 1 and start >= request.num_prompt_tokens):  # anything but a plain decode
                 num_prompt += num_new
-            seqs.append(ScheduledSeq(request.request_id, request.all_token_ids, start, num_new,
-                                     self.kv.block_ids(request.request_id), sample, request.num_prompt_tokens,
-                                     request.params, request.seed))
+            seqs.append(self._scheduled_seq(request, start, num_new))
         finished, self._finished_since_step = self._finished_since_step, []
-        return SchedulerOutput(seqs, self.config.max_num_batched_tokens - budget, num_prompt, preempted,
-                               finished, queries, hits)
+        return SchedulerOutput(tuple(seqs), tuple(finished), tuple(preempted),
+                               self.config.max_num_batched_tokens - budget, num_prompt, queries, hits)
+
+    def _scheduled_seq(self, request: Request, start: int, num_new: int) -> ScheduledSeq:
+        """The request's share of the step, as the worker needs it: whole the first time, then the change."""
+        rid, tokens = request.request_id, request.all_token_ids
+        block_ids = self.kv.block_ids(rid)
+        sample = start + num_new == len(tokens)
+        synced = self._synced.get(rid)
+        self._synced[rid] = (len(tokens), len(block_ids))
+        if synced is None:
+            return NewSeq(rid, tuple(tokens), request.num_prompt_tokens, tuple(block_ids), start, num_new, sample,
+                          request.sampling)
+        num_tokens, num_blocks = synced
+        return CachedSeq(rid, tuple(tokens[num_tokens:]), tuple(block_ids[num_blocks:]), start, num_new, sample)
 
     def on_step_done(self, out: SchedulerOutput) -> None:
         """The runner computed the scheduled tokens: advance each request's progress."""
@@ -163,6 +145,7 @@ class Scheduler:
     # ---- helpers ------------------------------------------------------------------------------------------
     def _preempt(self, request: Request) -> None:
         self.kv.free(request)
+        self._synced.pop(request.request_id, None)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1

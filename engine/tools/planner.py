@@ -1,7 +1,7 @@
 """`kvserve plan`: how much KV cache fits, how many sequences it serves, and how fast a step can be.
 
 Flags pick a model shape (a model directory or GGUF file, a named shape, or explicit numbers), a GPU
-(a datasheet preset or custom numbers) and a workload; `engine.capacity.plan_capacity` does the
+(a datasheet preset or custom numbers) and a workload; `engine.tools.capacity.plan_capacity` does the
 arithmetic; this module only turns flags into its inputs and prints the result with the formulas filled
 in (or as JSON with `--json`). Only reading a model's config imports transformers.
 """
@@ -13,7 +13,7 @@ import dataclasses
 import json
 import sys
 
-from engine.capacity import (GIB, GPU_PRESETS, KV_DTYPE_BYTES, WEIGHT_DTYPE_BYTES, CapacityPlan, Hardware,
+from engine.tools.capacity import (GIB, GPU_PRESETS, KV_DTYPE_BYTES, WEIGHT_DTYPE_BYTES, CapacityPlan, Hardware,
                              ModelShape, Workload, dtype_name, plan_capacity, shape_from_hf_config)
 
 TIGHT_FIT_SEQUENCES = 16  # below this many concurrent sequences, the output explains why

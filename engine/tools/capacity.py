@@ -1,7 +1,7 @@
 """KV-cache capacity and roofline arithmetic: `ModelShape` + `Hardware` + `Workload` -> `CapacityPlan`.
 
 Pure Python on integers and floats: no torch, no transformers (a transformers config is only read by
-attribute in `shape_from_hf_config`). `engine.planner` turns flags into these inputs and prints the plan.
+attribute in `shape_from_hf_config`). `engine.tools.planner` turns flags into these inputs and prints the plan.
 
     weight_bytes          = params x bytes per weight
     kv_bytes_per_token    = 2 (K and V) x layers x kv_heads x head_dim x bytes per KV element

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .config import EngineArgs
+from ..config import EngineArgs
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ class EngineRun:
     """The engine under test, loaded once; `run(wl)` times one pass over the workload."""
 
     def __init__(self, args: EngineArgs):
-        from .llm import LLM
-        from .sampling_params import SamplingParams
+        from ..llm import LLM
+        from ..sampling_params import SamplingParams
 
         t0 = time.perf_counter()
         self.llm = LLM(**{k: v for k, v in asdict(args).items()})
@@ -70,7 +70,7 @@ class EngineRun:
         self.llm.generate([[1, 2, 3]] * 2, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm-up
 
     def run(self, wl: Workload) -> dict:
-        from .sampling_params import SamplingParams
+        from ..sampling_params import SamplingParams
 
         engine = self.llm.engine
         engine.kv.pool.reset_prefix_cache()  # a repeated round must not hit the previous round's prompts

@@ -16,15 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .outputs import TokenLogprob
-from .sampling_params import SamplingParams
+from ..outputs import TokenLogprob
+from ..step import SamplingOptions
 
 
 @dataclass(frozen=True, slots=True)
 class SamplingRow:
     request_id: str
-    params: SamplingParams
-    seed: int | None
+    options: SamplingOptions
     all_token_ids: list[int]
     num_prompt_tokens: int
     forbidden_ids: tuple[int, ...]  # EOS / stop tokens while min_tokens is not yet reached
@@ -49,7 +48,7 @@ class Sampler:
     def _generator_for(self, row: SamplingRow) -> torch.Generator:
         gen = self._request_generators.get(row.request_id)
         if gen is None:
-            gen = torch.Generator(device=self.device).manual_seed(row.seed & 0xFFFF_FFFF_FFFF_FFFF)
+            gen = torch.Generator(device=self.device).manual_seed(row.options.seed & 0xFFFF_FFFF_FFFF_FFFF)
             self._request_generators[row.request_id] = gen
         return gen
 
@@ -57,7 +56,7 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         logits = logits.float()
         raw = logits
-        if any(r.params.has_penalties for r in rows):
+        if any(r.options.has_penalties for r in rows):
             logits = self._apply_penalties(logits.clone(), rows)
         forbid = [(i, r.forbidden_ids) for i, r in enumerate(rows) if r.forbidden_ids]
         if forbid:
@@ -65,7 +64,7 @@ class Sampler:
             for i, ids in forbid:
                 logits[i, list(ids)] = float("-inf")
 
-        greedy = [r.params.temperature == 0.0 for r in rows]
+        greedy = [r.options.temperature == 0.0 for r in rows]
         tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
         greedy_idx = [i for i, g in enumerate(greedy) if g]
         random_idx = [i for i, g in enumerate(greedy) if not g]
@@ -78,22 +77,22 @@ class Sampler:
 
         token_list = tokens.tolist()
         logprobs: list[TokenLogprob | None] = [None] * len(rows)
-        want = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
+        want = [i for i, r in enumerate(rows) if r.options.logprobs is not None]
         if want:
             lp = torch.log_softmax(raw[want], dim=-1)
-            k = max(rows[i].params.logprobs for i in want)
+            k = max(rows[i].options.logprobs for i in want)
             top_vals, top_ids = lp.topk(k, dim=-1) if k > 0 else (lp[:, :0], lp[:, :0].long())
             chosen = lp.gather(1, tokens[want].unsqueeze(1)).squeeze(1).tolist()
             top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
             for j, i in enumerate(want):
-                n = rows[i].params.logprobs
+                n = rows[i].options.logprobs
                 logprobs[i] = TokenLogprob(token_list[i], chosen[j], dict(zip(top_ids[j][:n], top_vals[j][:n])))
         return SamplerOutput(token_list, logprobs)
 
     def _apply_penalties(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         vocab = logits.shape[-1]
         for i, r in enumerate(rows):
-            p = r.params
+            p = r.options
             if not p.has_penalties:
                 continue
             out_ids = [t for t in r.all_token_ids[r.num_prompt_tokens:] if 0 <= t < vocab]
@@ -109,20 +108,20 @@ class Sampler:
 
     def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         dev = logits.device
-        temps = torch.tensor([r.params.temperature for r in rows], device=dev, dtype=torch.float32)
+        temps = torch.tensor([r.options.temperature for r in rows], device=dev, dtype=torch.float32)
         logits = logits / temps.unsqueeze(1)
-        logits = apply_top_k_top_p(logits, [r.params.top_k for r in rows], [r.params.top_p for r in rows])
+        logits = apply_top_k_top_p(logits, [r.options.top_k for r in rows], [r.options.top_p for r in rows])
         probs = torch.softmax(logits, dim=-1)
-        min_ps = [r.params.min_p for r in rows]
+        min_ps = [r.options.min_p for r in rows]
         if any(m > 0 for m in min_ps):
             min_p = torch.tensor(min_ps, device=dev, dtype=torch.float32).unsqueeze(1)
             probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
         noise = torch.empty_like(probs)
-        unseeded = [i for i, r in enumerate(rows) if r.seed is None]
+        unseeded = [i for i, r in enumerate(rows) if r.options.seed is None]
         if unseeded:
             noise[unseeded] = torch.empty((len(unseeded), probs.shape[1]), device=dev).exponential_(generator=self.generator)
         for i, r in enumerate(rows):
-            if r.seed is not None:
+            if r.options.seed is not None:
                 noise[i].exponential_(generator=self._generator_for(r))
         return (probs / noise.clamp_(min=1e-20)).argmax(dim=-1)
 

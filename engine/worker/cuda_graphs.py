@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .attention import AttentionMetadata
-from .config import EngineConfig
+from ..attention import AttentionMetadata
+from ..attention.plans import TritonPlan
+from ..config import EngineConfig
 
 
 def capture_sizes(max_num_seqs: int, limit: int = 256) -> list[int]:
@@ -57,7 +58,8 @@ class DecodeGraphs:
                                            mc.dtype, self.device)
         return AttentionMetadata(slot_mapping=self.slot_mapping[:b], block_tables=self.block_tables[:b],
                                  cu_seqlens_q=self.cu_seqlens_q[:b + 1], seq_lens=self.seq_lens[:b],
-                                 max_query_len=1, max_seq_len=self.max_model_len, num_decode_only=True, plan=splits)
+                                 max_query_len=1, max_seq_len=self.max_model_len, num_decode_only=True,
+                                 plan=TritonPlan(splits))
 
     @torch.inference_mode()
     def _capture(self) -> None:

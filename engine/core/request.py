@@ -11,8 +11,9 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from .outputs import RequestTimes
-from .sampling_params import SamplingParams
+from ..outputs import RequestTimes
+from ..sampling_params import SamplingParams
+from ..step import SamplingOptions
 
 
 class RequestStatus(enum.Enum):
@@ -54,6 +55,7 @@ class Request:
 
     status: RequestStatus = RequestStatus.WAITING
     all_token_ids: list[int] = field(init=False)
+    sampling: SamplingOptions = field(init=False)  # what the worker needs of params, seed and EOS ids
     num_computed_tokens: int = 0
     num_cached_tokens: int = -1  # prefix-cache hit on first scheduling; -1 until then
     num_preemptions: int = 0
@@ -67,6 +69,7 @@ class Request:
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_token_ids)
+        self.sampling = SamplingOptions.from_params(self.params, self.seed, self.eos_token_ids)
         if self.parent_id is None:
             self.parent_id = self.request_id
 

@@ -1,0 +1,132 @@
+"""The step boundary: what the scheduler sends a model-runner worker, and what the worker sends back.
+
+Everything here is plain, immutable data (ints, floats, strings, tuples and lists of them), so a step can
+cross a process boundary as it is, encoded without pickle. A worker keeps its own copy of every running
+sequence (`engine.worker.seq_states`), so a step carries each sequence once in full, when it is first
+scheduled (`NewSeq`), and after that only what changed (`CachedSeq`):
+
+    step 1:  NewSeq("a", token_ids=[p0 .. p9], block_ids=[4, 7], start=0, num_new=10, sample=True)
+    step 2:  CachedSeq("a", new_token_ids=[t10], new_block_ids=[], start=10, num_new=1, sample=True)
+    step 3:  CachedSeq("a", new_token_ids=[t11], new_block_ids=[9], start=11, num_new=1, sample=True)
+    ...      "a" preempted: its id is in `preempted_ids` and the worker drops its copy; when it runs again it
+             comes back as a NewSeq holding every token it has (prompt and output so far) and its new blocks.
+             "a" finished: its id is in the next step's `finished_ids`.
+
+`new_token_ids` are the tokens the engine appended since the worker last saw the sequence (the sampled
+ones), so the engine stays the one source of truth for every sequence's tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .outputs import TokenLogprob
+from .sampling_params import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    """What a worker needs of a sequence's `SamplingParams` to turn logits into its next token.
+
+    `forbidden_ids` (stop token ids, plus the EOS ids unless `ignore_eos`) may not be sampled while the
+    sequence has fewer than `min_tokens` output tokens. `seed` is the sequence's own seed (the request's
+    seed + its index among the n choices), None to draw from the worker's shared generator.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    logprobs: int | None = None
+    min_tokens: int = 0
+    forbidden_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def from_params(cls, params: SamplingParams, seed: int | None = None,
+                    eos_token_ids: tuple[int, ...] = ()) -> "SamplingOptions":
+        forbidden = tuple(params.stop_token_ids) + (() if params.ignore_eos else tuple(eos_token_ids))
+        return cls(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
+                   presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty,
+                   repetition_penalty=params.repetition_penalty, seed=seed, logprobs=params.logprobs,
+                   min_tokens=params.min_tokens, forbidden_ids=forbidden if params.min_tokens else ())
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def has_penalties(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+
+    def forbidden_now(self, num_output_tokens: int) -> tuple[int, ...]:
+        """The token ids this sequence may not sample with `num_output_tokens` output tokens so far."""
+        return self.forbidden_ids if num_output_tokens < self.min_tokens else ()
+
+
+@dataclass(frozen=True, slots=True)
+class NewSeq:
+    """A sequence the worker does not know yet (first scheduled, or resumed after preemption).
+
+    The worker computes tokens `token_ids[start:start + num_new]` at those positions, writing their K/V into
+    the slots of `block_ids`; with `sample` set the chunk reaches the last known token and the worker samples
+    the next one.
+    """
+
+    request_id: str
+    token_ids: tuple[int, ...]  # every known token: the prompt, plus the output so far after a preemption
+    num_prompt_tokens: int
+    block_ids: tuple[int, ...]  # the whole block table
+    start: int  # tokens already in the cache (a prefix-cache hit), where this step's tokens begin
+    num_new: int
+    sample: bool
+    sampling: SamplingOptions
+
+
+@dataclass(frozen=True, slots=True)
+class CachedSeq:
+    """A sequence the worker already holds: only what changed since it last ran."""
+
+    request_id: str
+    new_token_ids: tuple[int, ...]  # tokens appended by the engine since the worker last saw this sequence
+    new_block_ids: tuple[int, ...]  # blocks appended to its block table
+    start: int
+    num_new: int
+    sample: bool
+
+
+ScheduledSeq = NewSeq | CachedSeq
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerOutput:
+    """One step: the scheduled sequences in batch order, what the worker must forget, and step statistics.
+
+    The worker drops its copy of every sequence in `finished_ids` and `preempted_ids`; a preempted sequence
+    keeps its place in its random stream (its seeded generator), so its output does not depend on preemption.
+    """
+
+    seqs: tuple[ScheduledSeq, ...]
+    finished_ids: tuple[str, ...]  # finished (or aborted) since the last step
+    preempted_ids: tuple[str, ...]  # preempted by this step's scheduling
+    num_scheduled_tokens: int
+    num_prompt_tokens: int  # tokens of prefill work (prompt or recompute) in this step
+    prefix_cache_queries: int  # tokens looked up in the prefix cache this step
+    prefix_cache_hits: int  # of those, tokens found
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerOutput:
+    """What the worker sampled: for each sampling sequence, in batch order, its new tokens (one per step
+    today) and, when asked for, their logprobs."""
+
+    request_ids: tuple[str, ...]
+    token_ids: tuple[tuple[int, ...], ...]
+    logprobs: tuple[tuple[TokenLogprob, ...] | None, ...]
+
+    @classmethod
+    def empty(cls) -> "RunnerOutput":
+        return cls((), (), ())

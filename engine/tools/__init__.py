@@ -1,0 +1,1 @@
+"""Tools beside the runtime path: the offline benchmark, the capacity planner and its arithmetic."""

@@ -1,0 +1,70 @@
+"""One step flattened on the host: the varlen arrays a forward pass needs, built from the scheduled sequences.
+
+`build_host_batch` is the step's batch; `profile_batch` is the largest batch the scheduler can produce, run
+once on a GPU to measure peak activation memory before the KV cache is sized.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..step import ScheduledSeq
+from .seq_states import SeqState
+
+
+@dataclass(frozen=True, slots=True)
+class HostBatch:
+    """One step flattened on the host: T new tokens of S sequences."""
+
+    input_ids: np.ndarray  # [T]
+    positions: np.ndarray  # [T]
+    query_lens: np.ndarray  # [S]
+    seq_lens: np.ndarray  # [S] context length including the new tokens
+    block_tables: np.ndarray  # [S, max_blocks] int32, 0-padded
+    slot_mapping: np.ndarray  # [T]
+    logits_indices: np.ndarray  # rows of the tokens whose logits are sampled
+    sample_idx: list[int]  # which sequences sample
+
+    @property
+    def decode_only(self) -> bool:
+        return bool(len(self.query_lens)) and bool((self.query_lens == 1).all())
+
+
+def build_host_batch(seqs: Sequence[ScheduledSeq], states: Sequence[SeqState], block_size: int) -> HostBatch:
+    """Flatten the scheduled sequences (`states[i]` is `seqs[i]`'s) into numpy arrays (no device work)."""
+    bs = block_size
+    query_lens = np.fromiter((s.num_new for s in seqs), dtype=np.int64, count=len(seqs))
+    starts = np.fromiter((s.start for s in seqs), dtype=np.int64, count=len(seqs))
+    seq_lens = starts + query_lens
+    cu = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum(query_lens, out=cu[1:])
+    total = int(cu[-1])
+    ids: list[int] = []
+    for s, st in zip(seqs, states):
+        ids.extend(st.token_ids[s.start:s.start + s.num_new])
+    seq_of_token = np.repeat(np.arange(len(seqs)), query_lens)
+    positions = np.arange(total, dtype=np.int64) - cu[:-1][seq_of_token] + starts[seq_of_token]
+    max_blocks = max(len(st.block_ids) for st in states)
+    block_tables = np.zeros((len(seqs), max_blocks), dtype=np.int32)
+    for i, st in enumerate(states):
+        block_tables[i, :len(st.block_ids)] = st.block_ids
+    slot_mapping = block_tables[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
+    sample_idx = [i for i, s in enumerate(seqs) if s.sample]
+    return HostBatch(np.asarray(ids, dtype=np.int64), positions, query_lens, seq_lens, block_tables,
+                     slot_mapping, cu[1:][sample_idx] - 1, sample_idx)
+
+
+def profile_batch(num_tokens: int, block_size: int, max_num_seqs: int) -> HostBatch:
+    """One sequence of `num_tokens` prompt tokens over a throwaway one-block cache (block 0): every slot write
+    lands in block 0, and the block table has a column for every key position, all pointing at block 0, so
+    the attention kernels read only that block. The last `max_num_seqs` rows produce logits, as a step full
+    of sampling sequences would."""
+    n = num_tokens
+    q = np.array([n], dtype=np.int64)
+    width = -(-n // block_size)
+    return HostBatch(np.zeros(n, dtype=np.int64), np.arange(n, dtype=np.int64), q, q,
+                     np.zeros((1, width), dtype=np.int32), np.arange(n, dtype=np.int64) % block_size,
+                     np.arange(n - min(n, max_num_seqs), n), [])
