@@ -1,4 +1,5 @@
-"""Triton kernels for the paged KV cache: attention over pages and storing new keys/values into pages.
+"""Triton kernels for the paged KV cache (attention over pages, storing new keys/values into pages) and fused
+element-wise kernels for the model (RMSNorm with the residual add, RoPE, SiLU-and-mul).
 
 Public API (the engine codes against these):
     paged_attention(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out=None,
@@ -14,10 +15,11 @@ Public API (the engine codes against these):
 
 Triton is imported on first launch only, so `import kernels` and `kernels.reference` work without it.
 Module map: planning (path, tiles, splits; no triton), validation (argument checks), unified_attention
-(varlen kernel), decode_attention (split-KV decode + reduce), attention_tile (their shared inner step),
+(varlen kernel), decode_attention (split-KV decode + reduce), attention_tile (their shared inner loop),
 kv_store (store kernel), norm / rotary / activation (the element-wise kernels), launch (a launch as data),
-reference (pure-torch oracle), batch (random paged batches), bench (GPU benchmark), compile_report (sm_90
-ahead-of-time compile report) and specialization (compiled variants per launch; both need no GPU).
+reference (pure-torch oracle), batch (random paged batches), bench and bench_elementwise (GPU benchmark),
+compile_report (sm_90 ahead-of-time compile report) and specialization (compiled variants per launch; both
+need no GPU).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ is a compile inside the timer (seconds). This builds the exact arguments the lau
 data) for batch sizes 1..256, block-table widths 1..1024, split counts 2..64, and index tensors cut from one
 packed buffer at batch-dependent offsets (as a single host-to-device copy per step lays them out), computes
 the key the JIT would use for sm_90 (`triton.runtime.jit.create_function_from_signature`, the binder `run`
-calls; present from triton 3.3), and counts distinct keys per set of constexpr values. One each is the goal:
+calls; checked with triton 3.9), and counts distinct keys per set of constexpr values. One each is the goal:
 then a warm-up that touches each constexpr set once compiles everything a run will need.
 TRITON_INTERPRET must be unset (the interpreter replaces the JIT functions).
 """

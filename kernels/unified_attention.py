@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_tile import attend_kv_tile
+from kernels.attention_tile import attend_kv_range
 from kernels.launch import Launch
 from kernels.planning import AttentionTiles, next_power_of_2
 
@@ -88,16 +88,9 @@ def _unified_attention_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
-    for j in range(0, num_full):
-        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
-                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, kv_len, qk_scale, offs_d, d_ok,
-                                       BLOCK_N, PAGE, False, DOT_PRECISION)
-    for j in range(num_full, num_tiles):
-        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
-                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, kv_len, qk_scale, offs_d, d_ok,
-                                       BLOCK_N, PAGE, True, DOT_PRECISION)
+    acc, m_i, l_i = attend_kv_range(acc, m_i, l_i, q, 0, num_full, num_tiles, bt_row_ptr, k_cache_ptr, v_cache_ptr,
+                                    k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
+                                    q_pos, kv_len, qk_scale, offs_d, d_ok, BLOCK_N, PAGE, DOT_PRECISION)
 
     # A row with no visible key (only possible for a misused position < 0) is written as zeros, not NaN.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)

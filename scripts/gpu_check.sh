@@ -33,7 +33,8 @@ BENCH=("$PY" -m engine.cli bench --vs-hf --no-hf-cb --load-format dummy --num-pr
 CMD_bench_8b=("${BENCH[@]}" --model-config llama-3.1-8b --json "$OUT_DIR/bench-8b.json")
 CMD_bench_1b=("${BENCH[@]}" --model-config llama-3.2-1b --json "$OUT_DIR/bench-1b.json")
 CMD_kernels=("$PY" -m kernels.bench --quick --json "$OUT_DIR/kernels.json")
-CMD_gpu_tests=("$PY" -m pytest -m gpu tests/kernels/test_gpu.py tests/engine/test_gpu_engine.py
+CMD_gpu_tests=("$PY" -m pytest -m gpu tests/kernels/test_gpu_elementwise.py tests/kernels/test_gpu.py
+               tests/engine/test_gpu_engine.py
                -k "not qwen2 and not qwen3" -v -rA --durations=20 -p no:cacheprovider)
 # stage name and planned timeout (s), in running order; the command is CMD_<name with - as _>
 PLAN=("bench-8b 150" "bench-1b 80" "kernels 60" "gpu-tests 75")
