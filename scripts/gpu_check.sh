@@ -13,7 +13,7 @@
 # tees its output to OUT_DIR/<stage>.log; its status line goes to OUT_DIR/stages.tsv when it ends; the
 # benchmarks rewrite their JSON as results come in. OUT_DIR holds at most 8 files, all a device run brings
 # back: stages.tsv (environment as '#' lines, then one row per stage), 4 logs, 3 JSON files.
-# Random weights (--load-format dummy) with real shapes; --max-model-len 1024 fits the 768-token requests, so
+# Random weights (--load-format dummy) with real shapes; --max-model-len 768 fits the 768-token requests, so
 # CUDA graphs and split counts are sized for this workload, not the model's 131072-token window.
 # Needs only torch, triton, transformers, safetensors, pytest and hypothesis (PYTHONPATH=., nothing installed).
 set -uo pipefail
@@ -25,7 +25,7 @@ SUMMARY_S=${GPU_CHECK_SUMMARY_S:-10}     # kept back for the summary
 KILL_S=${GPU_CHECK_KILL_S:-5}            # grace between a stage's TERM and KILL
 MIN_STAGE_S=${GPU_CHECK_MIN_STAGE_S:-5}  # a stage with less time than this left is skipped
 ENV_S=10
-MAX_MODEL_LEN=1024
+MAX_MODEL_LEN=768  # 512 prompt + 256 output tokens
 export PYTHONPATH=. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 
 BENCH=("$PY" -m engine.cli bench --vs-hf --no-hf-cb --load-format dummy --num-prompts 256 --input-len 512

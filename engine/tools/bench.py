@@ -5,7 +5,8 @@ Every system gets the same prompts and the same per-request output lengths, with
 token counts are identical and tok/s compare directly. Static batching pads each batch and runs it to its
 longest output; only the requested tokens count as output.
 
-Before timing, the engine runs a full-size warm-up batch (`EngineRun.warm_up`): as many requests as run at
+The engine's context window is the workload's (longest prompt + longest output, rounded up to 256) unless
+--max-model-len says otherwise. Before timing, the engine runs a full-size warm-up batch (`EngineRun.warm_up`): as many requests as run at
 once, one step of max_num_batched_tokens prefill tokens, then decode steps at that batch size, so that every
 kernel variant and allocation the timed run needs exists before the clock starts. With --json, the engine's
 figures are written as soon as they exist (HF runs after it and may fail or be cut short).
@@ -14,6 +15,7 @@ figures are written as soon as they exist (HF runs after it and may fail or be c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -211,13 +213,25 @@ def _median_of(rounds: list[dict]) -> dict:
     return {**ordered[(len(ordered) - 1) // 2], "rounds_output_tok_s": [r["output_tok_s"] for r in rounds]}
 
 
+def workload_max_model_len(wl: Workload, model_limit: int, granularity: int = 256) -> int:
+    """The context window the workload needs (longest prompt + longest output), rounded up, within the
+    model's: what the engine is sized for when --max-model-len is not given. The model's own window (131,072
+    for Llama 3.1) would size CUDA graphs' block tables and split counts for contexts no request reaches."""
+    need = max(map(len, wl.prompts)) + max(wl.output_lens)
+    return min(model_limit, -(-need // granularity) * granularity)
+
+
 def run(args: argparse.Namespace) -> int:
     eargs = EngineArgs.from_cli_args(args)
-    vocab = eargs.resolve().model.vocab_size
-    wl = make_workload(args.num_prompts, args.input_len, args.output_len, args.seed, vocab)
+    model = eargs.resolve().model
+    wl = make_workload(args.num_prompts, args.input_len, args.output_len, args.seed, model.vocab_size)
+    if eargs.max_model_len is None:
+        eargs = dataclasses.replace(eargs, max_model_len=workload_max_model_len(wl, model.max_model_len))
     print(f"workload: {wl.num_prompts} prompts, input {wl.input_len}, output {wl.output_len}, seed {wl.seed}, "
-          f"{wl.summary()['prompt_tokens']} prompt + {wl.summary()['output_tokens']} output tokens, ignore_eos")
-    results: dict = {"workload": wl.summary(), "machine": _machine(), "rounds": args.rounds}
+          f"{wl.summary()['prompt_tokens']} prompt + {wl.summary()['output_tokens']} output tokens, ignore_eos; "
+          f"max_model_len {eargs.max_model_len}")
+    results: dict = {"workload": wl.summary(), "machine": _machine(), "rounds": args.rounds,
+                     "max_model_len": eargs.max_model_len}
     engine = EngineRun(eargs)
     results["warmup"] = engine.warm_up(wl)
     hf = None

@@ -32,6 +32,16 @@ def test_bench_vs_hf_writes_the_documented_json(tiny_model_dir, tmp_path, capsys
     # than max_num_batched_tokens / 5), then decode steps
     assert r["warmup"]["requests"] == 5 and r["warmup"]["prompt_tokens"] == sum(map(len, wl.prompts))
     assert r["complete"] is True
+    assert r["max_model_len"] == 256  # the workload needs 12 + 6 tokens, not the model's whole window
+
+
+def test_bench_context_window_is_the_workloads_rounded_up_within_the_models():
+    from engine.tools.bench import workload_max_model_len
+
+    wl = make_workload(4, "512", "256", seed=0, vocab_size=100)
+    assert workload_max_model_len(wl, model_limit=131072) == 768
+    assert workload_max_model_len(make_workload(4, "500:513", "3", 0, 100), model_limit=131072) == 768
+    assert workload_max_model_len(wl, model_limit=600) == 600
 
 
 def test_bench_json_keeps_the_engine_figures_when_hf_fails(tiny_model_dir, tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ def test_plan_runs_the_benchmarks_first_then_bounded_tests_within_seven_minutes(
     commands = {name: cmd for name, _, cmd in stages}
     for bench, shape in (("bench-8b", "llama-3.1-8b"), ("bench-1b", "llama-3.2-1b")):
         cmd = commands[bench]
-        assert f"--model-config {shape}" in cmd and "--max-model-len 1024" in cmd and "--load-format dummy" in cmd
+        assert f"--model-config {shape}" in cmd and "--max-model-len 768" in cmd and "--load-format dummy" in cmd
         assert "--num-prompts 256 --input-len 512 --output-len 256" in cmd
         assert f"--json {tmp_path}/{bench}.json" in cmd
     assert f"kernels.bench --quick --json {tmp_path}/kernels.json" in commands["kernels"]
