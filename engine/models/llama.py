@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..attention import AttentionBackend, AttentionMetadata
-from .layers import Linear, RMSNorm, RotaryEmbedding, apply_rope, linear, silu_and_mul
+from .layers import Linear, RMSNorm, RotaryEmbedding, apply_rope_qk, linear, silu_and_mul
 
 
 class Attention(nn.Module):
@@ -44,7 +44,7 @@ class Attention(nn.Module):
         v = v.view(t, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k = apply_rope_qk(q, k, rope)
         if v.stride(-1) != 1:  # a column-major skinny-GEMM output (CPU); the kernels want rows of D contiguous
             v = v.contiguous()
         backend.store_kv(k, v, self.key_cache, self.value_cache, meta)
@@ -72,8 +72,8 @@ class DecoderLayer(nn.Module):
 
     def forward(self, rope, x, meta, backend):
         # the residual stream is updated in place: it is this forward's own tensor (the embedding's output)
-        x.add_(self.self_attn(rope, self.input_layernorm(x), meta, backend))
-        return x.add_(self.mlp(self.post_attention_layernorm(x)))
+        h = self.post_attention_layernorm.add_forward(x, self.self_attn(rope, self.input_layernorm(x), meta, backend))
+        return x.add_(self.mlp(h))
 
 
 class LlamaForCausalLM(nn.Module):
