@@ -77,11 +77,11 @@ class ModelRunner:
         fit in what is left of `gpu_memory_utilization` x total memory."""
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
-        n = min(self.config.scheduler.max_num_batched_tokens, self.config.model.max_model_len)
         mc = self.config.model
         tiny = (1, self.block_size, mc.num_kv_heads, mc.head_dim)
         self.model.bind_kv_cache([(torch.zeros(tiny, dtype=mc.dtype, device=self.device),) * 2 for _ in range(mc.num_layers)])
-        hb = profile_batch(n, self.block_size, self.config.scheduler.max_num_seqs)
+        sc = self.config.scheduler
+        hb = profile_batch(sc.max_num_batched_tokens, mc.max_model_len, self.block_size, sc.max_num_seqs)
         self.model.compute_logits(self.forward(hb))  # called before any graph exists: runs eagerly
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
