@@ -176,7 +176,8 @@ def run_hf_cb(model, wl: Workload) -> dict:
 
     gen = GenerationConfig(do_sample=False, max_new_tokens=max(wl.output_lens), eos_token_id=None, pad_token_id=0)
     t0 = time.perf_counter()
-    with model.continuous_batching_context_manager(generation_config=gen, block=True, timeout=5) as manager:
+    with model.continuous_batching_context_manager(generation_config=gen, block=True, timeout=5,
+                                                   **_hf_cb_cache_size(wl)) as manager:
         ids = [manager.add_request(p, max_new_tokens=n, eos_token_id=-1) for p, n in zip(wl.prompts, wl.output_lens)]
         done: dict = {}
         while len(done) < len(ids):
@@ -189,6 +190,19 @@ def run_hf_cb(model, wl: Workload) -> dict:
     dt = time.perf_counter() - t0
     produced = sum(len(done[i].generated_tokens) for i in ids)
     return {"seconds": dt, "output_tokens": produced, "output_tok_s": produced / dt}
+
+
+def _hf_cb_cache_size(wl: Workload) -> dict:
+    """A KV cache that holds every request of the workload at once, twice over. Left to itself, HF sizes its
+    cache from free memory (0.8-0.9 of it), which on a CPU means most of the machine's RAM (12 GB for a tiny
+    test model here); older transformers without the config keep their default."""
+    try:
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+    except ImportError:
+        return {}
+    page = 256
+    pages = sum(-(-(len(p) + n) // page) for p, n in zip(wl.prompts, wl.output_lens))
+    return {"continuous_batching_config": ContinuousBatchingConfig(page_size=page, num_blocks=2 * pages)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
