@@ -27,6 +27,7 @@ from .config import ServerConfig
 from .engine_loop import EngineLoop
 from .errors import APIError, bad_request, unavailable
 from .metrics import ServerMetrics
+from .recent import RecentActivity
 from .request_stream import RequestStream
 from .stat_logger import StatLogger
 
@@ -69,6 +70,7 @@ class ServerContext:
         self.vocab_size = 0
         self.metrics: ServerMetrics | None = None
         self.stat_logger: StatLogger | None = None
+        self.recent = RecentActivity()  # the last minute, for /dashboard
         self._tokenizer_worker = ThreadPoolExecutor(1, thread_name_prefix="kvserve-tokenizer")
         self._in_flight = 0
         self._idle: asyncio.Event | None = None
@@ -149,6 +151,7 @@ class ServerContext:
     def on_step(self, output: StepOutput) -> None:
         if self.stat_logger is not None:
             self.stat_logger.record(output)
+        self.recent.record(output)
 
     def on_failure(self, error: BaseException) -> None:
         self._set_phase(Phase.FAILED)
