@@ -17,6 +17,16 @@ function si(x, unit = "") {
   }
   return x.toFixed(a >= 100 ? 0 : a >= 10 ? 1 : 2) + (unit ? " " + unit : "");
 }
+function tick10(e) {  // a power of ten as an axis label: 0.01, 0.1, 1, 10, 100, 1k, 10k, 1M, ...
+  if (e < 0) return (10 ** e).toFixed(-e);
+  const names = ["", "k", "M", "G", "T", "P"], k = Math.floor(e / 3);
+  return String(10 ** (e - 3 * k)) + names[k];
+}
+function secsPair(a, b) {  // "85 / 120 ms" or "10.3 / 10.4 s": one unit for both
+  if (a === null || b === null) return "-";
+  if (b < 1) return `${(a * 1e3).toFixed(a < 0.1 ? 1 : 0)} / ${(b * 1e3).toFixed(b < 0.1 ? 1 : 0)} ms`;
+  return `${a.toFixed(a < 10 ? 2 : 1)} / ${b.toFixed(b < 10 ? 2 : 1)} s`;
+}
 function secs(x) {
   if (x === null || x === undefined) return "-";
   return x >= 10 ? x.toFixed(1) + " s" : x >= 1 ? x.toFixed(2) + " s" : (x * 1e3).toFixed(x >= 0.1 ? 0 : 1) + " ms";
@@ -33,6 +43,8 @@ function drawPool(cache) {
     const frag = document.createDocumentFragment();
     for (let i = 0; i < n; i++) { const d = document.createElement("div"); d.className = "cell f"; frag.appendChild(d); }
     pool.appendChild(frag);
+    // a roughly 2:1 grid: big cells for a small pool, small ones for a big pool
+    pool.style.setProperty("--cols", String(Math.max(16, Math.min(96, Math.round(Math.sqrt(2.4 * n))))));
     pool.classList.toggle("dense", n > 1024);
   }
   const cells = pool.children;
@@ -95,7 +107,7 @@ function el(name, attrs, text) {
   return e;
 }
 function drawRoofline(recent) {
-  const svg = $("roofline"), W = 460, H = 320, L = 52, R = 12, T = 12, B = 34;
+  const svg = $("roofline"), W = 460, H = 320, L = 62, R = 16, T = 14, B = 36;
   const peak = recent.peak, pts = recent.points.filter((p) => p.ai > 0 && p.flops_per_s > 0);
   let x0 = 0.1, x1 = 1e4, yTop = 1e12;
   if (peak) { yTop = peak.flops * 2; x0 = Math.min(0.1, peak.ridge / 1e3); x1 = Math.max(1e3, peak.ridge * 100); }
@@ -108,22 +120,25 @@ function drawRoofline(recent) {
   const parts = [];
   for (let e = Math.ceil(lx0); e <= Math.floor(lx1); e++) {
     parts.push(el("line", { x1: X(10 ** e), x2: X(10 ** e), y1: T, y2: H - B, class: "grid" }));
-    parts.push(el("text", { x: X(10 ** e), y: H - B + 14, "text-anchor": "middle" }, si(10 ** e)));
+    parts.push(el("text", { x: X(10 ** e), y: H - B + 15, "text-anchor": "middle" }, tick10(e)));
   }
   for (let e = Math.ceil(ly0); e <= Math.floor(ly1); e++) {
     parts.push(el("line", { x1: L, x2: W - R, y1: Y(10 ** e), y2: Y(10 ** e), class: "grid" }));
-    parts.push(el("text", { x: L - 6, y: Y(10 ** e) + 4, "text-anchor": "end" }, si(10 ** e)));
+    parts.push(el("text", { x: L - 6, y: Y(10 ** e) + 4, "text-anchor": "end" }, tick10(e)));
   }
   parts.push(el("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis" }));
   parts.push(el("line", { x1: L, x2: L, y1: T, y2: H - B, class: "axis" }));
   parts.push(el("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" }, "arithmetic intensity (FLOP/byte)"));
-  parts.push(el("text", { x: 12, y: (T + H - B) / 2, transform: `rotate(-90 12 ${(T + H - B) / 2})`, "text-anchor": "middle" },
+  parts.push(el("text", { x: 14, y: (T + H - B) / 2, transform: `rotate(-90 14 ${(T + H - B) / 2})`, "text-anchor": "middle" },
                 "achieved FLOP/s"));
   if (peak) {
     const xs = [x0, peak.ridge, x1];
     parts.push(el("polyline", { class: "roof", points: xs.map((x) => `${X(x)},${Y(Math.min(peak.flops, x * peak.bandwidth))}`).join(" ") }));
     parts.push(el("line", { x1: X(peak.ridge), x2: X(peak.ridge), y1: Y(peak.flops), y2: H - B, class: "ridge" }));
-    parts.push(el("text", { x: X(peak.ridge) + 4, y: Y(peak.flops) - 4 }, `ridge ${si(peak.ridge)} FLOP/B`));
+    parts.push(el("text", { x: X(peak.ridge) + 5, y: Y(peak.flops) + 14 }, `ridge ${si(peak.ridge)} FLOP/B`));
+    parts.push(el("text", { x: W - R, y: Y(peak.flops) - 5, "text-anchor": "end" }, `peak ${si(peak.flops, "FLOP/s")}`));
+    const slopeX = Math.sqrt(x0 * peak.ridge);
+    parts.push(el("text", { x: X(slopeX) + 6, y: Y(slopeX * peak.bandwidth) - 6 }, `${si(peak.bandwidth, "B/s")}`));
   } else {
     parts.push(el("text", { x: W - R, y: T + 12, "text-anchor": "end" }, "no peak declared: see docs/metrics.md"));
   }
@@ -148,16 +163,18 @@ function drawCards(s) {
   setText("waiting-count", c.num_waiting);
   setText("kv-usage", pct(c.used / c.num_blocks));
   setText("kv-used-of", `${c.used.toLocaleString()} of ${c.num_blocks.toLocaleString()} blocks`);
-  setText("ttft", r.ttft_s.count ? `${secs(r.ttft_s.p50)} / ${secs(r.ttft_s.p90)}` : "-");
-  setText("ttft-count", `${r.ttft_s.count} first tokens, last minute`);
-  setText("tpot", r.tpot_s.count ? `${secs(r.tpot_s.p50)} / ${secs(r.tpot_s.p90)}` : "-");
-  setText("tpot-count", `${r.tpot_s.count} finished, last minute`);
+  setText("ttft", r.ttft_s.count ? secsPair(r.ttft_s.p50, r.ttft_s.p90) : "-");
+  setText("ttft-count", `${r.ttft_s.count} first tokens, last min`);
+  setText("tpot", r.tpot_s.count ? secsPair(r.tpot_s.p50, r.tpot_s.p90) : "-");
+  setText("tpot-count", `${r.tpot_s.count} finished, last min`);
   setText("gen-rate", r.generation_tokens_per_s.toFixed(1));
   setText("prompt-rate", `prompt ${r.prompt_tokens_per_s.toFixed(1)} tok/s`);
   setText("mfu", pct(r.mfu_busy));
   setText("mbu", pct(r.mbu_busy));
-  setText("busy", `engine busy ${pct(r.busy_fraction)} of the minute`);
-  setText("peak-source", r.peak ? `peak ${si(r.peak.flops, "FLOP/s")}, ${si(r.peak.bandwidth, "B/s")}` : "no peak declared");
+  setText("busy", r.peak ? `of ${si(r.peak.flops, "FLOP/s")} peak` : "no peak declared");
+  setText("peak-source", r.peak ? `of ${si(r.peak.bandwidth, "B/s")} peak` : "no peak declared");
+  setText("busy-frac", `engine busy ${pct(r.busy_fraction)} of the last minute`);
+  $("mfu").title = $("mbu").title = r.peak ? `peak: ${r.peak.source}; engine busy ${pct(r.busy_fraction)} of the minute` : "";
 }
 
 // ---- the loop --------------------------------------------------------------------------------------------
