@@ -14,6 +14,7 @@ route; a browser sends it as HTTP Basic credentials (any user name, the key as t
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -39,14 +40,7 @@ def router(ctx: ServerContext) -> APIRouter:
     async def page():
         return Response(files["dashboard.html"], media_type="text/html; charset=utf-8", headers=no_store)
 
-    @r.get("/dashboard/{name}")
-    async def asset(name: str):
-        if name == "state":
-            return await state()
-        if name not in ASSETS:
-            raise APIError(404, f"no route {('/dashboard/' + name)[:200]!r}")
-        return Response(files[name], media_type=ASSETS[name], headers=no_store)
-
+    @r.get("/dashboard/state")
     async def state():
         ctx.require_ready()
         if ctx.engine_loop is None:
@@ -65,12 +59,16 @@ def router(ctx: ServerContext) -> APIRouter:
         }
         return _json(body, no_store)
 
+    @r.get("/dashboard/{name}")
+    async def asset(name: str):
+        if name not in ASSETS:
+            raise APIError(404, f"no route {('/dashboard/' + name)[:200]!r}")
+        return Response(files[name], media_type=ASSETS[name], headers=no_store)
+
     return r
 
 
 def _json(body: dict, headers: dict) -> Response:
-    import json
-
     # allow_nan=False: a NaN would make the page's JSON.parse fail; the window reports None instead
     return Response(json.dumps(body, allow_nan=False, separators=(",", ":")), media_type="application/json",
                     headers=headers)
