@@ -295,7 +295,7 @@ def _peak(args, engine: EngineRun, measure: bool):
         from .peaks import measure_cpu
 
         flops, bandwidth = measure_cpu()
-        peak = Peak(f"CPU, measured now ({torch.get_num_threads()} threads)", flops, bandwidth)
+        peak = Peak(f"CPU, measured now ({torch.get_num_threads()} torch threads)", flops, bandwidth)
     return peak
 
 
@@ -319,7 +319,8 @@ def _device_name(engine: EngineRun) -> str:
     device = engine.llm.engine.config.device
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'s' * (threads > 1)})"
 
 
 def _machine() -> dict:

@@ -118,25 +118,41 @@ def model_flops(cost_model, prompt_len: int, output_len: int, num: int) -> tuple
 
 
 def plot(cached: list[float], recompute: list[float], path: str, title: str) -> None:
+    """Left: time per output token against its position (raw, and a running median of 9 against noise);
+    right: the total time to generate n tokens (linear with the cache, quadratic without)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     pos = np.arange(1, len(cached) + 1)
-    fig, ax = plt.subplots(figsize=(8.5, 4.8), dpi=130)
-    ax.plot(pos, np.array(recompute) * 1e3, color="#e07b39", lw=1.2, label="no KV cache: recompute the whole context")
-    ax.plot(pos, np.array(cached) * 1e3, color="#2a9d8f", lw=1.2, label="paged KV cache")
-    ax.set_xlabel("output token position")
-    ax.set_ylabel("time for this token (ms)")
-    ax.set_title(title, fontsize=10)
-    ax.set_xlim(1, len(cached))
-    ax.set_ylim(0, None)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=9, loc="upper left")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6), dpi=130, gridspec_kw={"width_ratios": [1.35, 1]})
+    for times, colour, label in ((recompute, "#e07b39", "no KV cache: recompute the whole context"),
+                                 (cached, "#2a9d8f", "paged KV cache")):
+        ms = np.array(times) * 1e3
+        left.plot(pos, ms, color=colour, lw=0.8, alpha=0.35)
+        left.plot(pos, _running_median(ms, 9), color=colour, lw=2, label=label)
+        right.plot(pos, np.cumsum(times), color=colour, lw=2, label=label)
+    left.set_xlabel("output token position")
+    left.set_ylabel("time for this token (ms)")
+    left.set_title("time per token (thin: each token; thick: running median of 9)", fontsize=9)
+    right.set_xlabel("output tokens generated")
+    right.set_ylabel("total time (s)")
+    right.set_title("total time", fontsize=9)
+    for ax in (left, right):
+        ax.set_xlim(1, len(cached))
+        ax.set_ylim(0, None)
+        ax.grid(True, alpha=0.3)
+    left.legend(fontsize=8, loc="upper left")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _running_median(values: np.ndarray, width: int) -> np.ndarray:
+    half = width // 2
+    return np.array([np.median(values[max(0, i - half):i + half + 1]) for i in range(len(values))])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
     speedups = {n: {"cached_s": sum(cached_t[:n]), "recompute_s": sum(recompute_t[:n]),
                     "speedup": sum(recompute_t[:n]) / sum(cached_t[:n])} for n in lengths}
     device = engine.config.device
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {threads} thread{'s' * (threads > 1)}"
     print(f"KV cache demo: {mc.name} ({str(mc.dtype).replace('torch.', '')}, {where}), {args.num_prompts} x "
           f"{args.prompt_len}-token prompt(s), {args.output_len} output tokens, greedy")
     print(f"  same tokens with and without the cache: {same}")
