@@ -7,6 +7,7 @@ const REFRESH_MS = 1000;
 const PALETTE = ["#5b8def", "#e5735c", "#57c785", "#d4a72c", "#b57edc", "#4cc3d9", "#ef7fb0", "#9ccc65",
                  "#f09a4a", "#7986cb", "#4db6ac", "#e57373", "#a1887f", "#90a4ae", "#ffd54f", "#64b5f6"];
 const $ = (id) => document.getElementById(id);
+const esc = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);  // ids go into HTML
 const colour = (slot) => (slot >= 0 ? PALETTE[slot % PALETTE.length] : "");
 
 function si(x, unit = "") {
@@ -74,8 +75,8 @@ function requestRow(r) {
   const known = r.prompt_tokens + r.output_tokens;
   const sw = r.slot >= 0 ? `<span class="swatch" style="background:${colour(r.slot)}"></span>` : "";
   const id = r.id.length > 28 ? r.id.slice(0, 12) + "..." + r.id.slice(-12) : r.id;
-  tr.innerHTML = `<td>${sw}</td><td title="${r.id}">${id}${r.index ? " #" + r.index : ""}</td>` +
-    `<td class="status-${r.status}">${r.status}</td>` +
+  tr.innerHTML = `<td>${sw}</td><td title="${esc(r.id)}">${esc(id)}${r.index ? " #" + r.index : ""}</td>` +
+    `<td class="status-${esc(r.status)}">${esc(r.status)}</td>` +
     `<td><div class="bar" title="${r.computed_tokens} of ${total} tokens computed">` +
     `<div class="prompt" style="width:${(100 * r.prompt_tokens / total).toFixed(1)}%"></div>` +
     `<div class="done" style="width:${(100 * Math.min(r.computed_tokens, known) / total).toFixed(1)}%;` +
