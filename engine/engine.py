@@ -19,6 +19,7 @@ from .outputs import IterationStats, SequenceDelta, StepOutput, TokenLogprob
 from .core.request import Request, RequestStatus
 from .sampling_params import ParamError, SamplingParams
 from .core.scheduler import Scheduler
+from .step_cost import model_cost, scheduled_cost
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class LLMEngine:
         self.runner = ModelRunner(config)
         self.kv = KVCacheManager(self.runner.num_kv_blocks, config.cache.block_size, config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv)
+        self.cost_model = model_cost(config.model)  # for each step's FLOPs and bytes (IterationStats.cost)
         eos = set(config.model.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
@@ -169,7 +171,7 @@ class LLMEngine:
             num_scheduled_tokens=sched.num_scheduled_tokens, num_prompt_tokens=sched.num_prompt_tokens,
             num_generation_tokens=num_generated, num_preemptions=len(sched.preempted_ids),
             prefix_cache_queries=sched.prefix_cache_queries, prefix_cache_hits=sched.prefix_cache_hits,
-            step_time_s=time.perf_counter() - t0,
+            step_time_s=time.perf_counter() - t0, cost=scheduled_cost(self.cost_model, sched),
         )
         return StepOutput(deltas, stats)
 

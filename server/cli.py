@@ -12,6 +12,7 @@ import asyncio
 import logging
 
 from engine.config import EngineArgs
+from engine.tools.peaks import PeakArgs
 
 from .config import ServerConfig
 
@@ -19,6 +20,7 @@ from .config import ServerConfig
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     ServerConfig.add_cli_args(parser)
     EngineArgs.add_cli_args(parser)
+    PeakArgs.add_cli_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = ServerConfig.from_cli_args(args)
         engine_args = EngineArgs.from_cli_args(args)
+        peak_args = PeakArgs.from_cli_args(args)
     except ValueError as e:
         print(f"kvserve serve: {e}")
         return 2
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
         return LLMEngine.from_args(engine_args)
 
-    ctx = ServerContext(config, build_engine)
+    ctx = ServerContext(config, build_engine, peak_args)
     app = build_app(ctx)
     server = DrainingServer(uvicorn_config(app, ctx, log_config=None), ctx)
     asyncio.run(server.serve())

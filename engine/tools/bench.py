@@ -27,7 +27,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .step_summary import step_points, summarize
+
 from ..config import EngineArgs
+from .peaks import PeakArgs, peak_for
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +80,8 @@ class EngineRun:
         self.load_s = time.perf_counter() - t0
         self.llm.generate([[1, 2, 3]] * 2, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
         self.warmup_s = 0.0
+        self.runs = 0
+        self.last_stats: list = []
 
     def warm_up(self, wl: Workload, decode_steps: int = 3) -> dict:
         """A full-size batch: min(num_prompts, max_num_seqs) requests whose prompts (prefixes of the workload's)
@@ -96,24 +101,46 @@ class EngineRun:
         return {"requests": n, "prompt_tokens": sum(map(len, prompts)), "decode_steps": decode_steps,
                 "seconds": self.warmup_s}
 
-    def run(self, wl: Workload) -> dict:
+    def run(self, wl: Workload, peak=None) -> dict:
+        """One pass over the workload, every request added at once (their arrival), stepped to the end. Besides
+        throughput: the time in prefill / decode / mixed steps with their FLOPs and bytes, and TTFT / TPOT."""
         from ..sampling_params import SamplingParams
-
         engine = self.llm.engine
         engine.kv.pool.reset_prefix_cache()  # a repeated round must not hit the previous round's prompts
-        params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in wl.output_lens]
+        self.runs += 1
         _sync()
-        t0 = time.perf_counter()
-        outs = self.llm.generate(wl.prompts, params)
+        t0, arrival = time.perf_counter(), time.time()
+        for i, (prompt, n) in enumerate(zip(wl.prompts, wl.output_lens)):
+            engine.add_request(f"bench-{self.runs}-{i}", prompt, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True),
+                               arrival_time=arrival)
+        stats, produced, ttft, tpot = [], 0, [], []
+        while engine.has_unfinished_requests():
+            out = engine.step()
+            stats.append(out.stats)
+            for d in out.deltas:
+                produced += len(d.new_token_ids)
+                if d.finished and d.times.first_token is not None:
+                    ttft.append(d.times.first_token - d.times.arrival)
+                    if d.num_output_tokens >= 2:
+                        tpot.append((d.times.last_token - d.times.first_token) / (d.num_output_tokens - 1))
         _sync()
         dt = time.perf_counter() - t0
-        produced = sum(len(o.token_ids) for o in outs)
         assert produced == sum(wl.output_lens), "engine produced a different number of tokens than requested"
+        self.last_stats = stats
         return {"seconds": dt, "output_tokens": produced, "output_tok_s": produced / dt, "load_s": self.load_s,
                 "warmup_s": self.warmup_s,
                 "num_kv_blocks": engine.kv.num_blocks, "device": str(engine.config.device),
                 "dtype": str(engine.config.model.dtype).replace("torch.", ""),
-                "attention_backend": engine.config.attention_backend}
+                "attention_backend": engine.config.attention_backend,
+                "steps": summarize(step_points(stats), peak),
+                "ttft_s": _spread(ttft), "tpot_s": _spread(tpot)}
+
+
+def _spread(values: list[float]) -> dict:
+    if not values:
+        return {"count": 0, "mean": None, "p50": None, "p90": None}
+    v = sorted(values)
+    return {"count": len(v), "mean": sum(v) / len(v), "p50": statistics.median(v), "p90": v[min(len(v) - 1, int(0.9 * len(v)))]}
 
 
 def _release_memory() -> None:
@@ -217,8 +244,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="alternate engine and HF static this many times and report medians (keeps both "
                              "loaded: on a GPU lower --gpu-memory-utilization to leave room for HF)")
     parser.add_argument("--json", default=None, help="write results as JSON to this path")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="also sweep --sweep-batch-sizes and draw every step on the roofline into this PNG")
+    parser.add_argument("--sweep-batch-sizes", default="1,4,16,64", help="concurrent prompts per sweep run (--plot)")
+    parser.add_argument("--sweep-input-len", type=int, default=64, help="prompt tokens in the sweep (--plot)")
+    parser.add_argument("--sweep-output-len", type=int, default=16, help="output tokens in the sweep (--plot)")
     parser.add_argument("--log-level", default="WARNING")
     EngineArgs.add_cli_args(parser)
+    PeakArgs.add_cli_args(parser)
 
 
 def _median_of(rounds: list[dict]) -> dict:
@@ -247,13 +280,14 @@ def run(args: argparse.Namespace) -> int:
     results: dict = {"workload": wl.summary(), "machine": _machine(), "rounds": args.rounds,
                      "max_model_len": eargs.max_model_len}
     engine = EngineRun(eargs)
+    peak = _peak(args, engine, measure=args.plot is not None)
     results["warmup"] = engine.warm_up(wl)
     hf = None
     if args.vs_hf and args.rounds > 1:  # both stay loaded: rounds alternate, so machine drift hits both
         hf = load_hf_model(eargs)
     eng_rounds, st_rounds, ratios = [], [], []
     for r in range(args.rounds):
-        eng_rounds.append(engine.run(wl))
+        eng_rounds.append(engine.run(wl, peak))
         line = f"round {r}: kvserve engine {eng_rounds[-1]['output_tok_s']:7.1f} output tok/s"
         if hf is not None:
             st_rounds.append(run_hf_static(*hf, wl, args.hf_batch_size))
@@ -263,8 +297,17 @@ def run(args: argparse.Namespace) -> int:
             print(line, flush=True)
     eng = results["engine"] = _median_of(eng_rounds)
     print(f"kvserve engine        : {eng['output_tok_s']:8.1f} output tok/s ({eng['seconds']:.1f} s)", flush=True)
+    _print_steps(eng)
     results.update(_flat(results, wl))
     _write_json(args.json, results)  # the engine's figures survive an HF failure or timeout
+    if args.plot:
+        from .roofline_sweep import plot_roofline, sweep
+
+        sizes = [int(b) for b in args.sweep_batch_sizes.split(",")]
+        points = sweep(engine, sizes, args.sweep_input_len, args.sweep_output_len, args.seed, model.vocab_size)
+        plot_roofline(points, peak, args.plot, title=f"{engine.llm.engine.model_config.name} on {_device_name(engine)}")
+        results["roofline_sweep"] = {str(b): summarize(p, peak) for b, p in points.items()}
+        print(f"roofline: {sum(map(len, points.values()))} steps of batch sizes {sizes} drawn into {args.plot}")
     if args.vs_hf:
         if hf is None:  # one round: free the engine first, HF may need the memory (a GPU's KV cache)
             del engine
@@ -308,6 +351,46 @@ def _write_json(path: str | None, results: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(results, f, indent=2)
     os.replace(tmp, path)
+
+
+def _peak(args, engine: EngineRun, measure: bool):
+    """The peak from the flags (or the device's preset / the CPU's calibration); for a plot on a CPU without
+    one, measured now (a few seconds) so the roofline has a roof."""
+    try:
+        peak = peak_for(PeakArgs.from_cli_args(args), engine.llm.engine.config.device)
+    except ValueError as e:
+        raise SystemExit(f"kvserve bench: {e}")
+    if peak is None and measure and engine.llm.engine.config.device.type == "cpu":
+        from ..roofline import Peak
+        from .peaks import measure_cpu
+
+        flops, bandwidth = measure_cpu()
+        peak = Peak(f"CPU, measured now ({torch.get_num_threads()} torch threads)", flops, bandwidth)
+    return peak
+
+
+def _print_steps(eng: dict) -> None:
+    from .step_summary import format_summary
+
+    for line in format_summary(eng["steps"]):
+        print("  " + line)
+    t, p = eng["ttft_s"], eng["tpot_s"]
+    if t["count"]:
+        print(f"  TTFT mean {t['mean']:.3f} s, p50 {t['p50']:.3f} s, p90 {t['p90']:.3f} s (all {t['count']} requests "
+              f"arrive at once, so TTFT includes queueing);  TPOT mean {_ms(p['mean'])}, p50 {_ms(p['p50'])}, "
+              f"p90 {_ms(p['p90'])}")
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1e3:.1f} ms"
+
+
+def _device_name(engine: EngineRun) -> str:
+    device = engine.llm.engine.config.device
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'s' * (threads > 1)})"
 
 
 def _machine() -> dict:
