@@ -59,7 +59,7 @@ def run(config: ServerConfig, ray_config: RayServeConfig, engine_args: EngineArg
     port = config.port or free_port(config.host)
     local = ray_config.ray_address is None
     if local:
-        ray.init(_node_ip_address=local_node_ip(config.host), include_dashboard=False)
+        _start_local_ray(ray, local_node_ip(config.host))
         where = f"local Ray instance at {ray.get_runtime_context().gcs_address}"
     else:
         ray.init(address=ray_config.ray_address)
@@ -91,6 +91,20 @@ def run(config: ServerConfig, ray_config: RayServeConfig, engine_args: EngineArg
                 serve.shutdown()
         finally:
             ray.shutdown()
+
+
+def _start_local_ray(ray, node_ip: str, attempts: int = 3) -> None:
+    """ray.init of a local instance. Ray gives its raylet a fixed 30 s to register with the GCS, which a busy
+    small machine can miss; another attempt then usually succeeds."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(_node_ip_address=node_ip, include_dashboard=False)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this timeout
+            ray.shutdown()
+            if attempt == attempts or "timed out during startup" not in str(e):
+                raise
+            print(f"kvserve: the local Ray instance did not start in time ({e}); trying again", flush=True)
 
 
 def _url_host(host: str) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -21,6 +23,8 @@ from loadtest.lengths import LengthSpec
 from loadtest.metrics_scrape import MetricsSnapshot
 from loadtest.runner import run_load_sync
 from server.process import ServerProcess
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 pytestmark = pytest.mark.skipif(os.environ.get("KVSERVE_IN_NETNS") != "1",
                                 reason="runs inside a private network namespace (tests/ray/test_ray_serve.py)")
@@ -114,6 +118,48 @@ def test_prometheus_finds_every_replica_and_the_merged_metrics_add_up(serve):
         # counters only grow: the merged scrape came later, and nothing else ran in between
         assert merged.by_label("kvserve:prompt_tokens_total", "replica")[replica] == \
             snapshot.total("kvserve:prompt_tokens_total")
+
+
+def test_a_real_prometheus_discovers_both_replicas_and_every_dashboard_query_answers(serve, tmp_path):
+    """deploy/prometheus-ray.yml's HTTP service discovery, pointed at this deployment, with a 1 s interval."""
+    import shutil
+
+    import yaml
+
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus is not installed (apt-get install prometheus)")
+    from contextlib import ExitStack
+
+    import prometheus_check as pc
+
+    (tmp_path / "key").write_text(API_KEY)
+    config = yaml.safe_load((pc.REPO / "deploy" / "prometheus-ray.yml").read_text())
+    job = config["scrape_configs"][0]
+    job["authorization"] = {"credentials_file": str(tmp_path / "key")}
+    job["http_sd_configs"] = [{"url": serve.url + "/metrics/targets", "refresh_interval": "1s",
+                               "authorization": {"credentials_file": str(tmp_path / "key")}}]
+    config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with ExitStack() as stack:
+        port = pc.free_port()
+        log = tmp_path / "prometheus.log"
+        proc = pc.start(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                        log, stack)
+        prom = f"http://127.0.0.1:{port}"
+        pc.wait_for("both replicas scraped", lambda: pc.scalar(prom, 'count(up{job="kvserve"} == 1)') == 2
+                    if pc.get(prom + "/-/ready") is not None else False, 120, proc, log, interval_s=1)
+        replicas = {m["replica"] for m, _ in pc.instant(prom, "kvserve:num_requests_running")}
+        assert replicas == {t["labels"]["replica"] for t in targets(serve)}
+        client = openai_client(serve)
+        for i in range(6):  # activity inside the dashboard's 1m rate windows, on both replicas
+            client.completions.create(model=MODEL, prompt=[1000 + 37 * i + j for j in range(20)], max_tokens=4)
+        finished = MetricsSnapshot.parse(get(serve, "/metrics").text).total("kvserve:request_success_total")
+        pc.wait_for("the completions scraped", lambda: pc.scalar(
+            prom, 'sum(kvserve:request_success_total{job="kvserve"})') == finished, 60, proc, log, interval_s=1)
+        empty = [e for e in pc.dashboard_expressions()
+                 if not any(v == v and abs(v) != float("inf") for _, v in pc.instant(prom, pc.concrete(e)))]
+        assert not empty, f"dashboard queries without a finite sample: {empty}"
 
 
 def test_a_client_that_leaves_mid_stream_aborts_its_request_in_the_replica(serve):
