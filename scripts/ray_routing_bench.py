@@ -73,7 +73,8 @@ def one_run(args, router: str) -> dict:
             "prefix_cache_hit_rate": m.prefix_cache_hit_rate if m else None,
             "prefix_cache_hits": m.prefix_cache_hits if m else None,
             "prefix_cache_queries": m.prefix_cache_queries if m else None,
-            "requests_per_replica": sorted(per_replica.values(), reverse=True)}
+            "requests_per_replica": sorted(per_replica.values(), reverse=True),
+            "errors": sorted({f"{r.status_code}: {r.error}"[:200] for r in result.records if not r.ok})}
 
 
 def inside(args) -> int:
@@ -123,7 +124,8 @@ def main(argv: list[str]) -> int:
     resolve_model(None)  # convert the default model once, before the replicas look for it
     with tempfile.TemporaryDirectory(prefix="kvs-ray-") as tmp:
         env = dict(os.environ, KVSERVE_IN_NETNS="1", PYTHONUNBUFFERED="1", RAY_TMPDIR=tmp,
-                   RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+                   RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
+                   RAY_memory_monitor_refresh_ms="0")  # see tests/ray/test_ray_serve.py
         out = ["--out", str(args.out.resolve())] if args.out else []
         argv = [a for i, a in enumerate(argv) if a != "--out" and (i == 0 or argv[i - 1] != "--out")]
         return subprocess.run(netns_run.command([sys.executable, os.path.abspath(__file__), *argv, *out]),

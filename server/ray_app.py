@@ -55,7 +55,9 @@ class Ingress:
             async for message in response:
                 yield message
             done = True
-        except (ray.exceptions.RayActorError, RayServeException) as e:
+        except (ray.exceptions.RayError, RayServeException) as e:
+            # The replica's process died (ActorDiedError, a node lost), was killed by Ray's memory monitor
+            # (OutOfMemoryError), or raised outside the app (RayTaskError): in every case this request is lost.
             raise ReplicaFailed(f"{type(e).__name__}: {str(e)[:300]}") from None
         finally:
             if not done:

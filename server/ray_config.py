@@ -82,10 +82,15 @@ class RayServeConfig:
         return ROUTERS[self.router]
 
     def router_kwargs(self) -> dict:
-        """Arguments of the router's `initialize_state`; Ray's defaults where unset."""
-        if self.prefix_imbalance_threshold is None:
+        """Arguments of the router's `initialize_state`; Ray's defaults where unset, except eviction: Ray's
+        router keeps every prompt it routed in its prefix tree unless told to evict, which a long-running
+        server cannot afford (with eviction the tree stays under ~400k characters)."""
+        if self.router != "prefix-affinity":
             return {}
-        return {"imbalanced_threshold": self.prefix_imbalance_threshold}
+        kwargs: dict = {"do_eviction": True}
+        if self.prefix_imbalance_threshold is not None:
+            kwargs["imbalanced_threshold"] = self.prefix_imbalance_threshold
+        return kwargs
 
     def autoscaling_config(self) -> dict | None:
         """Serve's autoscaling config; the signal is ongoing requests (running + queued) per replica."""

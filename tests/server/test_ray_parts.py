@@ -241,7 +241,15 @@ def test_replica_flags_become_serves_options():
     assert fixed.autoscaling_config() is None and fixed.router_class == PREFIX_AFFINITY_ROUTER
 
 
+def test_the_prefix_router_evicts_old_prompts_and_takes_the_imbalance_threshold():
+    assert RayServeConfig().router_kwargs() == {"do_eviction": True}
+    assert RayServeConfig(prefix_imbalance_threshold=8).router_kwargs() == {"do_eviction": True,
+                                                                           "imbalanced_threshold": 8}
+    assert RayServeConfig(router="pow2").router_kwargs() == {}
+
+
 @pytest.mark.parametrize("kwargs, param", [
+    (dict(router="pow2", prefix_imbalance_threshold=4), "prefix_imbalance_threshold"),
     (dict(replicas=0), "replicas"),
     (dict(min_replicas=1), "min_replicas"),
     (dict(replicas=5, min_replicas=1, max_replicas=4), "replicas"),
