@@ -90,11 +90,13 @@ def build_application(config: RayServeConfig, server_config: ServerConfig, engin
         ray_actor_options={"num_cpus": config.replica_cpus, "num_gpus": num_gpus},
         request_router_config=RequestRouterConfig(request_router_class=config.router_class,
                                                   request_router_kwargs=config.router_kwargs()),
-        # Serve waits this long for in-flight requests before it kills a replica; the replica's own drain
-        # (--shutdown-timeout) ends first, so what is left is aborted with a proper error, not cut off.
-        graceful_shutdown_timeout_s=server_config.shutdown_timeout + 10.0,
+        # On shutdown Serve stops routing to the replica, waits up to this long for its in-flight requests,
+        # then kills it. The ingress lives a little longer (below), so it can still end the streams that were
+        # cut with a replica_failed error event.
+        graceful_shutdown_timeout_s=server_config.shutdown_timeout,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
     ).bind(server_config, engine_args, directory, config.replica_metrics_port)
     ingress = serve.deployment(Ingress, name="KVServeIngress", num_replicas=config.ingress_replicas,
-                               max_ongoing_requests=INGRESS_MAX_ONGOING, ray_actor_options={"num_cpus": 0})
+                               max_ongoing_requests=INGRESS_MAX_ONGOING, ray_actor_options={"num_cpus": 0},
+                               graceful_shutdown_timeout_s=server_config.shutdown_timeout + 5.0)
     return ingress.bind(engine, directory, server_config)

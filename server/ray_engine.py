@@ -9,7 +9,8 @@ so every route, validation rule and error of the single server holds here unchan
                   the replica only after this returns), start the replica's /metrics listener, heartbeat
     handle        one HTTP request -> the app's ASGI messages, streamed; adds the x-kvserve-replica header
     check_health  raises once the engine has failed, so Serve replaces the replica
-    __del__       Serve's graceful shutdown: drain in-flight requests, lifespan shutdown, leave the directory
+    __del__       after Serve's graceful shutdown has waited for the in-flight requests: leave the
+                  directory, lifespan shutdown (stops the engine thread)
 """
 
 from __future__ import annotations
