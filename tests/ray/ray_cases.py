@@ -135,9 +135,9 @@ def test_a_real_prometheus_discovers_both_replicas_and_every_dashboard_query_ans
     (tmp_path / "key").write_text(API_KEY)
     config = yaml.safe_load((pc.REPO / "deploy" / "prometheus-ray.yml").read_text())
     job = config["scrape_configs"][0]
-    job["authorization"] = {"credentials_file": str(tmp_path / "key")}
-    job["http_sd_configs"] = [{"url": serve.url + "/metrics/targets", "refresh_interval": "1s",
-                               "authorization": {"credentials_file": str(tmp_path / "key")}}]
+    auth = {"type": "Bearer", "credentials_file": str(tmp_path / "key")}  # Prometheus 2.42's discovery needs the type
+    job["authorization"] = auth
+    job["http_sd_configs"] = [{"url": serve.url + "/metrics/targets", "refresh_interval": "1s", "authorization": auth}]
     config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     with ExitStack() as stack:
