@@ -18,6 +18,10 @@ PREFIX_AFFINITY_ROUTER = ("ray.llm._internal.serve.routing_policies.prefix_aware
 POW2_ROUTER = "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter"  # Serve's default
 ROUTERS = {"prefix-affinity": PREFIX_AFFINITY_ROUTER, "pow2": POW2_ROUTER}
 DEFAULT_ROUTER = "prefix-affinity"  # measured against pow2 in docs/benchmarks.md ("Replicas on Ray Serve")
+# Ray's own default never falls back to load: every request whose prefix matches (and every new prefix, sent to
+# the replica holding the fewest characters) may pile onto one replica. Fall back to power of two choices once
+# the replicas' ongoing requests differ by more than this (the value Serve's documentation uses).
+DEFAULT_PREFIX_IMBALANCE = 20.0
 
 
 _FLAG_DEFAULTS = {"min_replicas": None, "max_replicas": None, "target_ongoing_requests": 32.0,
@@ -34,7 +38,7 @@ class RayServeConfig:
     target_ongoing_requests: float = 32.0  # per replica; Serve adds replicas above it, removes below
     max_ongoing_requests: int = 256  # per replica; beyond it requests queue in the router
     router: str = DEFAULT_ROUTER
-    prefix_imbalance_threshold: float | None = None  # prefix-affinity: fall back to pow2 beyond this queue gap
+    prefix_imbalance_threshold: float | None = None  # prefix-affinity: pow2 beyond this gap (None: the default)
     ray_address: str | None = None  # None: start a local Ray instance
     replica_cpus: float = 1.0
     replica_gpus: float | None = None  # None: the tensor-parallel size on a cluster with GPUs, else 0
@@ -82,15 +86,14 @@ class RayServeConfig:
         return ROUTERS[self.router]
 
     def router_kwargs(self) -> dict:
-        """Arguments of the router's `initialize_state`; Ray's defaults where unset, except eviction: Ray's
-        router keeps every prompt it routed in its prefix tree unless told to evict, which a long-running
-        server cannot afford (with eviction the tree stays under ~400k characters)."""
+        """Arguments of the router's `initialize_state`. Two differ from Ray's defaults: the imbalance threshold
+        (see DEFAULT_PREFIX_IMBALANCE), and eviction: Ray's router keeps every prompt it routed in its prefix
+        tree unless told to evict, which a long-running server cannot afford (the tree stays < ~400k chars)."""
         if self.router != "prefix-affinity":
             return {}
-        kwargs: dict = {"do_eviction": True}
-        if self.prefix_imbalance_threshold is not None:
-            kwargs["imbalanced_threshold"] = self.prefix_imbalance_threshold
-        return kwargs
+        threshold = self.prefix_imbalance_threshold
+        return {"do_eviction": True,
+                "imbalanced_threshold": DEFAULT_PREFIX_IMBALANCE if threshold is None else threshold}
 
     def autoscaling_config(self) -> dict | None:
         """Serve's autoscaling config; the signal is ongoing requests (running + queued) per replica."""
@@ -116,7 +119,8 @@ class RayServeConfig:
                             f"(default {DEFAULT_ROUTER})")
         g.add_argument("--prefix-imbalance-threshold", type=float, default=None,
                        help="prefix-affinity router: when the replicas' ongoing requests differ by more than this, "
-                            "route by load (power of two choices) instead of by prefix (default: Ray's, never)")
+                            f"route by load (power of two choices) instead of by prefix (default "
+                            f"{DEFAULT_PREFIX_IMBALANCE:g}; inf = Ray's default, never)")
         g.add_argument("--ray-address", default=None,
                        help="join this Ray cluster (e.g. 10.0.0.1:6379) instead of starting a local instance")
         g.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica (default 1)")

@@ -40,8 +40,11 @@ def serve():
     from engine.models.resolve import resolve_model
 
     resolve_model(None)  # convert the default model once here, not in both replicas at the same time
+    # --prefix-imbalance-threshold 1: route by load as soon as one replica holds 2 more requests than the
+    # other, so the killed-replica case gets streams on both replicas whatever the earlier cases left in the
+    # router's prefix tree.
     proc = ServerProcess("--replicas", "2", "--api-key", API_KEY, "--cpu-kv-cache-gb", "0.25",
-                         "--shutdown-timeout", "5", "--max-model-len", "1024")
+                         "--shutdown-timeout", "5", "--max-model-len", "1024", "--prefix-imbalance-threshold", "1")
     try:
         proc.start(timeout=600)
         yield proc
@@ -180,7 +183,7 @@ def test_a_client_that_leaves_mid_stream_aborts_its_request_in_the_replica(serve
 
 
 def _open_stream(client, i: int):
-    # Prompts share no prefix, so the prefix-affinity router spreads them over the replicas.
+    # Prompts share no prefix; with the replicas' loads apart the router falls back to power of two choices.
     prompt = [int(t) for t in np.random.default_rng(i).integers(1000, 20000, size=24)]
     raw = client.completions.with_raw_response.create(
         model=MODEL, prompt=prompt, max_tokens=LONG, temperature=0, stream=True, extra_body={"ignore_eos": True})

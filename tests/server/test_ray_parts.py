@@ -242,9 +242,11 @@ def test_replica_flags_become_serves_options():
 
 
 def test_the_prefix_router_evicts_old_prompts_and_takes_the_imbalance_threshold():
-    assert RayServeConfig().router_kwargs() == {"do_eviction": True}
+    assert RayServeConfig().router_kwargs() == {"do_eviction": True, "imbalanced_threshold": 20.0}
     assert RayServeConfig(prefix_imbalance_threshold=8).router_kwargs() == {"do_eviction": True,
                                                                            "imbalanced_threshold": 8}
+    never = RayServeConfig.from_cli_args(_parse("--replicas", "2", "--prefix-imbalance-threshold", "inf"))
+    assert never.router_kwargs()["imbalanced_threshold"] == float("inf")  # Ray's own default
     assert RayServeConfig(router="pow2").router_kwargs() == {}
 
 
