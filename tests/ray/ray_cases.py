@@ -44,7 +44,8 @@ def serve():
     # other, so the killed-replica case gets streams on both replicas whatever the earlier cases left in the
     # router's prefix tree.
     proc = ServerProcess("--replicas", "2", "--api-key", API_KEY, "--cpu-kv-cache-gb", "0.25",
-                         "--shutdown-timeout", "5", "--max-model-len", "1024", "--prefix-imbalance-threshold", "1")
+                         "--shutdown-timeout", "5", "--max-model-len", "1024", "--prefix-imbalance-threshold", "1",
+                         "--peak-flops", "0.1", "--peak-bandwidth", "0.01")  # a declared peak: the utilization panels have values
     try:
         proc.start(timeout=600)
         yield proc
