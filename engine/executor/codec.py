@@ -124,7 +124,7 @@ class _Reader:
 
     def bytes_(self, n: int) -> memoryview:
         if self.pos + n > len(self.buf):
-            raise DecodeError("truncated")
+            raise DecodeError("malformed step message: truncated")
         v = self.buf[self.pos:self.pos + n]
         self.pos += n
         return v
@@ -147,7 +147,7 @@ class _Reader:
     def opt_int(self) -> int | None:
         flag = self.u8()
         if flag > 1:
-            raise DecodeError(f"bad optional flag {flag}")
+            raise DecodeError(f"malformed step message: bad optional flag {flag}")
         return self.int_() if flag else None
 
     def sampling(self) -> SamplingOptions:
@@ -179,7 +179,7 @@ def decode_step(buf: bytes | memoryview) -> SchedulerOutput:
                 start, num_new, sample = r.take(_CACHED_TAIL)
                 seqs.append(NewSeq(rid, tokens, num_prompt, blocks, start, num_new, bool(sample), r.sampling()))
             else:
-                raise DecodeError(f"unknown sequence tag {tag}")
+                raise DecodeError(f"malformed step message: unknown sequence tag {tag}")
         finished, preempted = r.strs(), r.strs()
         scheduled, prompt, queries, hits, _reserved = r.take(_STATS)
     except (struct.error, UnicodeDecodeError) as e:

@@ -53,7 +53,7 @@ def test_a_typical_decode_step_keeps_its_types():
     b"\x01\x00\x00\x00\x07",  # one sequence with an unknown tag
 ])
 def test_anything_but_an_encoded_step_is_refused(payload):
-    with pytest.raises(DecodeError, match="malformed step message|unknown sequence tag"):
+    with pytest.raises(DecodeError, match="malformed step message"):
         decode_step(payload)
 
 
