@@ -162,6 +162,10 @@ class MultiprocExecutor:
             self._failure = self._diagnose(e, "running a step")
             self._finalizer()  # kill the rest: a group with a dead rank cannot run another collective
             raise self._failure from e
+        except BaseException:  # KeyboardInterrupt mid-step: the ranks are out of step for good
+            self._failure = WorkerFailure("a tensor-parallel step was interrupted; the engine cannot continue")
+            self._finalizer()
+            raise
 
     def _diagnose(self, error: BaseException, doing: str) -> WorkerFailure:
         """Say which rank failed and how: a worker's reported traceback, its exit status, else rank 0's own

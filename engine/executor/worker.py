@@ -13,7 +13,9 @@ Messages are raw bytes, one kind byte then the body; nothing on the channel is e
                        ERROR + UTF-8 traceback                          before exiting on an exception
 
 The worker exits when told to, when its engine's end of the socketpair closes (the engine process died),
-when a collective fails (another rank died), or, as a last resort, when its parent process is gone.
+when a collective fails (another rank died), or, as a last resort, when its parent process is gone. It
+ignores SIGINT and SIGTERM, which a terminal or a service manager sends to the whole process group: the
+engine stops its workers itself, after draining.
 """
 
 from __future__ import annotations
@@ -89,7 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fd", type=int, required=True)
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the engine decides
+    # Ctrl-C (and a service manager's SIGTERM) reach every process of the group: the engine decides when its
+    # workers stop (after draining), and they exit on their own once it is gone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn = Connection(args.fd)
     _exit_with_parent()
     code = 0
