@@ -6,10 +6,13 @@ to find each other; every group binds 127.0.0.1 too. The groups are constructed 
 torch.distributed's process-wide default group: two engines can live in one process, one after the other.
 
 - `model` group: the all-reduces inside the forward pass and the logits gather. gloo on the CPU, NCCL on CUDA.
-- `cpu` group: small CPU-side agreements at startup (the KV block count on GPUs). gloo; the model group on CPU.
+  A collective waits at most the distributed timeout for the other ranks.
+- `cpu` group (gloo): agreements at startup, while ranks may be minutes apart (loading shards of a large
+  model from a shared disk): "every rank has loaded its weights" before the first forward pass, and the KV
+  block count on GPUs. It waits up to `STARTUP_TIMEOUT_S`.
 
-Every collective waits at most `timeout` for the other ranks; a rank that died closes its sockets and the
-others fail at once (gloo reports "Connection reset by peer" / "closed by peer").
+A rank that died closes its sockets and the others' gloo collectives fail at once ("Connection reset by
+peer" / "closed by peer").
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ import datetime
 
 import torch
 import torch.distributed as dist
+
+
+# Starting a rank (importing torch, loading a shard) on a busy machine can take minutes; a rank that dies
+# meanwhile is noticed at once, so this only bounds a rank that hangs while starting.
+STARTUP_TIMEOUT_S = 600.0
 
 
 def create_store(world: int, timeout_s: float) -> dist.TCPStore:
@@ -49,8 +57,10 @@ class TPComm:
     def __init__(self, store, rank: int, world: int, device: torch.device, timeout_s: float):
         self.rank, self.world, self.device = rank, world, device
         timeout = datetime.timedelta(seconds=timeout_s)
-        self.cpu = _gloo(dist.PrefixStore("kvserve/cpu", store), rank, world, timeout)
-        self.model = self.cpu if device.type == "cpu" else _nccl(dist.PrefixStore("kvserve/model", store), rank, world, timeout)
+        startup = datetime.timedelta(seconds=max(timeout_s, STARTUP_TIMEOUT_S))
+        self.cpu = _gloo(dist.PrefixStore("kvserve/cpu", store), rank, world, startup)
+        make = _gloo if device.type == "cpu" else _nccl
+        self.model = make(dist.PrefixStore("kvserve/model", store), rank, world, timeout)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum `x` over the ranks, in place (it must be contiguous); returns it."""
@@ -64,6 +74,11 @@ class TPComm:
         opts.rootRank = 0
         self.model.gather(outputs, [x], opts).wait()
         return outputs[0] if self.rank == 0 else None
+
+    def wait_for_all(self) -> None:
+        """Block until every rank gets here (over the CPU group, with the startup timeout)."""
+        t = torch.zeros(1)
+        self.cpu.allreduce([t]).wait()
 
     def min_int(self, value: int) -> int:
         """The smallest `value` over the ranks (over the CPU group)."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..step import RunnerOutput, SchedulerOutput
+
+if TYPE_CHECKING:
+    from ..worker.model_runner import ModelRunner
 
 
 class WorkerFailure(RuntimeError):
@@ -14,6 +17,7 @@ class WorkerFailure(RuntimeError):
 
 class Executor(Protocol):
     num_kv_blocks: int  # the same on every rank
+    runner: ModelRunner  # the runner in the engine's own process (rank 0's)
 
     def execute(self, step: SchedulerOutput) -> RunnerOutput: ...
 

@@ -35,7 +35,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ..config import EngineConfig
-from ..distributed.comm import create_store
+from ..distributed.comm import STARTUP_TIMEOUT_S, create_store
 from ..step import RunnerOutput, SchedulerOutput
 from .base import WorkerFailure
 from .codec import encode_step
@@ -45,9 +45,6 @@ from .worker import ERROR, HELLO, QUIT, READY, START, STEP, start_rank
 logger = logging.getLogger(__name__)
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory that holds `engine/`
-# Starting a worker (importing torch, loading a shard) on a busy machine can take minutes; a worker that dies
-# meanwhile is noticed at once (EOF on its socketpair), so this only bounds a worker that hangs while starting.
-STARTUP_TIMEOUT_S = 600.0
 
 
 @dataclass(eq=False)

@@ -46,6 +46,8 @@ class ModelRunner:
         torch.manual_seed(config.seed)
         self.model = build_model(mc, self.device, seed=config.seed, tp=tp)
         self.num_kv_heads = mc.num_kv_heads if tp is None else tp.shard.num_kv_heads
+        if tp is not None:
+            tp.comm.wait_for_all()  # ranks load at their own pace; the first forward's collectives must not time out
         self.load_time_s = time.perf_counter() - t0
         self.backend = get_attention_backend(config.attention_backend)
         self.sampler = Sampler(self.device, config.seed)
