@@ -3,7 +3,7 @@
 No pickle: a decoder that can only build `SchedulerOutput`, `NewSeq`, `CachedSeq` and `SamplingOptions` from
 ints, floats and strings cannot be made to run code, whatever bytes it gets. Little-endian throughout:
 
-    step      := u32 n, seq * n, strs finished_ids, strs preempted_ids, i64 * 5 (the step statistics)
+    step      := u32 n, seq * n, strs finished_ids, strs preempted_ids, i64 * 4 (the step statistics)
     seq       := u8 0, str id, ints token_ids, i64 num_prompt, ints block_ids, i64 start, i64 num_new,
                  u8 sample, sampling                                               (a NewSeq)
                | u8 1, str id, ints new_token_ids, ints new_block_ids, i64 start, i64 num_new, u8 sample
@@ -29,7 +29,7 @@ _CACHED_TAIL = struct.Struct("<qqB")  # start, num_new, sample
 _NEW_MID = struct.Struct("<q")
 _FLOATS3 = struct.Struct("<ddd")
 _FLOATS4 = struct.Struct("<dddd")
-_STATS = struct.Struct("<qqqqq")
+_STATS = struct.Struct("<qqqq")
 _NEW, _CACHED = 0, 1
 
 
@@ -100,7 +100,7 @@ def encode_step(step: SchedulerOutput) -> bytes:
     _strs(out, step.finished_ids)
     _strs(out, step.preempted_ids)
     out += _STATS.pack(step.num_scheduled_tokens, step.num_prompt_tokens, step.prefix_cache_queries,
-                       step.prefix_cache_hits, 0)
+                       step.prefix_cache_hits)
     return bytes(out)
 
 
@@ -181,7 +181,7 @@ def decode_step(buf: bytes | memoryview) -> SchedulerOutput:
             else:
                 raise DecodeError(f"malformed step message: unknown sequence tag {tag}")
         finished, preempted = r.strs(), r.strs()
-        scheduled, prompt, queries, hits, _reserved = r.take(_STATS)
+        scheduled, prompt, queries, hits = r.take(_STATS)
     except (struct.error, UnicodeDecodeError) as e:
         raise DecodeError(f"malformed step message: {e}") from None
     if r.pos != len(r.buf):

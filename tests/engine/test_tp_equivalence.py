@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from engine import LLM, SamplingParams
+from engine.executor import WorkerFailure
 
 pytestmark = pytest.mark.slow  # each case starts worker processes (a few seconds of imports each)
 
@@ -123,6 +124,9 @@ def test_tensor_parallel_greedy_output_matches_one_rank(name, tp, tp_model_dir, 
     finally:
         llm.shutdown()
     assert not any(os.path.exists(f"/proc/{p}") for p in pids)  # stopped and reaped
+    llm.shutdown()  # idempotent
+    with pytest.raises(WorkerFailure, match="shut down"):
+        llm.generate([[5, 6, 7]], GREEDY)
 
 
 def test_the_default_model_at_two_ranks_matches_one_rank(prompts_fn):
@@ -133,8 +137,7 @@ def test_the_default_model_at_two_ranks_matches_one_rank(prompts_fn):
     want = run_workload(LLM(**engine), prompts, prefix)
     llm = LLM(tensor_parallel_size=2, **engine)
     try:
-        shards = [llm.engine.runner.tp.shard.num_kv_heads]
-        assert shards == [1]
+        assert llm.engine.runner.tp.shard.num_kv_heads == 1  # rank 0 holds 1 of the 3 KV heads, rank 1 the other 2
         assert_same(run_workload(llm, prompts, prefix), want)
     finally:
         llm.shutdown()
