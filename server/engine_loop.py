@@ -142,6 +142,8 @@ class EngineLoop:
             logger.exception("The engine failed; failing every in-flight request")
             self._dead = True
             self._post(self._deliver_failure, e)
+        finally:
+            engine.shutdown()  # stops tensor-parallel worker processes (nothing to do for one rank)
 
     def _serve(self, engine) -> None:
         while True:

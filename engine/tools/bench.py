@@ -1,5 +1,6 @@
 """`kvserve bench`: offline throughput on a seeded random-token workload, optionally side by side with
-HF transformers (static batching with `generate`, and HF's own continuous batching) in the same process.
+HF transformers (static batching with `generate`, and HF's own continuous batching) in the same process,
+or side by side at several tensor-parallel sizes (`--compare-tp 1,2`: every engine loaded, rounds alternate).
 
 Every system gets the same prompts and the same per-request output lengths, with EOS ignored, so output
 token counts are identical and tok/s compare directly. Static batching pads each batch and runs it to its
@@ -243,6 +244,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate engine and HF static this many times and report medians (keeps both "
                              "loaded: on a GPU lower --gpu-memory-utilization to leave room for HF)")
+    parser.add_argument("--compare-tp", default=None, metavar="N,M,...",
+                        help="run the engine at each of these tensor-parallel sizes, alternating rounds, and "
+                             "report throughput ratios to the first (instead of --tensor-parallel-size)")
     parser.add_argument("--json", default=None, help="write results as JSON to this path")
     parser.add_argument("--plot", default=None, metavar="PNG",
                         help="also sweep --sweep-batch-sizes and draw every step on the roofline into this PNG")
@@ -268,6 +272,44 @@ def workload_max_model_len(wl: Workload, model_limit: int, granularity: int = 25
     return min(model_limit, -(-need // granularity) * granularity)
 
 
+def parse_tp_sizes(spec: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in spec.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(n < 1 for n in sizes) or len(set(sizes)) != len(sizes):
+        raise ValueError(f"compare_tp: expected distinct sizes >= 1 like 1,2, got {spec!r}")
+    return sizes
+
+
+def run_tp_comparison(args: argparse.Namespace, eargs: EngineArgs, wl: Workload, results: dict) -> dict:
+    """The same workload at each tensor-parallel size; every engine stays loaded and the rounds alternate
+    (size order rotating each round), so machine drift hits every size alike."""
+    sizes = parse_tp_sizes(args.compare_tp)
+    engines = {n: EngineRun(dataclasses.replace(eargs, tensor_parallel_size=n)) for n in sizes}
+    for engine in engines.values():
+        engine.warm_up(wl)
+    rounds: dict[int, list[dict]] = {n: [] for n in sizes}
+    for r in range(args.rounds):
+        order = sizes[r % len(sizes):] + sizes[:r % len(sizes)]
+        for n in order:
+            rounds[n].append(engines[n].run(wl))
+        print(f"round {r}: " + ", ".join(f"TP={n} {rounds[n][-1]['output_tok_s']:7.1f} output tok/s" for n in sizes),
+              flush=True)
+    for engine in engines.values():
+        engine.llm.shutdown()
+    base = sizes[0]
+    ratios = {n: [a["output_tok_s"] / b["output_tok_s"] for a, b in zip(rounds[n], rounds[base])] for n in sizes}
+    out = {}
+    for n in sizes:
+        med = _median_of(rounds[n])
+        out[str(n)] = {**med, f"over_tp{base}": statistics.median(ratios[n]), f"over_tp{base}_rounds": ratios[n]}
+        print(f"TP={n}: {med['output_tok_s']:8.1f} output tok/s (median of {args.rounds}; load {med['load_s']:.1f} s)"
+              + ("" if n == base else f"   TP={n} / TP={base} = {statistics.median(ratios[n]):.2f}x"))
+    results["tensor_parallel"] = out
+    return results
+
+
 def run(args: argparse.Namespace) -> int:
     eargs = EngineArgs.from_cli_args(args)
     model = eargs.resolve().model
@@ -279,6 +321,12 @@ def run(args: argparse.Namespace) -> int:
           f"max_model_len {eargs.max_model_len}")
     results: dict = {"workload": wl.summary(), "machine": _machine(), "rounds": args.rounds,
                      "max_model_len": eargs.max_model_len}
+    if args.compare_tp:
+        if args.vs_hf:
+            raise SystemExit("kvserve bench: --compare-tp and --vs-hf are separate comparisons; pick one")
+        run_tp_comparison(args, eargs, wl, results)
+        _write_json(args.json, results)
+        return 0
     engine = EngineRun(eargs)
     peak = _peak(args, engine, measure=args.plot is not None)
     results["warmup"] = engine.warm_up(wl)
