@@ -44,6 +44,7 @@ class EngineArgs:
     attention_backend: str = "auto"
     enforce_eager: bool = False
     cpu_threads: int | None = None
+    async_scheduling: bool | None = None  # None: on for CUDA, off on the CPU
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size % 16 and self.block_size not in (1, 2, 4, 8):
@@ -98,6 +99,9 @@ class EngineArgs:
         g.add_argument("--cpu-kv-cache-gb", type=float, default=2.0, help="KV-cache budget on the CPU (GiB)")
         g.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS)
         g.add_argument("--enforce-eager", action="store_true", help="never use CUDA graphs")
+        g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                       help="schedule and prepare step N+1 while the device runs step N (default: on for CUDA, "
+                            "off on the CPU, where the device is the host and nothing would overlap)")
         g.add_argument("--cpu-threads", type=int, default=None,
                        help="torch intra-op threads on the CPU (default: torch's choice, one per core); on a "
                             "machine shared with other busy processes fewer threads can be much faster")
@@ -137,9 +141,10 @@ class EngineArgs:
         backend = self.attention_backend
         if backend == "auto":
             backend = "triton" if device.type == "cuda" else "torch"
+        async_scheduling = device.type == "cuda" if self.async_scheduling is None else self.async_scheduling
         return EngineConfig(model=model, cache=cache, scheduler=sched, device=device, seed=self.seed,
                             attention_backend=backend, enforce_eager=self.enforce_eager or device.type != "cuda",
-                            cpu_threads=self.cpu_threads)
+                            cpu_threads=self.cpu_threads, async_scheduling=async_scheduling)
 
     def _resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -230,3 +235,4 @@ class EngineConfig:
     attention_backend: str
     enforce_eager: bool
     cpu_threads: int | None = None
+    async_scheduling: bool = False  # launch step N+1 before step N's tokens reach the engine (engine.engine)

@@ -103,7 +103,9 @@ class KVCacheManager:
         """Register blocks that will be full once this step's tokens are written. Their token ids are all
         known now, and within one forward pass every layer stores K/V before it reads them, so another
         request scheduled in the same step may already reuse them."""
-        num_full = num_tokens // self.block_size
+        # A token sampled by a step still in flight has no value here yet: the block it completes is
+        # registered by the request's next allocation, once the token is known.
+        num_full = min(num_tokens, request.num_tokens) // self.block_size
         start = self._num_cached_blocks.get(request.request_id, 0)
         if num_full <= start:
             return

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from engine import LLM, SamplingParams
-from engine.sample.sampler import Sampler, SamplingRow, apply_top_k_top_p
+from engine.sample.sampler import Sampler, SamplingRow, apply_penalties, apply_top_k_top_p
+from engine.sample.tables import PenaltyCounts
 from engine.step import SamplingOptions
 
 PROBS = torch.tensor([0.40, 0.25, 0.15, 0.10, 0.06, 0.04])
@@ -25,6 +26,19 @@ def draw(params: SamplingParams, n: int = DRAWS, logits: torch.Tensor = LOGITS) 
     sampler = Sampler(torch.device("cpu"), seed=0)
     out = sampler(logits.expand(n, -1).clone(), rows(params, n))
     return torch.bincount(torch.tensor(out.token_ids), minlength=logits.numel())
+
+
+def penalized(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
+    """`logits` [1, V] after `row`'s penalties, with its token counts built the way the worker builds them."""
+    vocab = logits.shape[1]
+    counts = PenaltyCounts(vocab, torch.device("cpu"))
+    counts.ensure(1)
+    init = PenaltyCounts.init_arrays([0], [row.all_token_ids], [row.num_prompt_tokens], vocab)
+    counts.apply_init(*[torch.from_numpy(a) for a in init])
+    out_counts, prompt_mask = counts.gather(torch.tensor([0]))
+    o = row.options
+    return apply_penalties(logits, out_counts, prompt_mask, torch.tensor([o.presence_penalty]),
+                           torch.tensor([o.frequency_penalty]), torch.tensor([o.repetition_penalty]))
 
 
 def support(counts: torch.Tensor) -> set[int]:
@@ -78,22 +92,22 @@ def test_seeded_rows_do_not_depend_on_the_rest_of_the_batch():
     a = Sampler(torch.device("cpu"), seed=0)(LOGITS.expand(1, -1).clone(), rows(p, 1, seed=123))
     noise = SamplingParams(temperature=1.0)
     b = Sampler(torch.device("cpu"), seed=99)(LOGITS.expand(4, -1).clone(),
-                                              rows(noise, 3) + [SamplingRow("r0", SamplingOptions.from_params(p, 123), [5], 1, ())])
+                                              rows(noise, 3) + [SamplingRow("r0", SamplingOptions.from_params(p, 123), [5, 5], 1, ())])
     assert a.token_ids[0] == b.token_ids[3]
 
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
     logits = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
-    r = [SamplingRow("r", SamplingOptions.from_params(SamplingParams(repetition_penalty=2.0), None), [0, 1], 1, ())]
-    out = Sampler(torch.device("cpu"), 0)._apply_penalties(logits.clone(), r)
+    r = SamplingRow("r", SamplingOptions.from_params(SamplingParams(repetition_penalty=2.0), None), [0, 1], 1, ())
+    out = penalized(logits.clone(), r)
     assert out.tolist() == [[1.0, -4.0, 1.0, 0.5]]
 
 
 def test_presence_and_frequency_penalties_count_generated_tokens_only():
     logits = torch.zeros(1, 4)
     # prompt [3], output [1, 1, 2]
-    r = [SamplingRow("r", SamplingOptions.from_params(SamplingParams(presence_penalty=0.5, frequency_penalty=0.25), None), [3, 1, 1, 2], 1, ())]
-    out = Sampler(torch.device("cpu"), 0)._apply_penalties(logits.clone(), r)
+    r = SamplingRow("r", SamplingOptions.from_params(SamplingParams(presence_penalty=0.5, frequency_penalty=0.25), None), [3, 1, 1, 2], 1, ())
+    out = penalized(logits.clone(), r)
     assert out.tolist() == [[0.0, -1.0, -0.75, 0.0]]
 
 
