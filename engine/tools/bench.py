@@ -174,6 +174,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate engine and HF static this many times and report medians (keeps both "
                              "loaded: on a GPU lower --gpu-memory-utilization to leave room for HF)")
+    parser.add_argument("--no-idle-probe", action="store_true",
+                        help="on CUDA, skip measuring GPU idle time per decode step (torch.profiler, ~20 steps "
+                             "with and without asynchronous scheduling)")
     parser.add_argument("--json", default=None, help="write results as JSON to this path")
     parser.add_argument("--log-level", default="WARNING")
     EngineArgs.add_cli_args(parser)
@@ -208,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
             print(line, flush=True)
     eng = results["engine"] = _median_of(eng_rounds)
     print(f"kvserve engine        : {eng['output_tok_s']:8.1f} output tok/s ({eng['seconds']:.1f} s)")
+    if engine.llm.engine.config.device.type == "cuda" and not args.no_idle_probe:
+        results["gpu_idle"] = measure_gpu_idle(engine.llm.engine, min(wl.num_prompts, eargs.max_num_seqs))
     if args.vs_hf:
         if hf is None:  # one round: free the engine first, HF may need the memory (a GPU's KV cache)
             del engine
@@ -238,6 +243,23 @@ def run(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     return 0
+
+
+def measure_gpu_idle(engine, num_seqs: int) -> dict:
+    """GPU idle time per decode step at batch `num_seqs`, with asynchronous scheduling on and off (the
+    engine's own setting is restored)."""
+    from .gpu_idle import measure_decode_idle
+
+    own, out = engine.async_scheduling, {}
+    try:
+        for mode in ("async", "sync"):
+            engine.async_scheduling = mode == "async"
+            r = out[mode] = measure_decode_idle(engine, num_seqs=num_seqs)
+            print(f"GPU idle per decode step, batch {num_seqs}, {mode:5s}: {r['idle_ms_per_step']:.3f} ms of "
+                  f"{r['span_ms_per_step']:.3f} ms ({100 * r['idle_fraction']:.1f}%)", flush=True)
+    finally:
+        engine.async_scheduling = own
+    return out
 
 
 def _machine() -> dict:

@@ -110,7 +110,7 @@ class ModelRunner:
         profile = self._profile_gpu_blocks if self.device.type == "cuda" else None
         return decide_num_blocks(self.config, self.block_bytes, profile)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _profile_gpu_blocks(self) -> int:
         """Run the largest step the scheduler can produce, measure peak memory, and return how many blocks
         fit in what is left of `gpu_memory_utilization` x total memory."""
