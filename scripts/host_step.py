@@ -4,7 +4,9 @@
 
 A random tiny Llama (1 layer, hidden 64) on the CPU makes the model's share of a step small, so what is left
 is the host's work per step. The model forward and the logits projection are timed (wrapped) and subtracted
-from the time of `LLMEngine.step()`; `scheduler.schedule()` is timed apart. Uses only the public engine API
+from the time of `LLMEngine.step()`; `scheduler.schedule()` is timed apart. Times are the thread's CPU time
+(`time.thread_time`, one torch thread), which waiting for a core on a busy machine does not inflate; the
+step's wall time is reported too. Uses only the public engine API
 (`LLM`, `engine.step()`, `runner.model`), so the same script measures any revision: run it with PYTHONPATH
 pointing at that revision's checkout (scripts/ab_host_step.sh does, alternating two revisions).
 
@@ -33,18 +35,23 @@ def tiny_model(path: str, vocab: int) -> None:
     LlamaForCausalLM(cfg).save_pretrained(path)
 
 
+# On a shared machine wall time includes waiting for a core; the thread's own CPU time does not, so it is the
+# steadier measure of work done (torch runs with one intra-op thread here: its ops run on this thread).
+CLOCK = time.thread_time
+
+
 class Timed:
-    """Wraps a callable and sums the time spent in it."""
+    """Wraps a callable and sums the (thread CPU) time spent in it."""
 
     def __init__(self, fn):
         self.fn, self.total = fn, 0.0
 
     def __call__(self, *args, **kwargs):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         try:
             return self.fn(*args, **kwargs)
         finally:
-            self.total += time.perf_counter() - t0
+            self.total += CLOCK() - t0
 
 
 def main() -> int:
@@ -89,13 +96,14 @@ def main() -> int:
     rows = []
     for _ in range(args.steps):
         before = (forward.total, logits.total, schedule.total)
-        t0 = time.perf_counter()
+        w0, t0 = time.perf_counter(), CLOCK()
         out = engine.step()
-        total = time.perf_counter() - t0
+        total, wall = CLOCK() - t0, time.perf_counter() - w0
         f, lg, s = (a - b for a, b in zip((forward.total, logits.total, schedule.total), before))
         rows.append({"step": total, "model": f, "logits": lg, "schedule": s, "host": total - f - lg,
-                     "tokens": out.stats.num_generation_tokens})
-    med = {k: round(statistics.median(r[k] for r in rows) * 1e3, 3) for k in ("step", "model", "logits", "schedule", "host")}
+                     "wall": wall, "tokens": out.stats.num_generation_tokens})
+    med = {k: round(statistics.median(r[k] for r in rows) * 1e3, 3)
+           for k in ("step", "model", "logits", "schedule", "host", "wall")}
     med["tokens_per_step"] = statistics.median(r["tokens"] for r in rows)
     print(json.dumps({"num_seqs": args.num_seqs, "sampling": args.sampling, "vocab": args.vocab, **med,
                       "revision_path": sys.modules["engine"].__file__}))

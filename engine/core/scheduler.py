@@ -72,10 +72,11 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            if self._finishes_on_pending(request):
+            if request.num_pending_tokens and self._finishes_on_pending(request):
                 i += 1  # its last token is being sampled by the step in flight: nothing left to compute
                 continue
-            num_new = min(self._num_tokens(request) - request.num_computed_tokens, budget)
+            num_new = min(len(request.all_token_ids) + request.num_pending_tokens - request.num_computed_tokens,
+                          budget)
             assert num_new > 0, f"running request {request.request_id} has nothing to compute"
             while self.kv.allocate_slots(request, num_new) is None:
                 victim = self.running.pop()
@@ -130,7 +131,7 @@ class Scheduler:
         """The request's share of the step, as the worker needs it: whole the first time, then the change."""
         rid, tokens = request.request_id, request.all_token_ids
         block_ids = self.kv.block_ids(rid)
-        sample = start + num_new == self._num_tokens(request)
+        sample = start + num_new == len(tokens) + request.num_pending_tokens
         synced = self._synced.get(rid)
         self._synced[rid] = (len(tokens), len(block_ids))
         if synced is None:
@@ -152,11 +153,8 @@ class Scheduler:
                     request.num_pending_tokens += 1
 
     # ---- helpers ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _num_tokens(request: Request) -> int:
-        """Tokens the request has for scheduling: the known ones plus those sampled by steps in flight."""
-        return request.num_tokens + request.num_pending_tokens
-
+    # A request's tokens for scheduling are the known ones plus those sampled by steps in flight:
+    # len(all_token_ids) + num_pending_tokens.
     def _finishes_on_pending(self, request: Request) -> bool:
         """Whether a token still in flight is certain to end the request by length (max_tokens or the context
         window): scheduling another step for it would compute a token nobody gets (and could need a block
