@@ -219,7 +219,8 @@ class LLMEngine:
         state = self._states[req.request_id]
         reason: str | None = None
         text = ""
-        enough = req.num_output_tokens >= p.min_tokens
+        num_output = req.num_output_tokens
+        enough = num_output >= p.min_tokens
         if enough and not p.ignore_eos and token in self.eos_token_ids:
             reason = "stop"
         elif enough and token in p.stop_token_ids:
@@ -228,7 +229,7 @@ class LLMEngine:
             text = state.detok.push(token, check_stop=enough)
             if state.detok.stopped_by is not None:
                 reason, req.stop_reason = "stop", state.detok.stopped_by
-        if reason is None and (req.num_output_tokens >= req.max_tokens or req.num_tokens >= self.max_model_len):
+        if reason is None and (num_output >= req.max_tokens or req.num_tokens >= self.max_model_len):
             reason = "length"
         if reason is not None:
             if state.detok is not None and state.detok.stopped_by is None:
