@@ -117,7 +117,7 @@ class SampleResult:
 class Sampler:
     def __init__(self, device: torch.device, seed: int):
         self.device = device
-        self.seed = seed
+        self._rng = np.random.default_rng(seed)  # the row API: seeds for each call's unseeded rows
         self._token_keys: torch.Tensor | None = None
         self._neg_inf = torch.tensor(float("-inf"), device=device)
 
@@ -181,7 +181,7 @@ class Sampler:
         from .tables import PenaltyCounts, SamplingTable
 
         vocab = logits.shape[1]
-        table = SamplingTable(vocab, seed=self.seed, num_slots=len(rows))
+        table = SamplingTable(vocab, seed=int(self._rng.integers(2**63)), num_slots=len(rows))
         for i, r in enumerate(rows):
             table.set(i, r.options, forbidden=r.forbidden_ids, min_tokens=np.iinfo(np.int64).max)
         out_pos = np.array([len(r.all_token_ids) - r.num_prompt_tokens for r in rows], dtype=np.int64)

@@ -92,7 +92,7 @@ class SamplingTable:
         active = out_pos < self.min_tokens[slots]
         forbid = self.forbidden[slots[active]]
         forbid_rows = np.repeat(rows[active], forbid.shape[1]).reshape(forbid.shape)
-        keep = forbid >= 0
+        keep = (forbid >= 0) & (forbid < self.vocab_size)  # -1 pads; an id past the logits cannot be sampled anyway
         lp = self.logprobs[slots]
         lp_rows = rows[lp >= 0]
         min_p = self.min_p[rs]
