@@ -131,6 +131,10 @@ class Sampler:
                penalties: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None) -> SampleResult:
         """Sample one token per row of `logits` [R, V]. `batch` holds device tensors; `penalties(pen_slots)`
         gives the penalized rows' output-token counts and prompt-token masks."""
+        if not (batch.num_random or batch.num_penalized or len(batch.forbid_rows) or batch.lp_k):
+            # all greedy: one argmax, on the logits as they are (widening bf16 to fp32 is exact: same argmax)
+            tokens = logits.argmax(dim=-1)
+            return SampleResult(tokens, tokens.to(torch.int32))
         raw = logits.float()
         x = raw
         if batch.num_penalized:

@@ -63,3 +63,26 @@ def test_a_readback_read_after_its_buffer_was_reused_is_refused():
     readback.download(torch.tensor([4], dtype=torch.int32))  # the first buffer's turn again
     with pytest.raises(RuntimeError, match="reused"):
         first.ready()
+
+
+def test_each_engine_step_uploads_once_and_reads_back_once(tiny_model_dir, prompts_fn):
+    """Chunked prefill (some steps sample nothing), decodes, penalties, logprobs: one upload per step that runs
+    the model, one readback per step that samples, nothing else crosses (the GPU test counts the real copies)."""
+    from engine import LLM, SamplingParams
+
+    llm = LLM(tiny_model_dir("llama"), device="cpu", max_num_batched_tokens=16)
+    engine = llm.engine
+    schedule, steps = engine.scheduler.schedule, []
+
+    def recording_schedule():
+        steps.append(schedule())
+        return steps[-1]
+
+    engine.scheduler.schedule = recording_schedule
+    params = [SamplingParams(temperature=0, max_tokens=5, ignore_eos=True),
+              SamplingParams(temperature=1.0, seed=1, presence_penalty=0.5, logprobs=2, max_tokens=5, ignore_eos=True)]
+    llm.generate(prompts_fn(4, [40, 3], seed=9), params * 2)  # the first step is a 16-token chunk: no sample
+    runner = engine.runner
+    assert runner.staging.num_uploads == sum(bool(s.seqs) for s in steps)
+    assert runner.readback.num_downloads == sum(any(q.sample for q in s.seqs) for s in steps)
+    assert any(s.seqs and not any(q.sample for q in s.seqs) for s in steps), "no step without sampling"
