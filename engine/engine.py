@@ -22,7 +22,6 @@ from .config import EngineArgs, EngineConfig
 from .detokenizer import IncrementalDetokenizer
 from .core.kv_cache_manager import KVCacheManager
 from .worker.model_runner import ModelRunner, PendingOutput
-from .step import SchedulerOutput
 from .outputs import IterationStats, SequenceDelta, StepOutput, TokenLogprob
 from .core.request import Request, RequestStatus
 from .sampling_params import ParamError, SamplingParams
@@ -42,7 +41,6 @@ class _SeqState:
 class _LaunchedStep:
     """A model step whose tokens have not been processed yet."""
 
-    sched: SchedulerOutput
     output: PendingOutput
     requests: dict[str, Request]  # the sampling sequences' requests when the step was launched
 
@@ -176,7 +174,7 @@ class LLMEngine:
             self._in_flight = None
         sched = self.scheduler.schedule()
         requests = self.scheduler.requests
-        launched = _LaunchedStep(sched, self.runner.execute_async(sched),
+        launched = _LaunchedStep(self.runner.execute_async(sched),
                                  {s.request_id: requests[s.request_id] for s in sched.seqs if s.sample})
         self.scheduler.on_step_done(sched)
         if self.async_scheduling:

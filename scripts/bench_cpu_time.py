@@ -21,9 +21,9 @@ def main() -> int:
 
     timed_run = bench.EngineRun.run
 
-    def run(self, wl):
+    def run(self, wl, *args, **kwargs):
         t0 = time.thread_time()
-        result = timed_run(self, wl)
+        result = timed_run(self, wl, *args, **kwargs)
         result["thread_cpu_s"] = time.thread_time() - t0
         result["output_tok_per_cpu_s"] = result["output_tokens"] / result["thread_cpu_s"]
         return result

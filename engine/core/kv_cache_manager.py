@@ -75,11 +75,12 @@ class KVCacheManager:
         """Make room for `num_new_tokens` more tokens after the request's computed ones (plus, on first
         scheduling, the prefix-cache hits `new_computed_blocks`). Returns the newly allocated blocks, or
         None, changing nothing, when the free blocks are too few."""
-        if not new_computed_blocks:  # the common decode step: its blocks already have room, no block fills up
+        if not new_computed_blocks:  # the common decode step: its blocks have room and none fills up
             held = self.req_to_blocks.get(request.request_id)
             total = request.num_computed_tokens + num_new_tokens
+            cached = self._num_cached_blocks.get(request.request_id, 0)
             if held and total <= len(held) * self.block_size and (
-                    not self.enable_caching or total // self.block_size <= self._num_cached_blocks.get(request.request_id, 0)):
+                    not self.enable_caching or total // self.block_size <= cached):
                 return []
         new_computed_blocks = new_computed_blocks or []
         blocks = self.req_to_blocks.setdefault(request.request_id, [])

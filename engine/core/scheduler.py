@@ -7,6 +7,11 @@ running request cannot get the blocks it needs, the newest running request is pr
 blocks are freed, its progress reset, and it goes back to the front of the waiting queue. A preempted
 request is never failed; when it returns, the prefix cache usually gives most of its blocks back.
 
+With asynchronous scheduling the next step is scheduled before the previous step's sampled tokens reach the
+engine: those tokens count as the request's `num_pending_tokens` (set in `on_step_done`, cleared as the
+engine appends them), a decoding request is scheduled one token past its known ones, and one whose pending
+token ends it by length is not scheduled again.
+
 The scheduler owns the queues and request statuses; the KV-cache manager owns blocks.
 """
 

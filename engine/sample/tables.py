@@ -148,7 +148,8 @@ class PenaltyCounts:
         self.counts.index_fill_(0, slots, 0)
         self.prompt_mask.index_fill_(0, slots, False)
         if prompt_slots.numel():
-            self.prompt_mask.index_put_((prompt_slots, prompt_toks), torch.ones((), dtype=torch.bool, device=self.device))
+            true = torch.ones((), dtype=torch.bool, device=self.device)
+            self.prompt_mask.index_put_((prompt_slots, prompt_toks), true)
         if out_slots.numel():
             self.counts.index_put_((out_slots, out_toks), torch.ones((), dtype=torch.int32, device=self.device),
                                    accumulate=True)

@@ -39,9 +39,10 @@ class HostBatch:
     logits_indices: np.ndarray  # [R] int64, rows of the tokens whose logits are sampled
     sample_idx: np.ndarray  # [R] int64, which sequences sample
     slots: np.ndarray = field(default_factory=_empty)  # [S] int64, each sequence's worker slot
-    out_pos: np.ndarray = field(default_factory=_empty)  # [R] int64, output index of the token each sampling sequence gets
-    pending_dst: np.ndarray = field(default_factory=_empty)  # [P] int64, token rows whose id is the previous step's sample ...
-    pending_src: np.ndarray = field(default_factory=_empty)  # [P] int64, ... of this row of the previous step's sampling rows
+    out_pos: np.ndarray = field(default_factory=_empty)  # [R] int64, output index of each sampled token
+    # [P] int64: token rows whose id is the previous step's sample, and that sample's row in the previous step
+    pending_dst: np.ndarray = field(default_factory=_empty)
+    pending_src: np.ndarray = field(default_factory=_empty)
 
     @property
     def decode_only(self) -> bool:

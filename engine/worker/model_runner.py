@@ -150,7 +150,8 @@ class ModelRunner:
         if size is not None and size > len(ids):
             pad = size - len(ids)
             zeros = np.zeros(pad, dtype=np.int64)
-            ids, pos, seq_lens = np.concatenate([ids, zeros]), np.concatenate([pos, zeros]), np.concatenate([seq_lens, zeros])
+            ids, pos = np.concatenate([ids, zeros]), np.concatenate([pos, zeros])
+            seq_lens = np.concatenate([seq_lens, zeros])
             slots = np.concatenate([slots, np.full(pad, -1, dtype=np.int64)])
             tables = np.concatenate([tables, np.zeros((pad, tables.shape[1]), dtype=np.int32)])
             cu = np.arange(size + 1, dtype=np.int32)
