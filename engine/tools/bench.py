@@ -247,6 +247,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-tp", default=None, metavar="N,M,...",
                         help="run the engine at each of these tensor-parallel sizes, alternating rounds, and "
                              "report throughput ratios to the first (instead of --tensor-parallel-size)")
+    parser.add_argument("--no-idle-probe", action="store_true",
+                        help="on CUDA, skip measuring GPU idle time per decode step (torch.profiler, ~20 steps "
+                             "with and without asynchronous scheduling)")
     parser.add_argument("--json", default=None, help="write results as JSON to this path")
     parser.add_argument("--plot", default=None, metavar="PNG",
                         help="also sweep --sweep-batch-sizes and draw every step on the roofline into this PNG")
@@ -346,6 +349,8 @@ def run(args: argparse.Namespace) -> int:
     eng = results["engine"] = _median_of(eng_rounds)
     print(f"kvserve engine        : {eng['output_tok_s']:8.1f} output tok/s ({eng['seconds']:.1f} s)", flush=True)
     _print_steps(eng)
+    if engine.llm.engine.config.device.type == "cuda" and not args.no_idle_probe:
+        results["gpu_idle"] = measure_gpu_idle(engine.llm.engine, min(wl.num_prompts, eargs.max_num_seqs))
     results.update(_flat(results, wl))
     _write_json(args.json, results)  # the engine's figures survive an HF failure or timeout
     if args.plot:
@@ -439,6 +444,21 @@ def _device_name(engine: EngineRun) -> str:
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
     return f"CPU ({threads} thread{'s' * (threads > 1)})"
+def measure_gpu_idle(engine, num_seqs: int) -> dict:
+    """GPU idle time per decode step at batch `num_seqs`, with asynchronous scheduling on and off (the
+    engine's own setting is restored)."""
+    from .gpu_idle import measure_decode_idle
+
+    own, out = engine.async_scheduling, {}
+    try:
+        for mode in ("async", "sync"):
+            engine.async_scheduling = mode == "async"
+            r = out[mode] = measure_decode_idle(engine, num_seqs=num_seqs)
+            print(f"GPU idle per decode step, batch {num_seqs}, {mode:5s}: {r['idle_ms_per_step']:.3f} ms of "
+                  f"{r['span_ms_per_step']:.3f} ms ({100 * r['idle_fraction']:.1f}%)", flush=True)
+    finally:
+        engine.async_scheduling = own
+    return out
 
 
 def _machine() -> dict:
