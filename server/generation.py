@@ -22,13 +22,12 @@ from engine.sampling_params import ParamError, SamplingParams
 
 from .context import ServerContext, Ticket
 from .errors import APIError
-from .guard import AccessRecord
+from .guard import CLIENT_CLOSED_REQUEST, AccessRecord
 from .request_stream import RequestStream
 from .responses import DONE_FRAME, ChatFormatter, ChoiceAccumulator, Formatter, Usage, sse_frame
 from .sampling import engine_param_error
 from .sse import SSEResponse, wait_for_disconnect
 
-CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"; only the access log sees it
 
 
 @dataclass

@@ -1,15 +1,25 @@
-"""ASGI middleware in front of every route: API key, request-body size limit, and the access log.
+"""ASGI middleware in front of every route: request-head size, API key, body size and time, last-resort
+errors, and the access log.
 
+- Head size: a request line plus headers over `max_header_bytes` is refused (431). h11 only bounds a head
+  that arrives in pieces; one that arrives in a single read would otherwise pass at any size.
 - API key: `Authorization: Bearer KEY` on every route except /health, compared in constant time
   (hmac.compare_digest of SHA-256 digests, so neither the key's content nor its length leaks by timing).
 - Body size: a Content-Length over the limit is refused (413) before reading; a body sent without one
   (chunked) is counted as it streams in and refused once it crosses the limit.
+- Body time: the whole body must arrive within `body_timeout` seconds of the request head (408), so a
+  client that trickles its body cannot hold a request open for ever.
+- Last resort: an exception no handler turned into a response becomes a 500 in the OpenAI envelope here,
+  and is not re-raised: uvicorn would log it a second time and close the keep-alive connection, so the
+  client's next request on it would fail. A client that leaves while sending its body is logged on one
+  line, without a traceback: that is the client's doing, not a server error.
 - Access log: one line per HTTP request when the response has been sent in full (for a stream: at its
   end), with what the handler recorded in `AccessRecord`: request id, tokens, time to first token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -17,14 +27,17 @@ import logging
 import time
 from dataclasses import dataclass
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import APIError
 
+logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("kvserve.access")
 
 OPEN_PATHS = frozenset({"/health"})
 ACCESS_KEY = "kvserve.access"  # scope key of the request's AccessRecord
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"; only the access log sees it
 
 
 @dataclass
@@ -38,6 +51,15 @@ class AccessRecord:
     first_token_time: float | None = None
 
 
+@dataclass(frozen=True)
+class GuardLimits:
+    api_key: str | None
+    max_body_bytes: int
+    max_header_bytes: int
+    body_timeout: float
+    access_log: bool
+
+
 def access_record(scope: Scope) -> AccessRecord:
     record = scope.get(ACCESS_KEY)
     if record is None:
@@ -45,20 +67,29 @@ def access_record(scope: Scope) -> AccessRecord:
     return record
 
 
+def error_bytes(error: APIError) -> bytes:
+    return json.dumps(error.body()).encode()
+
+
 async def send_error(send: Send, error: APIError) -> None:
-    body = json.dumps(error.body()).encode()
+    body = error_bytes(error)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
+def head_size(scope: Scope) -> int:
+    """Bytes of the request line and headers as sent (give or take the separators)."""
+    size = len(scope["method"]) + len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 12
+    return size + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+
+
 class Guard:
-    def __init__(self, app: ASGIApp, api_key: str | None, max_body_bytes: int, access_log: bool):
+    def __init__(self, app: ASGIApp, limits: GuardLimits):
         self.app = app
-        self._key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
-        self.max_body_bytes = max_body_bytes
-        self.access_log = access_log
+        self.limits = limits
+        self._key_digest = hashlib.sha256(limits.api_key.encode()).digest() if limits.api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,14 +110,24 @@ class Guard:
                 await send_error(send_and_note, error)
                 return
             await self.app(scope, self._limited(receive), send_and_note)
-        except BaseException:
-            status = status or 500  # the outermost middleware turns it into a 500
-            raise
+        except ClientDisconnect:
+            status = status or CLIENT_CLOSED_REQUEST
+            logger.info("%s %s: the client disconnected before sending its whole request body",
+                        scope["method"], scope["path"][:200])
+        except Exception:
+            if status:  # the response has begun: nothing left but to let uvicorn close the connection
+                raise
+            logger.exception("Unhandled error on %s %s", scope["method"], scope["path"][:200])
+            await send_error(send_and_note, APIError(500, "internal server error", code="internal_error"))
         finally:
-            if self.access_log:
-                self._log(scope, record, status)
+            if self.limits.access_log:
+                self._log(scope, record, status or 500)
 
     def _check(self, scope: Scope) -> APIError | None:
+        if head_size(scope) > self.limits.max_header_bytes:
+            return APIError(431, f"the request line and headers are larger than the limit of "
+                                 f"{self.limits.max_header_bytes} bytes", code="headers_too_large",
+                            headers={"Connection": "close"})
         headers = dict(scope["headers"])
         if self._key_digest is not None and scope["path"] not in OPEN_PATHS:
             if not self._authorized(headers.get(b"authorization", b"")):
@@ -96,7 +137,7 @@ class Guard:
         if length is not None:
             if not length.isdigit():
                 return APIError(400, "Content-Length must be a non-negative integer", code="invalid_header")
-            if int(length) > self.max_body_bytes:
+            if int(length) > self.limits.max_body_bytes:
                 return self._too_large()
         return None
 
@@ -106,19 +147,33 @@ class Guard:
         return hmac.compare_digest(given, self._key_digest) and scheme.lower() == "bearer"
 
     def _too_large(self) -> APIError:
-        return APIError(413, f"the request body is larger than the limit of {self.max_body_bytes} bytes",
-                        code="request_too_large")
+        return APIError(413, f"the request body is larger than the limit of {self.limits.max_body_bytes} bytes",
+                        code="request_too_large", headers={"Connection": "close"})
 
     def _limited(self, receive: Receive) -> Receive:
+        """`receive` that counts the body against the size limit and holds it to the time limit; once the
+        body is complete it is left alone (it then waits for the client to disconnect, for as long as the
+        response takes)."""
         seen = 0
+        complete = False
+        deadline = time.monotonic() + self.limits.body_timeout
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                raise APIError(408, f"the request body did not arrive within {self.limits.body_timeout:g} s",
+                               code="request_timeout", headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
+                complete = not message.get("more_body", False)
+                if seen > self.limits.max_body_bytes:
                     raise self._too_large()
+            else:
+                complete = True
             return message
 
         return counted
@@ -129,6 +184,6 @@ class Guard:
         ttft = f"{r.first_token_time - r.arrival:.3f}" if r.first_token_time is not None else "-"
         client = scope.get("client") or ("-", 0)
         access_logger.info("%s:%s \"%s %s\" %d id=%s prompt_tokens=%s completion_tokens=%s ttft_s=%s e2e_s=%.3f",
-                           client[0], client[1], scope["method"], scope["path"], status, r.request_id,
+                           client[0], client[1], scope["method"], scope["path"][:200], status, r.request_id,
                            "-" if r.prompt_tokens is None else r.prompt_tokens,
                            "-" if r.completion_tokens is None else r.completion_tokens, ttft, now - r.arrival)

@@ -35,17 +35,17 @@ def router(ctx: ServerContext) -> APIRouter:
     r = APIRouter()
     started = int(time.time())
 
-    @r.get("/health")
+    @r.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return JSONResponse({"status": ctx.phase.value}, status_code=200 if ctx.phase is Phase.READY else 503)
 
-    @r.get("/metrics")
+    @r.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics():
         if ctx.metrics is None:
             raise unavailable("the model is still loading")
         return Response(ctx.metrics.render(), media_type=ctx.metrics.CONTENT_TYPE)
 
-    @r.get("/v1/models")
+    @r.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models():
         ctx.require_ready()
         return {"object": "list", "data": [{"id": ctx.model_name, "object": "model", "created": started,
