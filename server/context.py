@@ -1,18 +1,20 @@
 """`ServerContext`: everything one server owns, passed explicitly to the routes (no module globals).
 
-It holds the server's phase (the truth behind /health), the engine loop, the server's own tokenizer with
-the one worker thread that runs it (tokenization and chat templating never run on the event loop), the
-metrics, and the count of in-flight generation requests that a graceful shutdown waits for.
+It holds the server's phase (the truth behind /health), the engine loop and the watchdog of its steps,
+the server's own tokenizer (a copy of the engine's, so both always agree) with the one worker thread that
+runs it (tokenization and chat templating never run on the event loop), the metrics, and the count of
+in-flight generation requests that a graceful shutdown waits for.
 
     LOADING --engine built--> READY --SIGTERM--> DRAINING --(idle or timeout)--> process exits
        |                        |                    |
-       +--load failed--> FAILED <--engine failure----+
+       +--load failed--> FAILED <--engine failure----+   (a step raised, or ran past --step-timeout)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import enum
 import logging
 import threading
@@ -27,6 +29,7 @@ from .errors import APIError, bad_request, unavailable
 from .metrics import ServerMetrics
 from .request_stream import RequestStream
 from .stat_logger import StatLogger
+from .watchdog import StepWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +59,10 @@ class ServerContext:
         self.config = config
         self.phase = Phase.LOADING
         self.ready = threading.Event()  # set when loading ends, well or badly (for the CLI and tests)
-        self.on_fatal: Callable[[BaseException], None] | None = None  # the model could not be loaded
+        self.on_fatal: Callable[[BaseException], None] | None = None  # the process should exit with status 1
         self._engine_factory = engine_factory
         self.engine_loop: EngineLoop | None = None
+        self.watchdog: StepWatchdog | None = None
         self.tokenizer = None
         self.model_name = config.served_model_name or ""
         self.max_model_len = 0
@@ -77,8 +81,13 @@ class ServerContext:
         self._idle.set()
         self.engine_loop = EngineLoop(self._engine_factory, asyncio.get_running_loop(), self)
         self.engine_loop.start()
+        if self.config.step_timeout > 0:
+            self.watchdog = StepWatchdog(self.engine_loop, self.config.step_timeout)
+            self.watchdog.start()
 
     async def close(self) -> None:
+        if self.watchdog is not None:
+            await self.watchdog.stop()
         if self.engine_loop is not None:
             await asyncio.to_thread(self.engine_loop.stop, 5.0)
         self._tokenizer_worker.shutdown(wait=False, cancel_futures=True)
@@ -112,11 +121,13 @@ class ServerContext:
         asyncio.ensure_future(self._finish_loading(engine))
 
     async def _finish_loading(self, engine) -> None:
-        # Only immutable configuration is read here; the engine itself belongs to its thread.
+        # Only configuration is read here; the engine itself belongs to its thread, which is idle until this
+        # server turns ready. The tokenizer is copied, not shared: HF tokenizers are not safe to use from two
+        # threads at once, and the engine thread detokenizes while this server's worker tokenizes.
         mc = engine.model_config
         try:
             self.tokenizer = await asyncio.get_running_loop().run_in_executor(
-                self._tokenizer_worker, _load_tokenizer, mc.tokenizer)
+                self._tokenizer_worker, copy.deepcopy, engine.tokenizer)
         except Exception as e:  # noqa: BLE001
             logger.exception("Loading the server's tokenizer failed")
             self.on_load_failed(e)
@@ -142,6 +153,10 @@ class ServerContext:
 
     def on_failure(self, error: BaseException) -> None:
         self._set_phase(Phase.FAILED)
+        if self.stat_logger is not None:
+            self.stat_logger.engine_failed()  # nothing runs or waits any more; the gauges must say so
+        if self.config.exit_on_engine_failure and self.on_fatal is not None:
+            self.on_fatal(error)
 
     # ---- admission ----------------------------------------------------------------------------------------
     def require_ready(self) -> None:
@@ -188,11 +203,3 @@ class ServerContext:
         if self.tokenizer is None:
             raise bad_request("prompt", "prompt: this model has no tokenizer; send token ids")
         return await asyncio.get_running_loop().run_in_executor(self._tokenizer_worker, fn, self.tokenizer, *args)
-
-
-def _load_tokenizer(path: str | None):
-    if path is None:
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)

@@ -16,7 +16,7 @@ import socket
 
 import uvicorn
 
-from .context import ServerContext
+from .context import Phase, ServerContext
 from .http_protocol import envelope_h11_protocol
 
 logger = logging.getLogger(__name__)
@@ -77,9 +77,12 @@ class DrainingServer(uvicorn.Server):
         try:
             await self.ctx.drain(self.ctx.config.shutdown_timeout)
         finally:
+            if self.ctx.phase is Phase.FAILED:
+                self.exit_code = 1  # the process ends because its engine failed, whoever sent the signal
             self.should_exit = True
 
     def _on_fatal(self, error: BaseException) -> None:
-        logger.error("The model could not be loaded (%s); exiting", type(error).__name__)
+        what = "could not be loaded" if self.ctx.metrics is None else "failed"
+        logger.error("The engine %s (%s: %s); exiting with status 1", what, type(error).__name__, error)
         self.exit_code = 1
         self.should_exit = True

@@ -40,6 +40,14 @@ class StatLogger:
         if s.prefix_cache_hits:
             m.prefix_cache_hits.inc(s.prefix_cache_hits)
 
+    def engine_failed(self) -> None:
+        """The engine failed: its requests have all failed, so nothing runs, waits or holds KV blocks."""
+        m = self.metrics
+        m.num_requests_running.set(0)
+        m.num_requests_waiting.set(0)
+        m.kv_cache_usage_perc.set(0)
+        self._last_token_time.clear()
+
     def record_delta(self, d: SequenceDelta) -> None:
         m = self.metrics
         key = (d.request_id, d.index)
