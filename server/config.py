@@ -15,10 +15,11 @@ DEFAULT_MAX_QUEUE = 4096
 MAX_CHAT_MESSAGES = 512
 MAX_ERROR_MESSAGE_CHARS = 512
 API_KEY_ENV = "KVSERVE_API_KEY"
-# Text longer than this many characters per token of the context window cannot fit in it with any
-# tokenizer we know (English averages ~4, code ~3; 32 allows for long runs of repeated characters), so it is
-# refused before the tokenizer spends time on it.
-PROMPT_CHARS_PER_TOKEN = 32
+# Text longer than this many characters per token of the context window will not fit in it (English
+# averages ~4 characters per token with BPE vocabularies, code ~3; 16 leaves room for long runs of spaces or
+# repeated characters), so it is refused before the tokenizer spends time on it: tokenizing 16 x 8192
+# characters takes about a second of one core.
+PROMPT_CHARS_PER_TOKEN = 16
 
 
 @dataclass(frozen=True)

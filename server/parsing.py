@@ -52,7 +52,8 @@ def parse_json_object(body: bytes) -> dict:
         raise bad_request(None, f"the request body is not valid JSON: {e}", code="invalid_json") from None
     if not isinstance(obj, dict):
         raise bad_request(None, f"the request body must be a JSON object, got {type(obj).__name__}", code="invalid_json")
-    check_tree(obj, check_text=_MAYBE_SURROGATE.search(body) is not None)
+    maybe_surrogate = (b"\\u" in body or b"\xed" in body) and _MAYBE_SURROGATE.search(body) is not None
+    check_tree(obj, check_text=maybe_surrogate)
     return obj
 
 
