@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from . import routes_admin, routes_generate
+from . import openapi, routes_admin, routes_generate
 from .context import ServerContext
 from .errors import APIError
 from .guard import Guard, GuardLimits
@@ -28,6 +28,15 @@ logger = logging.getLogger(__name__)
 
 def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers or None)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kvserve")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def build_app(ctx: ServerContext) -> FastAPI:
@@ -63,6 +72,7 @@ def build_app(ctx: ServerContext) -> FastAPI:
 
     app.include_router(routes_admin.router(ctx))
     app.include_router(routes_generate.router(ctx))
+    app.include_router(openapi.router(ctx, version=_version()))
     cfg = ctx.config
     app.add_middleware(Guard, limits=GuardLimits(api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes,
                                                   max_header_bytes=cfg.max_header_bytes,

@@ -5,6 +5,7 @@ errors, and the access log.
   that arrives in pieces; one that arrives in a single read would otherwise pass at any size.
 - API key: `Authorization: Bearer KEY` on every route except /health, compared in constant time
   (hmac.compare_digest of SHA-256 digests, so neither the key's content nor its length leaks by timing).
+- Body type: a body whose Content-Type is given and is not JSON is refused (415); none means JSON.
 - Body size: a Content-Length over the limit is refused (413) before reading; a body sent without one
   (chunked) is counted as it streams in and refused once it crosses the limit.
 - Body time: the whole body must arrive within `body_timeout` seconds of the request head (408), so a
@@ -79,6 +80,11 @@ async def send_error(send: Send, error: APIError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media in (b"application/json", b"") or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
 def head_size(scope: Scope) -> int:
     """Bytes of the request line and headers as sent (give or take the separators)."""
     size = len(scope["method"]) + len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 12
@@ -133,6 +139,10 @@ class Guard:
             if not self._authorized(headers.get(b"authorization", b"")):
                 return APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>'",
                                 code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        content_type = headers.get(b"content-type")
+        if content_type is not None and scope["method"] in ("POST", "PUT", "PATCH") and not _is_json(content_type):
+            return APIError(415, f"the request body must be JSON (Content-Type: application/json), got "
+                                 f"{content_type[:100].decode('latin-1')!r}", code="unsupported_media_type")
         length = headers.get(b"content-length")
         if length is not None:
             if not length.isdigit():

@@ -6,8 +6,8 @@ yet are named in `unsupported.py` (a neutral value such as `echo: false` is acce
 JSON type is a union (`prompt`, `stop`, message `content`) are typed `Any` and checked by validators, so an
 error names the field itself rather than one of the union's arms; `WithJsonSchema` gives them their true
 schema in the OpenAPI document. Range checks of sampling parameters live in one place,
-`engine.SamplingParams`; the `minimum`/`maximum` here only document them (tests/server/test_openapi.py
-checks that the two agree).
+`engine.SamplingParams`; the `minimum`/`maximum` here only document them (schemathesis sends values just
+outside them and checks that they are refused: tests/server/test_schemathesis.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ from .unsupported import drop_neutral
 
 _STR = {"type": "string"}
 _NULL = {"type": "null"}
-_TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+# "x-" marks are filled in by openapi.py once the model is loaded: the vocabulary, the context window, the name.
+_TOKEN_ID = {"type": "integer", "minimum": 0, "x-token-id": True}
+_TOKEN_IDS = {"type": "array", "items": _TOKEN_ID, "minItems": 1, "x-prompt-length": True}
+_CONTEXT_BOUND = {"x-context-bound": True}
+_SERVED_MODEL = {"x-served-model": True}
 _STOP = {"anyOf": [{**_STR, "minLength": 1, "maxLength": MAX_STOP_STRING_CHARS},
                    {"type": "array", "maxItems": MAX_STOP_STRINGS,
                     "items": {**_STR, "minLength": 1, "maxLength": MAX_STOP_STRING_CHARS}}, _NULL]}
@@ -72,7 +76,7 @@ class StreamOptions(StrictModel):
 class SamplingFields(StrictModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
-    model: str | None = Field(None, description="the served model's name (optional)")
+    model: str | None = Field(None, description="the served model's name (optional)", json_schema_extra=_SERVED_MODEL)
     n: int = _range(1, "choices to generate", minimum=1, maximum=MAX_N)
     temperature: float = _range(1.0, "0 = greedy (so is anything below 1e-5)", minimum=0, maximum=2)
     top_p: float = _range(1.0, None, exclusiveMinimum=0, maximum=1)
@@ -89,7 +93,8 @@ class SamplingFields(StrictModel):
     repetition_penalty: float = _range(1.0, None, exclusiveMinimum=0)
     min_tokens: int = _range(0, "EOS and stop tokens are forbidden until this many tokens exist", minimum=0)
     ignore_eos: bool = False
-    stop_token_ids: list[int] | None = Field(None, json_schema_extra={"maxItems": MAX_STOP_TOKEN_IDS})
+    stop_token_ids: Annotated[list[int] | None, WithJsonSchema(
+        {"anyOf": [{"type": "array", "maxItems": MAX_STOP_TOKEN_IDS, "items": _TOKEN_ID}, _NULL]})] = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
 
@@ -105,7 +110,7 @@ class SamplingFields(StrictModel):
 
 class CompletionRequest(SamplingFields):
     prompt: Annotated[Any, WithJsonSchema(_PROMPT)]
-    max_tokens: int | None = _range(16, "null = up to the context window", minimum=1)
+    max_tokens: int | None = _range(16, "null = up to the context window", minimum=1, **_CONTEXT_BOUND)
     logprobs: int | None = _range(None, "alternatives per token", minimum=0, maximum=MAX_LOGPROBS)
     best_of: int | None = Field(None, description="only null or equal to n")
 
@@ -128,7 +133,7 @@ class CompletionRequest(SamplingFields):
 
 class ChatMessage(StrictModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Annotated[Any, WithJsonSchema(_CONTENT)] = None
+    content: Annotated[Any, WithJsonSchema(_CONTENT)] = ""
     name: str | None = None
 
     @field_validator("content", mode="before")
@@ -159,8 +164,9 @@ class ChatMessage(StrictModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_CHAT_MESSAGES)
-    max_tokens: int | None = _range(None, "legacy name of max_completion_tokens", minimum=1)
-    max_completion_tokens: int | None = _range(None, "null = up to the context window", minimum=1)
+    max_tokens: int | None = _range(None, "legacy name of max_completion_tokens", minimum=1, **_CONTEXT_BOUND)
+    max_completion_tokens: int | None = _range(None, "null = up to the context window", minimum=1,
+                                               **_CONTEXT_BOUND)
     logprobs: bool = False
     top_logprobs: int | None = _range(None, "needs logprobs: true", minimum=0, maximum=MAX_LOGPROBS)
     add_generation_prompt: bool = True
@@ -172,7 +178,7 @@ class ChatCompletionRequest(SamplingFields):
 class TokenizeRequest(StrictModel):
     """vLLM's /tokenize: either `prompt` (text) or `messages` (chat template applied)."""
 
-    model: str | None = None
+    model: str | None = Field(None, json_schema_extra=_SERVED_MODEL)
     prompt: str | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=MAX_CHAT_MESSAGES)
     add_special_tokens: bool = True
@@ -181,5 +187,5 @@ class TokenizeRequest(StrictModel):
 
 
 class DetokenizeRequest(StrictModel):
-    model: str | None = None
-    tokens: list[int] = Field(json_schema_extra={"items": {"type": "integer", "minimum": 0}})
+    model: str | None = Field(None, json_schema_extra=_SERVED_MODEL)
+    tokens: Annotated[list[int], WithJsonSchema({"type": "array", "items": _TOKEN_ID, "x-context-length": True})]
