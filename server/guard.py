@@ -157,8 +157,11 @@ class Guard:
         return hmac.compare_digest(given, self._key_digest) and scheme.lower() == "bearer"
 
     def _too_large(self) -> APIError:
+        # No "Connection: close": closing with the rest of the body unread makes the kernel reset the
+        # connection, and the client may never see this answer. uvicorn reads and drops the rest of the
+        # body instead, for as long as http_protocol allows.
         return APIError(413, f"the request body is larger than the limit of {self.limits.max_body_bytes} bytes",
-                        code="request_too_large", headers={"Connection": "close"})
+                        code="request_too_large")
 
     def _limited(self, receive: Receive) -> Receive:
         """`receive` that counts the body against the size limit and holds it to the time limit; once the

@@ -44,7 +44,10 @@ def parse_json_object(body: bytes) -> dict:
     if not body:
         raise bad_request(None, "the request body is empty; send a JSON object", code="invalid_json")
     try:
-        obj = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+        # UTF-8 only (RFC 8259), not the UTF-16/32 that json.loads would also guess; surrogates encoded in
+        # UTF-8 pass here so that the check below can name the field that holds them.
+        text = body.decode("utf-8", "surrogatepass")
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise bad_request(None, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep",
                           code="invalid_json") from None
