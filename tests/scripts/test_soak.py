@@ -46,7 +46,7 @@ def test_a_failed_request_fails_the_soak():
 
 def test_rss_growth_after_warmup_fails_the_soak():
     soak = load()
-    problems = run(soak, [500.0] * 6 + [900.0] + [960.0] * 100, steady(1000))
+    problems = run(soak, [500.0] * 5 + [900.0] + [960.0] * 100, steady(1000))
     assert len(problems) == 1 and "RSS grew 6.7%" in problems[0]
 
 
