@@ -62,7 +62,7 @@ def test_schemathesis_finds_nothing(fuzz_server, tmp_path):
            "--phases", "examples,fuzzing", "--max-examples", "40", "--seed", "1", "--workers", "1",
            "--request-timeout", "120", "--suppress-health-check", "all",
            "--report", "junit", "--report-dir", str(tmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=800)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=800, cwd=tmp_path)  # its cache stays there
     output = done.stdout + done.stderr
     (tmp_path / "output.txt").write_text(output)
     print(output[-5000:])
