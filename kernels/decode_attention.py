@@ -24,12 +24,15 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_tile import attend_kv_tile
+from kernels.attention_tile import attend_kv_range
+from kernels.launch import Launch
 from kernels.planning import AttentionTiles, next_power_of_2
 from kernels.unified_attention import dot_precision
 
 
-@triton.jit
+# The block-table width and the index tensors' offsets in a packed buffer change from step to step.
+@triton.jit(do_not_specialize=["stride_bt"],
+            do_not_specialize_on_alignment=["block_tables_ptr", "cu_seqlens_q_ptr", "seq_lens_ptr"])
 def _decode_kernel(
     out_ptr, part_out_ptr, part_lse_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr,
     cu_seqlens_q_ptr, seq_lens_ptr, qk_scale,
@@ -71,16 +74,9 @@ def _decode_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
-    for j in range(tile_begin, full_end):
-        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
-                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, seq_len, qk_scale, offs_d, d_ok,
-                                       BLOCK_N, PAGE, False, DOT_PRECISION)
-    for j in range(full_end, tile_end):
-        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
-                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, seq_len, qk_scale, offs_d, d_ok,
-                                       BLOCK_N, PAGE, True, DOT_PRECISION)
+    acc, m_i, l_i = attend_kv_range(acc, m_i, l_i, q, tile_begin, full_end, tile_end, bt_row_ptr, k_cache_ptr,
+                                    v_cache_ptr, k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
+                                    q_pos, seq_len, qk_scale, offs_d, d_ok, BLOCK_N, PAGE, DOT_PRECISION)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
@@ -96,7 +92,7 @@ def _decode_kernel(
         tl.store(part_lse_ptr + part, lse, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"], do_not_specialize_on_alignment=["cu_seqlens_q_ptr"])
 def _reduce_splits_kernel(
     out_ptr, part_out_ptr, part_lse_ptr, cu_seqlens_q_ptr, num_splits, stride_ot, stride_oh,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
@@ -128,6 +124,15 @@ def decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: 
                      block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
                      scale: float, out: torch.Tensor, tiles: AttentionTiles, num_splits: int) -> None:
     """Launch the decode kernel (and the reduce when num_splits > 1). Arguments are already validated."""
+    for launch in decode_launches(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out,
+                                  tiles, num_splits):
+        launch.run()
+
+
+def decode_launches(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                    block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
+                    scale: float, out: torch.Tensor, tiles: AttentionTiles, num_splits: int) -> list[Launch]:
+    """The decode launch, then the reduce launch when num_splits > 1 (allocates the split partials)."""
     _, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -139,20 +144,19 @@ def decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: 
         part_lse = torch.empty((num_seqs, num_heads, num_splits), dtype=torch.float32, device=query.device)
     else:
         part_out = part_lse = out  # unused by the kernel when SPLIT is False
-    _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
-        out, part_out, part_lse, query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens,
-        scale * 1.4426950408889634,
-        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
-        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
-        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0),
-        **launch_constants(num_heads, head_dim, group, key_cache.shape[1], query.dtype, tiles, num_splits),
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-    )
+    args = (out, part_out, part_lse, query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens,
+            scale * 1.4426950408889634,
+            query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+            key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+            value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0))
+    kwargs = dict(launch_constants(num_heads, head_dim, group, key_cache.shape[1], query.dtype, tiles, num_splits),
+                  num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+    launches = [Launch(_decode_kernel, (num_seqs, num_kv_heads, num_splits), args, kwargs)]
     if num_splits > 1:
-        _reduce_splits_kernel[(num_seqs, num_heads)](
-            out, part_out, part_lse, cu_seqlens_q, num_splits, out.stride(0), out.stride(1),
-            **reduce_constants(num_heads, head_dim, num_splits), num_warps=4,
-        )
+        launches.append(Launch(_reduce_splits_kernel, (num_seqs, num_heads),
+                               (out, part_out, part_lse, cu_seqlens_q, num_splits, out.stride(0), out.stride(1)),
+                               dict(reduce_constants(num_heads, head_dim, num_splits), num_warps=4)))
+    return launches
 
 
 def launch_constants(num_heads: int, head_dim: int, group: int, block_size: int, dtype: torch.dtype,

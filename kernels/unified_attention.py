@@ -22,13 +22,17 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_tile import attend_kv_tile
+from kernels.attention_tile import attend_kv_range
+from kernels.launch import Launch
 from kernels.planning import AttentionTiles, next_power_of_2
 
 SEQ_CHUNK = 128  # sequences examined per vector load when mapping a tile to its sequence
 
 
-@triton.jit
+# num_seqs and the block-table width change from step to step, and the index tensors may be slices of one
+# packed buffer at batch-dependent offsets: none of them may pick a compiled variant (kernels.specialization).
+@triton.jit(do_not_specialize=["num_seqs", "stride_bt"],
+            do_not_specialize_on_alignment=["block_tables_ptr", "cu_seqlens_q_ptr", "seq_lens_ptr"])
 def _unified_attention_kernel(
     out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_q_ptr, seq_lens_ptr,
     qk_scale, num_seqs,
@@ -84,16 +88,9 @@ def _unified_attention_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
-    for j in range(0, num_full):
-        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
-                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, kv_len, qk_scale, offs_d, d_ok,
-                                       BLOCK_N, PAGE, False, DOT_PRECISION)
-    for j in range(num_full, num_tiles):
-        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
-                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, kv_len, qk_scale, offs_d, d_ok,
-                                       BLOCK_N, PAGE, True, DOT_PRECISION)
+    acc, m_i, l_i = attend_kv_range(acc, m_i, l_i, q, 0, num_full, num_tiles, bt_row_ptr, k_cache_ptr, v_cache_ptr,
+                                    k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
+                                    q_pos, kv_len, qk_scale, offs_d, d_ok, BLOCK_N, PAGE, DOT_PRECISION)
 
     # A row with no visible key (only possible for a misused position < 0) is written as zeros, not NaN.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -111,22 +108,27 @@ def unified_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache:
                       block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
                       scale: float, out: torch.Tensor, tiles: AttentionTiles) -> None:
     """Launch the varlen kernel. Arguments are already validated; the grid depends on shapes only."""
+    unified_attention_launch(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out,
+                             tiles).run()
+
+
+def unified_attention_launch(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                             block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
+                             scale: float, out: torch.Tensor, tiles: AttentionTiles) -> Launch:
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
     num_seqs = seq_lens.shape[0]
     block_q = tiles.tokens_per_tile(group)
     assert block_q >= 1, "tiles.block_m must hold every query head of one KV head"
-    grid = (num_tokens // block_q + num_seqs, num_kv_heads)
-    _unified_attention_kernel[grid](
-        out, query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens,
-        scale * 1.4426950408889634, num_seqs,
-        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
-        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
-        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0),
-        **launch_constants(head_dim, group, key_cache.shape[1], query.dtype, tiles),
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-    )
+    args = (out, query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens,
+            scale * 1.4426950408889634, num_seqs,
+            query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+            key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+            value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0))
+    kwargs = dict(launch_constants(head_dim, group, key_cache.shape[1], query.dtype, tiles),
+                  num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+    return Launch(_unified_attention_kernel, (num_tokens // block_q + num_seqs, num_kv_heads), args, kwargs)
 
 
 def launch_constants(head_dim: int, group: int, block_size: int, dtype: torch.dtype, tiles: AttentionTiles) -> dict:

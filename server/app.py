@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from . import openapi, routes_admin, routes_generate
+from . import openapi, routes_admin, routes_dashboard, routes_generate
 from .context import ServerContext
 from .errors import APIError
 from .guard import Guard, GuardLimits
@@ -72,10 +72,8 @@ def build_app(ctx: ServerContext) -> FastAPI:
 
     app.include_router(routes_admin.router(ctx))
     app.include_router(routes_generate.router(ctx))
+    app.include_router(routes_dashboard.router(ctx))
     app.include_router(openapi.router(ctx, version=_version()))
-    cfg = ctx.config
-    app.add_middleware(Guard, limits=GuardLimits(api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes,
-                                                  max_header_bytes=cfg.max_header_bytes,
-                                                  body_timeout=cfg.request_body_timeout, access_log=cfg.access_log))
+    app.add_middleware(Guard, limits=GuardLimits.of(ctx.config))
     app.state.ctx = ctx
     return app

@@ -5,6 +5,8 @@ errors, and the access log.
   that arrives in pieces; one that arrives in a single read would otherwise pass at any size.
 - API key: `Authorization: Bearer KEY` on every route except /health, compared in constant time
   (hmac.compare_digest of SHA-256 digests, so neither the key's content nor its length leaks by timing).
+  A browser cannot send a bearer token when it opens a page, so HTTP Basic credentials with the key as the
+  password (any user name) count too; a 401 on /dashboard asks for them (`WWW-Authenticate: Basic`).
 - Body type: a body whose Content-Type is given and is not JSON is refused (415); none means JSON.
 - Body size: a Content-Length over the limit is refused (413) before reading; a body sent without one
   (chunked) is counted as it streams in and refused once it crosses the limit.
@@ -21,6 +23,8 @@ errors, and the access log.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -37,6 +41,7 @@ logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("kvserve.access")
 
 OPEN_PATHS = frozenset({"/health"})
+BROWSER_PATHS = ("/dashboard",)  # pages a person opens: a 401 there asks the browser for Basic credentials
 ACCESS_KEY = "kvserve.access"  # scope key of the request's AccessRecord
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"; only the access log sees it
 
@@ -59,6 +64,13 @@ class GuardLimits:
     max_header_bytes: int
     body_timeout: float
     access_log: bool
+
+    @classmethod
+    def of(cls, config, access_log: bool | None = None) -> GuardLimits:
+        """The limits of a `ServerConfig`; `access_log` overrides the config's (off where another layer logs)."""
+        return cls(api_key=config.api_key, max_body_bytes=config.max_body_bytes,
+                   max_header_bytes=config.max_header_bytes, body_timeout=config.request_body_timeout,
+                   access_log=config.access_log if access_log is None else access_log)
 
 
 def access_record(scope: Scope) -> AccessRecord:
@@ -137,8 +149,10 @@ class Guard:
         headers = dict(scope["headers"])
         if self._key_digest is not None and scope["path"] not in OPEN_PATHS:
             if not self._authorized(headers.get(b"authorization", b"")):
+                browser = scope["path"].startswith(BROWSER_PATHS)
                 return APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>'",
-                                code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                                code="invalid_api_key",
+                                headers={"WWW-Authenticate": 'Basic realm="kvserve"' if browser else "Bearer"})
         content_type = headers.get(b"content-type")
         if content_type is not None and scope["method"] in ("POST", "PUT", "PATCH") and not _is_json(content_type):
             return APIError(415, f"the request body must be JSON (Content-Type: application/json), got "
@@ -153,8 +167,14 @@ class Guard:
 
     def _authorized(self, header: bytes) -> bool:
         scheme, _, token = header.decode("latin-1").partition(" ")
+        scheme = scheme.lower()
+        if scheme == "basic":  # user:key, base64; the user name is ignored
+            try:
+                token = base64.b64decode(token.strip(), validate=True).decode("latin-1").partition(":")[2]
+            except (binascii.Error, ValueError):
+                return False
         given = hashlib.sha256(token.strip().encode("latin-1")).digest()
-        return hmac.compare_digest(given, self._key_digest) and scheme.lower() == "bearer"
+        return hmac.compare_digest(given, self._key_digest) and scheme in ("bearer", "basic")
 
     def _too_large(self) -> APIError:
         # No "Connection: close": closing with the rest of the body unread makes the kernel reset the

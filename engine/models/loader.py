@@ -2,7 +2,8 @@
 
 Checkpoint names are transformers' (`model.layers.0.self_attn.q_proj.weight`, ...). Our modules drop the
 `model.` prefix and fuse q/k/v and gate/up, so a few checkpoint tensors land in a slice of one parameter;
-`_STACKED` lists those. Loading goes tensor by tensor, never holding a second copy of the model.
+`_STACKED` lists those. Loading goes tensor by tensor, never holding a second copy of the model. A
+tensor-parallel rank reads only its slice of each tensor (`engine.models.parallel.shard_source`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from ..config import ModelConfig
 from .llama import LlamaForCausalLM
+from .parallel import VOCAB_PARAMS, TPContext, read_shard, shard_source
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +28,17 @@ _STACKED = {
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-def build_model(cfg: ModelConfig, device: torch.device, seed: int = 0) -> LlamaForCausalLM:
+def build_model(cfg: ModelConfig, device: torch.device, seed: int = 0, tp: TPContext | None = None) -> LlamaForCausalLM:
+    """The model (with `tp`: this rank's shard of it), weights loaded. Dummy weights are drawn per rank
+    (seed + rank), so a sharded dummy model is not the unsharded one split."""
     # Build on the meta device (no memory, no random init), then allocate uninitialised storage: every
     # parameter is written exactly once below, by the loader or the dummy initialiser.
     with torch.device("meta"):
-        model = LlamaForCausalLM(cfg.hf_config, max_positions=cfg.max_model_len).to(cfg.dtype)
+        model = LlamaForCausalLM(cfg.hf_config, max_positions=cfg.max_model_len, tp=tp).to(cfg.dtype)
     model.to_empty(device=device)
     model.rotary.build(device)  # RoPE tables stay fp32 whatever the model dtype
     if cfg.load_format == "dummy":
-        init_dummy_weights(model, seed)
+        init_dummy_weights(model, seed + (0 if tp is None else tp.shard.rank))
     else:
         load_safetensors(model, cfg.path)
     model.eval()
@@ -42,18 +46,18 @@ def build_model(cfg: ModelConfig, device: torch.device, seed: int = 0) -> LlamaF
 
 
 def _shard_slice(model: LlamaForCausalLM, fused: str, shard: int) -> tuple[int, int]:
-    hf = model.config
-    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    """Rows of checkpoint tensor `shard` inside fused parameter `fused`, in this model's (rank's) sizes."""
     if fused == "qkv_proj":
-        q = hf.num_attention_heads * head_dim
-        kv = (getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads) * head_dim
+        attn = model.layers[0].self_attn
+        q, kv = attn.q_size, attn.kv_size
         return [(0, q), (q, q + kv), (q + kv, q + 2 * kv)][shard]
-    inter = hf.intermediate_size
+    inter = model.layers[0].mlp.intermediate_size
     return [(0, inter), (inter, 2 * inter)][shard]
 
 
-def _target(model: LlamaForCausalLM, name: str) -> tuple[str, tuple[int, int] | None] | None:
-    """Map a checkpoint tensor name to (our parameter name, row slice or None); None = skip the tensor."""
+def _target(model: LlamaForCausalLM, name: str) -> tuple[str, tuple[int, int] | None, int | None] | None:
+    """Map a checkpoint tensor name to (our parameter name, row slice or None, index inside a fused
+    parameter or None); None = skip the tensor."""
     if name.endswith(_IGNORED_SUFFIXES):
         return None
     if name.startswith("model."):
@@ -65,8 +69,8 @@ def _target(model: LlamaForCausalLM, name: str) -> tuple[str, tuple[int, int] | 
         if p in _STACKED:
             fused, shard = _STACKED[p]
             parts[i] = fused
-            return ".".join(parts), _shard_slice(model, fused, shard)
-    return name, None
+            return ".".join(parts), _shard_slice(model, fused, shard), shard
+    return name, None, None
 
 
 def load_safetensors(model: LlamaForCausalLM, path) -> None:
@@ -83,11 +87,17 @@ def load_safetensors(model: LlamaForCausalLM, path) -> None:
                 target = _target(model, key)
                 if target is None:
                     continue
-                name, rows = target
+                name, rows, fused_index = target
                 if name not in params:
                     raise ValueError(f"model: checkpoint tensor {key!r} has no place in the model")
-                param, tensor = params[name], f.get_tensor(key)
+                source = None if model.tp is None else shard_source(model.tp, name, fused_index)
+                param, tensor = params[name], read_shard(f, key, source)
                 dest = param.data if rows is None else param.data[rows[0]:rows[1]]
+                if model.tp is not None and name.endswith(VOCAB_PARAMS):
+                    # the last vocabulary chunk is padded: zero rows past the real vocabulary
+                    dest[tensor.shape[0]:].zero_()
+                    filled[name] += dest[tensor.shape[0]:].numel()
+                    dest = dest[:tensor.shape[0]]
                 if dest.shape != tensor.shape:
                     raise ValueError(f"model: {key} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
                 dest.copy_(tensor)
