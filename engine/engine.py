@@ -145,6 +145,9 @@ class LLMEngine:
             raise ParamError("prompt", f"the prompt has {n} tokens, but the context window is {limit} tokens "
                                        "(at least one must be left to generate)")
         max_tokens = params.max_tokens if params.max_tokens is not None else limit - n
+        if params.min_tokens > max_tokens:  # only possible when max_tokens is None: checked against the context
+            raise ParamError("min_tokens", f"the prompt ({n} tokens) leaves {max_tokens} tokens of the context "
+                                           f"window of {limit}, fewer than min_tokens ({params.min_tokens})")
         if n + max_tokens > limit:
             raise ParamError("max_tokens", f"the prompt ({n} tokens) plus max_tokens ({max_tokens}) is "
                                            f"{n + max_tokens} tokens, over the context window of {limit} tokens")

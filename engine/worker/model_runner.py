@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from . import cpu_allocator
+from . import cpu_allocator, cpu_threads
 from ..attention import AttentionMetadata, get_attention_backend
 from ..config import EngineConfig
 from ..models.loader import build_model
@@ -77,8 +77,7 @@ class ModelRunner:
         self.block_size = config.cache.block_size
         mc = config.model
         if self.device.type == "cpu":
-            if config.cpu_threads is not None:
-                torch.set_num_threads(config.cpu_threads)  # process-wide: this process is the worker
+            cpu_threads.configure(config.cpu_threads)  # process-wide: this process is the worker
             cpu_allocator.keep_freed_memory()  # process-wide too: reuse activation pages across steps
         t0 = time.perf_counter()
         torch.manual_seed(config.seed)
