@@ -40,7 +40,9 @@ class LLMEngine:
 
             self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer)
         self.runner = ModelRunner(config)
-        self.kv = KVCacheManager(self.runner.num_kv_blocks, config.cache.block_size, config.cache.enable_prefix_caching)
+        self.kv = KVCacheManager(self.runner.num_kv_blocks, config.cache.block_size, config.cache.enable_prefix_caching,
+                                 windows=config.model.group_windows,
+                                 max_chunk_tokens=config.scheduler.max_num_batched_tokens)
         self.scheduler = Scheduler(config.scheduler, self.kv)
         eos = set(config.model.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:

@@ -108,6 +108,9 @@ def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torc
     half: the same products and sums, so bit-identical, with half the multiplications and no negated copy."""
     cos, sin = rope
     half = x.shape[-1] // 2
+    if cos.shape[-1] != half:  # partial rotary (Phi-4-mini): only the first 2 x cos.shape[-1] dims rotate
+        rot = 2 * cos.shape[-1]
+        return torch.cat((apply_rope(x[..., :rot], rope), x[..., rot:]), dim=-1)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 

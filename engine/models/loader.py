@@ -1,8 +1,12 @@
 """Build a model and fill its weights: from safetensors files, or random with real shapes ("dummy").
 
 Checkpoint names are transformers' (`model.layers.0.self_attn.q_proj.weight`, ...). Our modules drop the
-`model.` prefix and fuse q/k/v and gate/up, so a few checkpoint tensors land in a slice of one parameter;
-`_STACKED` lists those. Loading goes tensor by tensor, never holding a second copy of the model.
+`model.` prefix and fuse q/k/v and gate/up, so a few checkpoint tensors land in a slice of one parameter
+(`_STACKED`). Mixture-of-experts layers stack their experts: a per-expert checkpoint tensor
+(`experts.3.w1` in Mixtral, `experts.3.gate_proj` in Qwen3-MoE / OLMoE) lands in expert 3's slice of
+`experts.gate_up_proj` [E, 2I, H] or `experts.down_proj` [E, H, I]; checkpoints that are already stacked
+(transformers 5's own layout) load as they are. Gemma 3's multimodal checkpoints hold the language model under
+`language_model.`; the vision tower is skipped. Loading goes tensor by tensor, never holding a second copy.
 """
 
 from __future__ import annotations
@@ -10,11 +14,16 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
+from collections.abc import Callable
 
 import torch
+import torch.nn as nn
 
 from ..config import ModelConfig
-from .llama import LlamaForCausalLM
+from .arch import model_class
+from .layers import RMSNorm, RotaryEmbedding
+from .variants import GemmaRMSNorm
 
 logger = logging.getLogger(__name__)
 
@@ -23,16 +32,26 @@ _STACKED = {
     "q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
     "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
 }
+# per-expert checkpoint name -> (stacked parameter, half of gate_up: 0 gate, 1 up, None = all of down)
+_EXPERT = {"w1": ("gate_up_proj", 0), "gate_proj": ("gate_up_proj", 0), "w3": ("gate_up_proj", 1),
+           "up_proj": ("gate_up_proj", 1), "w2": ("down_proj", None), "down_proj": ("down_proj", None)}
+_EXPERT_RE = re.compile(r"^(.*)\.experts\.(\d+)\.(\w+)\.weight$")
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+_IGNORED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+_PREFIXES = ("model.language_model.", "language_model.model.", "language_model.", "model.")
+
+Dest = Callable[[torch.Tensor], torch.Tensor]  # the part of a parameter one checkpoint tensor fills
 
 
-def build_model(cfg: ModelConfig, device: torch.device, seed: int = 0) -> LlamaForCausalLM:
+def build_model(cfg: ModelConfig, device: torch.device, seed: int = 0) -> nn.Module:
     # Build on the meta device (no memory, no random init), then allocate uninitialised storage: every
     # parameter is written exactly once below, by the loader or the dummy initialiser.
     with torch.device("meta"):
-        model = LlamaForCausalLM(cfg.hf_config, max_positions=cfg.max_model_len).to(cfg.dtype)
+        model = model_class(cfg.architecture)(cfg.hf_config, max_positions=cfg.max_model_len).to(cfg.dtype)
     model.to_empty(device=device)
-    model.rotary.build(device)  # RoPE tables stay fp32 whatever the model dtype
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding):
+            module.build(device)  # RoPE tables stay fp32 whatever the model dtype
     if cfg.load_format == "dummy":
         init_dummy_weights(model, seed)
     else:
@@ -41,7 +60,7 @@ def build_model(cfg: ModelConfig, device: torch.device, seed: int = 0) -> LlamaF
     return model
 
 
-def _shard_slice(model: LlamaForCausalLM, fused: str, shard: int) -> tuple[int, int]:
+def _shard_slice(model: nn.Module, fused: str, shard: int) -> tuple[int, int]:
     hf = model.config
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     if fused == "qkv_proj":
@@ -52,24 +71,40 @@ def _shard_slice(model: LlamaForCausalLM, fused: str, shard: int) -> tuple[int, 
     return [(0, inter), (inter, 2 * inter)][shard]
 
 
-def _target(model: LlamaForCausalLM, name: str) -> tuple[str, tuple[int, int] | None] | None:
-    """Map a checkpoint tensor name to (our parameter name, row slice or None); None = skip the tensor."""
-    if name.endswith(_IGNORED_SUFFIXES):
+def _strip(name: str) -> str:
+    for prefix in _PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def _target(model: nn.Module, name: str) -> tuple[str, Dest | None] | None:
+    """Map a checkpoint tensor name to (our parameter name, the part of it to fill or None for all of it);
+    None = skip the tensor."""
+    if name.endswith(_IGNORED_SUFFIXES) or name.startswith(_IGNORED_PREFIXES):
         return None
-    if name.startswith("model."):
-        name = name[len("model."):]
+    name = _strip(name).replace(".block_sparse_moe.", ".mlp.")
     if name == "lm_head.weight" and model.tie_word_embeddings:
         return None
+    if m := _EXPERT_RE.match(name):
+        prefix, expert, kind = m.group(1), int(m.group(2)), m.group(3)
+        if kind not in _EXPERT:
+            raise ValueError(f"model: checkpoint tensor {name!r} is not an expert weight this model knows")
+        stacked, half = _EXPERT[kind]
+        if half is None:
+            return f"{prefix}.experts.{stacked}", lambda p: p[expert]
+        return f"{prefix}.experts.{stacked}", lambda p: p[expert].chunk(2, dim=0)[half]
     parts = name.split(".")
     for i, p in enumerate(parts):
         if p in _STACKED:
             fused, shard = _STACKED[p]
             parts[i] = fused
-            return ".".join(parts), _shard_slice(model, fused, shard)
+            lo, hi = _shard_slice(model, fused, shard)
+            return ".".join(parts), lambda t: t[lo:hi]
     return name, None
 
 
-def load_safetensors(model: LlamaForCausalLM, path) -> None:
+def load_safetensors(model: nn.Module, path) -> None:
     from safetensors import safe_open
 
     files = sorted(glob.glob(os.path.join(str(path), "*.safetensors")))
@@ -83,11 +118,11 @@ def load_safetensors(model: LlamaForCausalLM, path) -> None:
                 target = _target(model, key)
                 if target is None:
                     continue
-                name, rows = target
+                name, part = target
                 if name not in params:
                     raise ValueError(f"model: checkpoint tensor {key!r} has no place in the model")
                 param, tensor = params[name], f.get_tensor(key)
-                dest = param.data if rows is None else param.data[rows[0]:rows[1]]
+                dest = param.data if part is None else part(param.data)
                 if dest.shape != tensor.shape:
                     raise ValueError(f"model: {key} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
                 dest.copy_(tensor)
@@ -98,13 +133,16 @@ def load_safetensors(model: LlamaForCausalLM, path) -> None:
 
 
 @torch.no_grad()
-def init_dummy_weights(model: LlamaForCausalLM, seed: int) -> None:
-    """Random weights with the real shapes: N(0, 0.02) matrices, unit norms, zero biases. Good for speed
-    measurements; the text they produce is noise."""
+def init_dummy_weights(model: nn.Module, seed: int) -> None:
+    """Random weights with the real shapes: N(0, 0.02) matrices (experts and routers included), identity norms
+    (ones, or zeros for Gemma's (1 + weight) form), zero biases. Good for speed measurements; the text they
+    produce is noise."""
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    norms = {id(m.weight): 0.0 if isinstance(m, GemmaRMSNorm) else 1.0
+             for m in model.modules() if isinstance(m, RMSNorm)}
     for name, p in model.named_parameters():
-        if "norm" in name:
-            p.fill_(1.0)
+        if id(p) in norms:
+            p.fill_(norms[id(p)])
         elif name.endswith("bias"):
             p.zero_()
         else:

@@ -27,14 +27,20 @@ class HostBatch:
     slot_mapping: np.ndarray  # [T]
     logits_indices: np.ndarray  # rows of the tokens whose logits are sampled
     sample_idx: list[int]  # which sequences sample
+    # KV-cache groups 1..G-1 of a model with several (engine.core.kv_groups): their (block_tables, slot_mapping);
+    # block_tables and slot_mapping above are group 0's.
+    more_groups: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
     @property
     def decode_only(self) -> bool:
         return bool(len(self.query_lens)) and bool((self.query_lens == 1).all())
 
 
-def build_host_batch(seqs: Sequence[ScheduledSeq], states: Sequence[SeqState], block_size: int) -> HostBatch:
-    """Flatten the scheduled sequences (`states[i]` is `seqs[i]`'s) into numpy arrays (no device work)."""
+def build_host_batch(seqs: Sequence[ScheduledSeq], states: Sequence[SeqState], block_size: int,
+                     num_kv_groups: int = 1) -> HostBatch:
+    """Flatten the scheduled sequences (`states[i]` is `seqs[i]`'s) into numpy arrays (no device work). With
+    several KV-cache groups each state's block table interleaves them (entry i * G + g is logical block i of
+    group g) and every group gets its own block table and slot mapping."""
     bs = block_size
     query_lens = np.fromiter((s.num_new for s in seqs), dtype=np.int64, count=len(seqs))
     starts = np.fromiter((s.start for s in seqs), dtype=np.int64, count=len(seqs))
@@ -51,10 +57,12 @@ def build_host_batch(seqs: Sequence[ScheduledSeq], states: Sequence[SeqState], b
     block_tables = np.zeros((len(seqs), max_blocks), dtype=np.int32)
     for i, st in enumerate(states):
         block_tables[i, :len(st.block_ids)] = st.block_ids
-    slot_mapping = block_tables[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
+    tables = [block_tables] if num_kv_groups == 1 else \
+        [np.ascontiguousarray(block_tables[:, g::num_kv_groups]) for g in range(num_kv_groups)]
+    slots = [t[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs for t in tables]
     sample_idx = [i for i, s in enumerate(seqs) if s.sample]
-    return HostBatch(np.asarray(ids, dtype=np.int64), positions, query_lens, seq_lens, block_tables,
-                     slot_mapping, cu[1:][sample_idx] - 1, sample_idx)
+    return HostBatch(np.asarray(ids, dtype=np.int64), positions, query_lens, seq_lens, tables[0],
+                     slots[0], cu[1:][sample_idx] - 1, sample_idx, tuple(zip(tables[1:], slots[1:])))
 
 
 def profile_batch(num_tokens: int, block_size: int, max_num_seqs: int) -> HostBatch:

@@ -49,9 +49,11 @@ class ModelRunner:
         self.num_kv_blocks = self._decide_num_blocks()
         shape = (self.num_kv_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
         self.kv_caches = [(torch.zeros(shape, dtype=mc.dtype, device=self.device),
-                           torch.zeros(shape, dtype=mc.dtype, device=self.device)) for _ in range(mc.num_layers)]
+                           torch.zeros(shape, dtype=mc.dtype, device=self.device)) for _ in range(mc.num_kv_tensors)]
         self.model.bind_kv_cache(self.kv_caches)
-        if not config.enforce_eager and self.device.type == "cuda" and self.backend.name == "triton":
+        self.group_windows = mc.group_windows  # one sliding window (or None) per KV-cache group
+        if not config.enforce_eager and self.device.type == "cuda" and self.backend.name == "triton" \
+                and len(self.group_windows) == 1:  # several KV-cache groups run eagerly
             from .cuda_graphs import DecodeGraphs
 
             t0 = time.perf_counter()
@@ -80,7 +82,7 @@ class ModelRunner:
         n = min(self.config.scheduler.max_num_batched_tokens, self.config.model.max_model_len)
         mc = self.config.model
         tiny = (1, self.block_size, mc.num_kv_heads, mc.head_dim)
-        self.model.bind_kv_cache([(torch.zeros(tiny, dtype=mc.dtype, device=self.device),) * 2 for _ in range(mc.num_layers)])
+        self.model.bind_kv_cache([(torch.zeros(tiny, dtype=mc.dtype, device=self.device),) * 2 for _ in range(mc.num_kv_tensors)])
         hb = profile_batch(n, self.block_size, self.config.scheduler.max_num_seqs)
         self.model.compute_logits(self.forward(hb))  # called before any graph exists: runs eagerly
         torch.cuda.synchronize(self.device)
@@ -94,7 +96,7 @@ class ModelRunner:
 
     # ---- one step --------------------------------------------------------------------------------------------
     def prepare_host(self, out: SchedulerOutput, states: list[SeqState]) -> HostBatch:
-        return build_host_batch(out.seqs, states, self.block_size)
+        return build_host_batch(out.seqs, states, self.block_size, len(self.group_windows))
 
     def _device(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
@@ -103,9 +105,13 @@ class ModelRunner:
         """Hidden states of the sampling rows, from a CUDA graph when one fits, else eagerly."""
         if self.graphs is not None and self.graphs.can_run(hb):
             return self.graphs.run(hb).index_select(0, self._device(hb.logits_indices))
-        plan = self.backend.plan(hb.query_lens, hb.seq_lens, hb.block_tables, self.block_size, self.device,
-                                 self.config.model.dtype)
-        meta = build_attention_metadata(hb.query_lens, hb.seq_lens, hb.block_tables, hb.slot_mapping, self.device, plan)
+        metas = []
+        for window, (tables, slots) in zip(self.group_windows, ((hb.block_tables, hb.slot_mapping),) + hb.more_groups):
+            plan = self.backend.plan(hb.query_lens, hb.seq_lens, tables, self.block_size, self.device,
+                                     self.config.model.dtype, sliding_window=window)
+            metas.append(build_attention_metadata(hb.query_lens, hb.seq_lens, tables, slots, self.device, plan,
+                                                  sliding_window=window))
+        meta = metas[0] if len(metas) == 1 else tuple(metas)  # layers pick their group's
         hidden = self.model(self._device(hb.input_ids), self._device(hb.positions), meta, self.backend)
         return hidden.index_select(0, self._device(hb.logits_indices))
 
