@@ -16,6 +16,9 @@ for an empty split), and the reduce kernel combines them per (sequence, head):
     out = sum_j 2^(lse_j - M) o_j / sum_j 2^(lse_j - M),   M = max_j lse_j,
 where empty splits get weight 0 and a sequence with no keys at all (seq_len 0, e.g. CUDA-graph padding)
 gets zeros.
+
+With a sliding window W the query at seq_len - 1 reads keys from kv_lo = seq_len - W on: the splits share the
+tiles from the one holding kv_lo, and the first of them gets the window mask (see kernels.attention_tile).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import triton.language as tl
 
 from kernels.attention_tile import attend_kv_tile
 from kernels.planning import AttentionTiles, next_power_of_2
-from kernels.unified_attention import dot_precision
+from kernels.unified_attention import dot_precision, window_args
 
 
 @triton.jit
@@ -35,9 +38,10 @@ def _decode_kernel(
     cu_seqlens_q_ptr, seq_lens_ptr, qk_scale,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+    window, softcap_log2,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr, SPLIT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, SOFTCAP: tl.constexpr = False,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -49,11 +53,14 @@ def _decode_kernel(
         return  # no query token: nothing to write (the reduce kernel skips it too)
     seq_len = tl.load(seq_lens_ptr + seq)
     num_tiles = tl.cdiv(seq_len, BLOCK_N)
-    per_split = tl.cdiv(num_tiles, num_splits)
-    tile_begin = split * per_split
+    kv_lo = tl.maximum(seq_len - window, 0)  # the oldest key the query at seq_len - 1 reads
+    first_tile = kv_lo // BLOCK_N
+    per_split = tl.cdiv(num_tiles - first_tile, num_splits)
+    tile_begin = first_tile + split * per_split
     tile_end = tl.minimum(tile_begin + per_split, num_tiles)
-    # Tiles before this one hold only existing keys, all visible to the single query at seq_len - 1.
-    full_end = tl.maximum(tl.minimum(tile_end, seq_len // BLOCK_N), tile_begin)
+    # Tiles wholly inside [kv_lo, seq_len) hold only existing keys, all visible to the single query.
+    full_begin = tl.minimum(tl.maximum(tl.cdiv(kv_lo, BLOCK_N), tile_begin), tl.maximum(tile_end, tile_begin))
+    full_end = tl.maximum(tl.minimum(tile_end, seq_len // BLOCK_N), full_begin)
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
@@ -71,16 +78,21 @@ def _decode_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
-    for j in range(tile_begin, full_end):
+    for j in range(tile_begin, full_begin):
         acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
                                        k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, seq_len, qk_scale, offs_d, d_ok,
-                                       BLOCK_N, PAGE, False, DOT_PRECISION)
+                                       q_pos, seq_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
+                                       BLOCK_N, PAGE, True, DOT_PRECISION, SOFTCAP)
+    for j in range(full_begin, full_end):
+        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
+                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
+                                       q_pos, seq_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
+                                       BLOCK_N, PAGE, False, DOT_PRECISION, SOFTCAP)
     for j in range(full_end, tile_end):
         acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
                                        k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, seq_len, qk_scale, offs_d, d_ok,
-                                       BLOCK_N, PAGE, True, DOT_PRECISION)
+                                       q_pos, seq_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
+                                       BLOCK_N, PAGE, True, DOT_PRECISION, SOFTCAP)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
@@ -126,7 +138,8 @@ def _reduce_splits_kernel(
 
 def decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                      block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
-                     scale: float, out: torch.Tensor, tiles: AttentionTiles, num_splits: int) -> None:
+                     scale: float, out: torch.Tensor, tiles: AttentionTiles, num_splits: int,
+                     sliding_window: int | None = None, softcap: float | None = None) -> None:
     """Launch the decode kernel (and the reduce when num_splits > 1). Arguments are already validated."""
     _, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
@@ -145,7 +158,9 @@ def decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: 
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0),
-        **launch_constants(num_heads, head_dim, group, key_cache.shape[1], query.dtype, tiles, num_splits),
+        *window_args(sliding_window, softcap),
+        **launch_constants(num_heads, head_dim, group, key_cache.shape[1], query.dtype, tiles, num_splits,
+                           softcap is not None),
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
     if num_splits > 1:
@@ -156,11 +171,11 @@ def decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: 
 
 
 def launch_constants(num_heads: int, head_dim: int, group: int, block_size: int, dtype: torch.dtype,
-                     tiles: AttentionTiles, num_splits: int) -> dict:
+                     tiles: AttentionTiles, num_splits: int, softcap: bool = False) -> dict:
     """The decode kernel's constexpr arguments (shared with kernels.compile_report)."""
     return dict(NUM_HEADS=num_heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, next_power_of_2(head_dim)), GROUP=group,
                 BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, PAGE=block_size, SPLIT=num_splits > 1,
-                DOT_PRECISION=dot_precision(dtype))
+                DOT_PRECISION=dot_precision(dtype), SOFTCAP=softcap)
 
 
 def reduce_constants(num_heads: int, head_dim: int, num_splits: int) -> dict:

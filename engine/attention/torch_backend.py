@@ -87,7 +87,8 @@ class TorchAttentionBackend:
             bmax = int(nblk.max())
             cols = first_blk[:, None] + np.arange(bmax)[None, :]
             valid = np.arange(bmax)[None, :] < nblk[:, None]
-            blocks = np.where(valid, block_tables[idx[:, None], np.where(valid, cols, 0)], 0)
+            # padding columns repeat the sequence's first gathered block: a live block, never a released one
+            blocks = block_tables[idx[:, None], np.where(valid, cols, first_blk[:, None])]
             key_pos = first_blk[:, None] * block_size + np.arange(bmax * block_size)[None, :]
             mask = (key_pos >= first_key[:, None]) & (key_pos < lens[:, None])
             groups.append(DecodeGroup(torch.from_numpy(cu[idx].astype(np.int64)).to(device),
