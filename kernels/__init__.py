@@ -14,7 +14,7 @@ Triton is imported on first launch only, so `import kernels` and `kernels.refere
 Module map: planning (path, tiles, splits; no triton), validation (argument checks), unified_attention
 (varlen kernel), decode_attention (split-KV decode + reduce), attention_tile (their shared inner step),
 kv_store (store kernel), reference (pure-torch oracle), batch (random paged batches), bench (GPU benchmark),
-compile_report (sm_90 ahead-of-time compile report, no GPU needed); fused_moe (the MoE kernel, its expert
+compile_report (sm_90 ahead-of-time compile report, no GPU needed); moe_kernel (the fused MoE kernel, its expert
 sort and launch), moe_reference (its pure-torch oracle), moe_validation (its argument checks).
 """
 
@@ -97,7 +97,7 @@ def fused_moe(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_w
 
     check_fused_moe_args(x, gate_up, down, topk_weights, topk_ids)
     _check_runnable("x", x.device, x.dtype)
-    from kernels.fused_moe import fused_moe as launch_fused_moe
+    from kernels.moe_kernel import fused_moe as launch_fused_moe
 
     return launch_fused_moe(x, gate_up, down, topk_weights, topk_ids)
 

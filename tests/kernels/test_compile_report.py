@@ -29,10 +29,10 @@ def test_quick_configurations_compile_for_hopper_without_spills(tmp_path):
         split = r["kernel"] == "decode_kernel" and "splits=8" in r["config"]
         reports[r["kernel"] + ("/split" if split else "")] = r
     assert set(reports) == {"unified_attention_kernel", "decode_kernel", "decode_kernel/split",
-                            "reduce_splits_kernel", "store_kv_kernel"}
+                            "reduce_splits_kernel", "store_kv_kernel", "fused_moe_kernel"}
     for name, r in reports.items():
         assert r["fits"], f"{name}: {r['shared_bytes']} bytes of shared memory"
         assert r["spill_bytes"] in (0, None), f"{name}: spills {r['spill_bytes']} bytes"
-    for name in ("unified_attention_kernel", "decode_kernel", "decode_kernel/split"):
+    for name in ("unified_attention_kernel", "decode_kernel", "decode_kernel/split", "fused_moe_kernel"):
         assert reports[name]["async_loads"], f"{name}: K/V loads are not pipelined"
     assert reports["unified_attention_kernel"]["wgmma"]
