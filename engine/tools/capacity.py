@@ -14,6 +14,12 @@ attribute in `shape_from_hf_config`). `engine.tools.planner` turns flags into th
     prefill FLOPs         = 2 x dense_params x n + 2 x vocab x hidden + 2 x layers x heads x head_dim x n(n+1)
     TTFT >= max(prefill FLOPs / compute, weight_bytes / bandwidth)
 
+Sliding-window layers hold (and read) at most `window` tokens of a sequence, so "context_len" above becomes, per
+layer, min(context_len, window): the KV bound of a Mistral or Gemma. Mixture-of-experts models multiply each
+token by its k experts only (dense_params are the active parameters), and a decode step reads the experts its
+batch touches: with k of E chosen per token (uniformly, the planner assumes), a batch of B touches a share
+1 - (1 - k/E)^B of them.
+
 The budget ignores activations, CUDA graphs and the framework's own memory, so capacity is an upper bound
 and the times are lower bounds: a real server does worse, never better.
 """
@@ -22,6 +28,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from .params import ParamBreakdown, count_params
+
+__all__ = ["ParamBreakdown", "count_params", "ModelShape", "Hardware", "Workload", "CapacityPlan", "plan_capacity",
+           "shape_from_hf_config", "GPU_PRESETS"]
 
 WEIGHT_DTYPE_BYTES: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
 KV_DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
@@ -39,21 +50,6 @@ def dtype_name(name: str, table: dict, what: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class ParamBreakdown:
-    """Where a dense decoder's parameters are (counts, not bytes)."""
-
-    embedding: int  # the input token table: a lookup, no FLOPs
-    attention: int  # all layers: q/k/v/o projections (+ biases, + q/k norms)
-    mlp: int  # all layers: gate, up, down
-    norms: int  # all layers' RMSNorms + the final norm
-    lm_head: int  # 0 when tied to the embedding
-
-    @property
-    def total(self) -> int:
-        return self.embedding + self.attention + self.mlp + self.norms + self.lm_head
-
-
-@dataclass(frozen=True, slots=True)
 class ModelShape:
     """What the planner needs to know about a model."""
 
@@ -66,6 +62,9 @@ class ModelShape:
     num_heads: int | None = None  # query heads, for the attention FLOPs
     vocab_size: int | None = None
     breakdown: ParamBreakdown | None = None
+    layer_windows: tuple[int | None, ...] = ()  # each layer's sliding window (None: full); empty: all full
+    num_experts: int = 0  # routed experts per MoE layer (0: dense)
+    experts_per_token: int = 0
 
     def __post_init__(self) -> None:
         for field in ("num_layers", "num_kv_heads", "head_dim", "num_params"):
@@ -80,41 +79,36 @@ class ModelShape:
         lm_head runs once, for the last token). Without a breakdown: every parameter (an overestimate)."""
         if self.breakdown is None:
             return self.num_params
-        return self.num_params - self.breakdown.embedding - self.breakdown.lm_head
+        b = self.breakdown
+        return self.num_params - b.embedding - b.lm_head - b.experts + b.active_experts
 
+    @property
+    def active_params(self) -> int:
+        """Parameters one token uses: all of a dense model; a MoE model's shared ones plus k experts."""
+        b = self.breakdown
+        return self.num_params if b is None else self.num_params - b.experts + b.active_experts
 
-def count_params(cfg) -> ParamBreakdown:
-    """Parameter counts of a Llama-style dense decoder (Llama, Mistral, Qwen2/3, SmolLM) from its HF config."""
-    if any(getattr(cfg, k, None) for k in ("num_experts", "num_local_experts", "n_routed_experts")):
-        raise ValueError("model: mixture-of-experts configs are not supported; give --num-params etc. explicitly")
-    h, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
-    heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or h // heads
-    model_type = getattr(cfg, "model_type", "")
-    q_out, kv_out = heads * head_dim, kv_heads * head_dim
-    attn = h * q_out + 2 * h * kv_out + q_out * h
-    if model_type == "qwen2":
-        attn += q_out + 2 * kv_out  # q/k/v biases, no o_proj bias
-    elif getattr(cfg, "attention_bias", False):
-        attn += q_out + 2 * kv_out + h
-    if model_type.startswith("qwen3"):
-        attn += 2 * head_dim  # per-head RMSNorm on q and k
-    inter = cfg.intermediate_size
-    mlp = 3 * h * inter + (2 * inter + h if getattr(cfg, "mlp_bias", False) else 0)
-    return ParamBreakdown(
-        embedding=vocab * h,
-        attention=layers * attn,
-        mlp=layers * mlp,
-        norms=layers * 2 * h + h,
-        lm_head=0 if getattr(cfg, "tie_word_embeddings", False) else vocab * h,
-    )
+    def kv_tokens(self, context_len: int) -> int:
+        """Layer-tokens of KV a sequence of context_len holds: context_len per full layer, at most the window
+        per sliding-window layer."""
+        windows = self.layer_windows or (None,) * self.num_layers
+        return sum(context_len if w is None else min(context_len, w) for w in windows)
+
+    def experts_touched(self, batch: int) -> float:
+        """Expected share of the routed experts a batch of `batch` tokens touches (uniform routing)."""
+        if not self.num_experts:
+            return 0.0
+        return 1.0 - (1.0 - self.experts_per_token / self.num_experts) ** batch
 
 
 def shape_from_hf_config(cfg, name: str) -> ModelShape:
+    from ..models.arch import layer_windows, num_experts
+
     cfg = getattr(cfg, "text_config", None) or cfg
     breakdown = count_params(cfg)
     heads = cfg.num_attention_heads
+    experts = num_experts(cfg)
+    windows = layer_windows(cfg) if hasattr(cfg, "model_type") else ()
     return ModelShape(
         name=name,
         num_layers=cfg.num_hidden_layers,
@@ -125,6 +119,9 @@ def shape_from_hf_config(cfg, name: str) -> ModelShape:
         num_heads=heads,
         vocab_size=cfg.vocab_size,
         breakdown=breakdown,
+        layer_windows=windows if any(w is not None for w in windows) else (),
+        num_experts=experts,
+        experts_per_token=cfg.num_experts_per_tok if experts else 0,
     )
 
 
@@ -210,10 +207,20 @@ class CapacityPlan:
     prefill_compute_s: float
     prefill_memory_s: float
     ttft_lower_bound_s: float
+    decode_weight_bytes: int = 0  # weights one decode step reads: all, or for MoE the experts its batch touches
+    experts_touched: float = 0.0  # the share of routed experts a decode step's batch touches (MoE)
 
     @property
     def weights_fit(self) -> bool:
         return self.kv_budget_bytes > 0
+
+
+def _causal_pairs(n: int, window: int | None) -> int:
+    """(query, key) pairs of a causal prefill of n tokens: n(n+1)/2, or with a window W each query sees
+    min(i, W) keys."""
+    if window is None or n <= window:
+        return n * (n + 1) // 2
+    return window * (window + 1) // 2 + (n - window) * window
 
 
 def plan_capacity(model: ModelShape, gpu: Hardware, work: Workload) -> CapacityPlan:
@@ -221,32 +228,42 @@ def plan_capacity(model: ModelShape, gpu: Hardware, work: Workload) -> CapacityP
     w_bytes = WEIGHT_DTYPE_BYTES[dtype_name(work.weight_dtype, WEIGHT_DTYPE_BYTES, "dtype")]
     kv_elem = KV_DTYPE_BYTES[dtype_name(work.kv_dtype, KV_DTYPE_BYTES, "kv_dtype")]
     weight_bytes = math.ceil(model.num_params * w_bytes)
-    kv_token = 2 * model.num_layers * model.num_kv_heads * model.head_dim * kv_elem
+    layer_token = 2 * model.num_kv_heads * model.head_dim * kv_elem  # one layer's K and V of one token
+    kv_token = model.num_layers * layer_token
+    kv_seq = layer_token * model.kv_tokens(work.context_len)
     usable = math.floor(gpu.memory_bytes * work.memory_fraction)
     budget = usable - weight_bytes
     block_bytes = work.block_size * kv_token
     blocks = max(budget, 0) // block_bytes
-    blocks_per_seq = -(-work.context_len // work.block_size)
+    # a window layer holds at most the blocks its window spans (ceil((W - 1) / bs) + 1); counted in whole-model
+    # blocks (every layer's K and V of block_size tokens)
+    full = -(-work.context_len // work.block_size)
+    windows = model.layer_windows or (None,) * model.num_layers
+    layer_blocks = sum(full if w is None else min(full, -(-(w - 1) // work.block_size) + 1) for w in windows)
+    blocks_per_seq = -(-layer_blocks // model.num_layers)
     max_seqs = blocks // blocks_per_seq
     batch = work.batch_size if work.batch_size is not None else max(max_seqs, 1)
 
+    experts = model.breakdown.experts if model.breakdown is not None else 0
+    decode_weights = math.ceil((model.num_params - experts + experts * model.experts_touched(batch)) * w_bytes)
     heads = model.num_heads or 0  # unknown query heads: no attention FLOPs term
-    step_bytes = weight_bytes + batch * work.context_len * kv_token
-    step_flops = 2.0 * model.dense_params * batch + 4.0 * model.num_layers * heads * model.head_dim * work.context_len * batch
+    step_bytes = decode_weights + batch * kv_seq
+    step_flops = 2.0 * model.dense_params * batch + 4.0 * heads * model.head_dim * model.kv_tokens(work.context_len) * batch
     mem_s, comp_s = step_bytes / gpu.bandwidth, step_flops / gpu.flops
     step_s = max(mem_s, comp_s)
 
     n = work.prompt_len or work.context_len
     logits = 2.0 * (model.vocab_size or 0) * (model.hidden_size or 0) if model.breakdown is not None else 0.0
     dense = 2.0 * model.dense_params * n + logits
-    attention = 2.0 * model.num_layers * heads * model.head_dim * n * (n + 1)
+    attention = 4.0 * heads * model.head_dim * sum(_causal_pairs(n, w) for w in windows)
     prefill = dense + attention
+    prefill_weights = math.ceil((model.num_params - experts + experts * model.experts_touched(n)) * w_bytes)
     return CapacityPlan(
         weight_bytes_per_param=w_bytes,
         kv_bytes_per_element=kv_elem,
         weight_bytes=weight_bytes,
         kv_bytes_per_token=kv_token,
-        kv_bytes_per_sequence=kv_token * work.context_len,
+        kv_bytes_per_sequence=kv_seq,
         usable_memory_bytes=usable,
         kv_budget_bytes=budget,
         block_bytes=block_bytes,
@@ -266,6 +283,8 @@ def plan_capacity(model: ModelShape, gpu: Hardware, work: Workload) -> CapacityP
         prefill_attention_flops=attention,
         prefill_flops=prefill,
         prefill_compute_s=prefill / gpu.flops,
-        prefill_memory_s=weight_bytes / gpu.bandwidth,
-        ttft_lower_bound_s=max(prefill / gpu.flops, weight_bytes / gpu.bandwidth),
+        prefill_memory_s=prefill_weights / gpu.bandwidth,
+        ttft_lower_bound_s=max(prefill / gpu.flops, prefill_weights / gpu.bandwidth),
+        decode_weight_bytes=decode_weights,
+        experts_touched=model.experts_touched(batch),
     )
