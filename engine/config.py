@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,14 +192,17 @@ class ModelConfig:
         from .core.kv_groups import normalize_windows
         from .models.arch import check_supported, layer_windows, text_config
 
-        hf = text_config(hf)
+        outer, hf = hf, text_config(hf)
         model_type = check_supported(hf)
         head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
         limit = int(getattr(hf, "max_position_embeddings", 0) or 2048)
         if max_model_len is None:
             max_model_len = limit
-        eos = hf.eos_token_id
-        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
+        eos_ids = _eos_ids(outer.eos_token_id if getattr(outer, "eos_token_id", None) is not None else hf.eos_token_id)
+        if path is not None and (Path(path) / "generation_config.json").is_file():
+            # what transformers' generate stops on (chat models list their end-of-turn token here)
+            gen = json.loads((Path(path) / "generation_config.json").read_text())
+            eos_ids += tuple(i for i in _eos_ids(gen.get("eos_token_id")) if i not in eos_ids)
         return cls(name=name, path=path, tokenizer=tokenizer, load_format=load_format, dtype=dtype, hf_config=hf,
                    architecture=model_type, vocab_size=hf.vocab_size, hidden_size=hf.hidden_size,
                    num_layers=hf.num_hidden_layers, num_heads=hf.num_attention_heads,
@@ -231,6 +235,10 @@ class ModelConfig:
         """Bytes of one token slot of one block: 2 (K and V) x the layers a block serves (every layer, or one
         group's) x kv_heads x head_dim x bytes per element."""
         return 2 * self.num_kv_tensors * self.num_kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
+
+
+def _eos_ids(eos) -> tuple[int, ...]:
+    return tuple(int(i) for i in eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
 
 
 @dataclass(frozen=True)

@@ -67,9 +67,10 @@ def tiny_config(arch: str, vocab_size: int = 512, max_position_embeddings: int =
         return Gemma2Config(**{**common, "num_hidden_layers": 3}, head_dim=16, sliding_window=16,
                             query_pre_attn_scalar=24, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
                             tie_word_embeddings=True)
-    if arch == "gemma3":  # three local layers then a global one; window 12; scaled 1M-base global RoPE
+    if arch == "gemma3":  # three local layers then a global one; window 12; scaled 1M-base global RoPE; q and k
+        # are normalised per head, so a small query_pre_attn_scalar keeps attention sharp (diverse greedy output)
         return Gemma3TextConfig(**{**common, "num_hidden_layers": 4}, head_dim=16, sliding_window=12,
-                                query_pre_attn_scalar=32,
+                                query_pre_attn_scalar=2,
                                 layer_types=["sliding_attention"] * 3 + ["full_attention"],
                                 rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                                                  "full_attention": {"rope_type": "linear", "factor": 8.0,
