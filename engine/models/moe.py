@@ -10,8 +10,8 @@ to 1 (Mixtral always; Qwen3-MoE and OLMoE when `norm_topk_prob`), cast to the ac
 
 Two paths compute the experts:
 - CUDA: `kernels.fused_moe`, the Triton kernel (tokens sorted by expert, one grouped GEMM per projection).
-- CPU: a loop over the experts that received tokens in this batch, one GEMM pair each on just their tokens;
-  a decode step of one sequence computes its k experts and nothing else.
+- CPU: the (token, slot) pairs sorted by expert and one grouped GEMM per projection over the experts that
+  received tokens (torch's `grouped_mm`); a decode step of one sequence computes its k experts and nothing else.
 """
 
 from __future__ import annotations
@@ -34,25 +34,32 @@ def route(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[t
 def experts_cpu(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights: torch.Tensor,
                 ids: torch.Tensor) -> torch.Tensor:
     """sum_k weights[t, k] * down[e] @ silu_and_mul(gate_up[e] @ x[t]) with e = ids[t, k], computing only the
-    experts some token chose, each on its own tokens (gathered, then scattered back with index_add)."""
-    num_tokens, top_k = ids.shape
+    experts some token chose, each on its own tokens: the (token, slot) pairs are sorted by expert, each
+    projection is one grouped GEMM over the experts' runs (torch's `grouped_mm`, what transformers uses too;
+    a loop of per-expert GEMMs on torch builds without it), and the rows are scattered back with index_add."""
+    top_k = ids.shape[1]
     flat = ids.reshape(-1)
     order = torch.argsort(flat, stable=True)  # (token, slot) pairs grouped by expert
-    counts = torch.bincount(flat, minlength=gate_up.shape[0]).tolist()
+    counts = torch.bincount(flat, minlength=gate_up.shape[0])
     tokens = order // top_k
-    flat_weights = weights.reshape(-1)
-    out = torch.zeros_like(x)
-    start = 0
-    for expert, count in enumerate(counts):
-        if count == 0:
-            continue
-        pairs = order[start:start + count]
-        rows = tokens[start:start + count]
-        start += count
-        h = silu_and_mul(linear(x.index_select(0, rows), gate_up[expert]))
-        h = linear(h, down[expert]) * flat_weights.index_select(0, pairs)[:, None]
-        out.index_add_(0, rows, h)
-    return out
+    xs = x.index_select(0, tokens)
+    if _GROUPED_MM is not None:
+        offs = torch.cumsum(counts, 0, dtype=torch.int32)
+        h = _GROUPED_MM(xs, gate_up.transpose(1, 2), offs=offs)
+        h = _GROUPED_MM(silu_and_mul(h), down.transpose(1, 2), offs=offs)
+    else:
+        h = torch.empty((xs.shape[0], down.shape[1]), dtype=x.dtype, device=x.device)
+        start = 0
+        for expert, count in enumerate(counts.tolist()):
+            if count:
+                rows = slice(start, start + count)
+                h[rows] = linear(silu_and_mul(linear(xs[rows], gate_up[expert])), down[expert])
+                start += count
+    h = h * weights.reshape(-1).index_select(0, order)[:, None]
+    return torch.zeros_like(x).index_add_(0, tokens, h)
+
+
+_GROUPED_MM = getattr(torch.nn.functional, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
 class StackedExperts(nn.Module):
