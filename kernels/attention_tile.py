@@ -1,4 +1,4 @@
-"""The inner step both attention kernels share: attend one tile of rows to one KV tile of the paged cache.
+"""The inner loop both attention kernels share: attend one tile of rows to a range of KV tiles of the paged cache.
 
 Rows are (query token, query head) pairs that read the same KV head. One step
   1. looks up the page of each of the BLOCK_N keys in the sequence's block-table row (one vector load,
@@ -71,3 +71,31 @@ def attend_kv_tile(acc, m_i, l_i, q, tile_start, bt_row_ptr, k_cache_ptr, v_cach
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
+
+
+@triton.jit
+def attend_kv_range(acc, m_i, l_i, q, tile_begin, full_begin, full_end, tile_end, bt_row_ptr, k_cache_ptr,
+                    v_cache_ptr, k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
+                    q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
+                    BLOCK_N: tl.constexpr, PAGE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                    SOFTCAP: tl.constexpr):
+    """KV tiles [tile_begin, tile_end): [full_begin, full_end) unmasked (every key exists and every row that
+    matters sees it), the tiles before (the window's edge) and after (the causal edge) with the masks. Without
+    a window full_begin == tile_begin. Separate loops, so the common unmasked tiles carry no mask arithmetic
+    and each loop is software-pipelined on its own."""
+    for j in range(tile_begin, full_begin):
+        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
+                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
+                                       q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
+                                       BLOCK_N, PAGE, True, DOT_PRECISION, SOFTCAP)
+    for j in range(full_begin, full_end):
+        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
+                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
+                                       q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
+                                       BLOCK_N, PAGE, False, DOT_PRECISION, SOFTCAP)
+    for j in range(full_end, tile_end):
+        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
+                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
+                                       q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
+                                       BLOCK_N, PAGE, True, DOT_PRECISION, SOFTCAP)
+    return acc, m_i, l_i

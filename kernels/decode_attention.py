@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_tile import attend_kv_tile
+from kernels.attention_tile import attend_kv_range
 from kernels.planning import AttentionTiles, next_power_of_2
 from kernels.unified_attention import dot_precision, window_args
 
@@ -78,21 +78,10 @@ def _decode_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
-    for j in range(tile_begin, full_begin):
-        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
-                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, seq_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
-                                       BLOCK_N, PAGE, True, DOT_PRECISION, SOFTCAP)
-    for j in range(full_begin, full_end):
-        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
-                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, seq_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
-                                       BLOCK_N, PAGE, False, DOT_PRECISION, SOFTCAP)
-    for j in range(full_end, tile_end):
-        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
-                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, seq_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
-                                       BLOCK_N, PAGE, True, DOT_PRECISION, SOFTCAP)
+    acc, m_i, l_i = attend_kv_range(acc, m_i, l_i, q, tile_begin, full_begin, full_end, tile_end, bt_row_ptr,
+                                    k_cache_ptr, v_cache_ptr, k_head_off, v_head_off, stride_kb, stride_ks,
+                                    stride_vb, stride_vs, q_pos, seq_len, qk_scale, offs_d, d_ok, kv_lo, window,
+                                    softcap_log2, BLOCK_N, PAGE, DOT_PRECISION, SOFTCAP)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_tile import attend_kv_tile
+from kernels.attention_tile import attend_kv_range
 from kernels.planning import AttentionTiles, next_power_of_2
 
 SEQ_CHUNK = 128  # sequences examined per vector load when mapping a tile to its sequence
@@ -95,21 +95,13 @@ def _unified_attention_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
-    for j in range(first_tile, tl.minimum(full_lo, num_tiles)):
-        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
-                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
-                                       BLOCK_N, PAGE, True, DOT_PRECISION, SOFTCAP)
-    for j in range(full_lo, num_full):
-        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
-                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
-                                       BLOCK_N, PAGE, False, DOT_PRECISION, SOFTCAP)
-    for j in range(tl.maximum(num_full, full_lo), num_tiles):
-        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
-                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
-                                       BLOCK_N, PAGE, True, DOT_PRECISION, SOFTCAP)
+    # masked [first_tile, full_begin), unmasked [full_begin, full_end), masked [full_end, num_tiles)
+    full_begin = tl.minimum(full_lo, num_tiles)
+    full_end = tl.maximum(num_full, full_begin)
+    acc, m_i, l_i = attend_kv_range(acc, m_i, l_i, q, first_tile, full_begin, full_end, num_tiles, bt_row_ptr,
+                                    k_cache_ptr, v_cache_ptr, k_head_off, v_head_off, stride_kb, stride_ks,
+                                    stride_vb, stride_vs, q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window,
+                                    softcap_log2, BLOCK_N, PAGE, DOT_PRECISION, SOFTCAP)
 
     # A row with no visible key (only possible for a misused position < 0) is written as zeros, not NaN.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
