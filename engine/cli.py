@@ -16,6 +16,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("engine.generate_cli", "generate text offline and stream it to the terminal"),
     "bench": ("engine.tools.bench", "offline throughput benchmark (optionally side by side with HF transformers)"),
     "plan": ("engine.tools.planner", "KV-cache capacity and roofline planner"),
+    "demo": ("engine.tools.kv_demo", "demonstrations: `demo kv-cache` = with vs without the KV cache, same run"),
+    "calibrate": ("engine.tools.peaks", "measure this CPU's peak FLOP/s and memory bandwidth (for utilization)"),
     "loadtest": ("loadtest.cli", "load-test an OpenAI-compatible server"),
 }
 

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ class EngineArgs:
     attention_backend: str = "auto"
     enforce_eager: bool = False
     cpu_threads: int | None = None
+    tensor_parallel_size: int = 1
+    distributed_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size % 16 and self.block_size not in (1, 2, 4, 8):
@@ -72,6 +75,11 @@ class EngineArgs:
             raise ValueError(f"cpu_threads: must be >= 1, got {self.cpu_threads}")
         if self.cpu_kv_cache_gb <= 0:
             raise ValueError(f"cpu_kv_cache_gb: must be > 0, got {self.cpu_kv_cache_gb}")
+        if isinstance(self.tensor_parallel_size, bool) or not isinstance(self.tensor_parallel_size, int) \
+                or self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size: must be an integer >= 1, got {self.tensor_parallel_size!r}")
+        if not self.distributed_timeout > 0:
+            raise ValueError(f"distributed_timeout: must be > 0 seconds, got {self.distributed_timeout}")
         if self.model is not None and self.model_config is not None:
             raise ValueError("model_config: give either model or model_config, not both")
         if self.model_config is not None and self.load_format not in ("auto", "dummy"):
@@ -103,6 +111,10 @@ class EngineArgs:
         g.add_argument("--cpu-threads", type=int, default=None,
                        help="torch intra-op threads on the CPU (default: torch's choice, one per core); on a "
                             "machine shared with other busy processes fewer threads can be much faster")
+        g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                       help="shard the model over this many worker processes (one per GPU on CUDA)")
+        g.add_argument("--distributed-timeout", type=float, default=120.0,
+                       help="seconds a tensor-parallel rank waits for the others before the engine fails")
         return parser
 
     @classmethod
@@ -139,9 +151,27 @@ class EngineArgs:
         backend = self.attention_backend
         if backend == "auto":
             backend = "triton" if device.type == "cuda" else "torch"
+        parallel = self._resolve_parallel(model, device)
+        cpu_threads = self.cpu_threads
+        if cpu_threads is None and device.type == "cpu" and parallel.tensor_parallel_size > 1:
+            # N ranks share the cores: torch's default (one thread per core in every rank) oversubscribes them
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            cpu_threads = max(1, cores // parallel.tensor_parallel_size)
         return EngineConfig(model=model, cache=cache, scheduler=sched, device=device, seed=self.seed,
                             attention_backend=backend, enforce_eager=self.enforce_eager or device.type != "cuda",
-                            cpu_threads=self.cpu_threads)
+                            cpu_threads=cpu_threads, parallel=parallel)
+
+    def _resolve_parallel(self, model: "ModelConfig", device: torch.device) -> "ParallelConfig":
+        from .distributed.partition import plan_for_model
+
+        tp = self.tensor_parallel_size
+        plan_for_model(model, tp)  # raises a ValueError naming tensor_parallel_size for shapes it cannot split
+        if device.type == "cuda" and tp > 1:
+            first = device.index or 0
+            if first + tp > torch.cuda.device_count():
+                raise ValueError(f"tensor_parallel_size: {tp} ranks from cuda:{first} need {first + tp} GPUs, "
+                                 f"torch sees {torch.cuda.device_count()}")
+        return ParallelConfig(tensor_parallel_size=tp, distributed_timeout_s=float(self.distributed_timeout))
 
     def _resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -258,6 +288,15 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    """Tensor parallelism: how many ranks (processes) share the model, and how long a rank waits for the
+    others in a collective (or at startup) before the engine fails instead of hanging."""
+
+    tensor_parallel_size: int = 1
+    distributed_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     model: ModelConfig
     cache: CacheConfig
@@ -267,3 +306,4 @@ class EngineConfig:
     attention_backend: str
     enforce_eager: bool
     cpu_threads: int | None = None
+    parallel: ParallelConfig = ParallelConfig()

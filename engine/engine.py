@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from .config import EngineArgs, EngineConfig
 from .detokenizer import IncrementalDetokenizer
 from .core.kv_cache_manager import KVCacheManager
-from .worker.model_runner import ModelRunner
+from .executor import build_executor
 from .outputs import IterationStats, SequenceDelta, StepOutput, TokenLogprob
 from .core.request import Request, RequestStatus
 from .sampling_params import ParamError, SamplingParams
 from .core.scheduler import Scheduler
+from .step_cost import model_cost, scheduled_cost
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +40,12 @@ class LLMEngine:
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer)
-        self.runner = ModelRunner(config)
-        self.kv = KVCacheManager(self.runner.num_kv_blocks, config.cache.block_size, config.cache.enable_prefix_caching,
-                                 windows=config.model.group_windows,
+        self.executor = build_executor(config)  # one ModelRunner in-process, or tensor-parallel ranks
+        self.kv = KVCacheManager(self.executor.num_kv_blocks, config.cache.block_size,
+                                 config.cache.enable_prefix_caching, windows=config.model.group_windows,
                                  max_chunk_tokens=config.scheduler.max_num_batched_tokens)
         self.scheduler = Scheduler(config.scheduler, self.kv)
+        self.cost_model = model_cost(config.model)  # for each step's FLOPs and bytes (IterationStats.cost)
         eos = set(config.model.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
@@ -55,6 +57,16 @@ class LLMEngine:
     @classmethod
     def from_args(cls, args: EngineArgs | None = None, **kwargs) -> "LLMEngine":
         return cls((args or EngineArgs(**kwargs)).resolve())
+
+    @property
+    def runner(self):
+        """The model runner in this process (rank 0's under tensor parallelism)."""
+        return self.executor.runner
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel worker processes, if any (idempotent; also done when the engine is
+        garbage-collected or the interpreter exits)."""
+        self.executor.shutdown()
 
     @property
     def max_model_len(self) -> int:
@@ -152,7 +164,7 @@ class LLMEngine:
         t0 = time.perf_counter()
         deltas, self._pending = self._pending, []
         sched = self.scheduler.schedule()
-        result = self.runner.execute(sched)
+        result = self.executor.execute(sched)
         self.scheduler.on_step_done(sched)
         now = time.time()
         num_generated = 0
@@ -171,7 +183,7 @@ class LLMEngine:
             num_scheduled_tokens=sched.num_scheduled_tokens, num_prompt_tokens=sched.num_prompt_tokens,
             num_generation_tokens=num_generated, num_preemptions=len(sched.preempted_ids),
             prefix_cache_queries=sched.prefix_cache_queries, prefix_cache_hits=sched.prefix_cache_hits,
-            step_time_s=time.perf_counter() - t0,
+            step_time_s=time.perf_counter() - t0, cost=scheduled_cost(self.cost_model, sched),
         )
         return StepOutput(deltas, stats)
 

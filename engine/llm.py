@@ -2,6 +2,7 @@
 
     from engine import LLM, SamplingParams
     llm = LLM()                      # the default model, SmolLM2-135M-Instruct, on the CPU or a GPU
+    llm = LLM(tensor_parallel_size=2)  # the model sharded over 2 processes (2 GPUs on CUDA)
     outs = llm.generate(["Hello"], SamplingParams(temperature=0, max_tokens=32))
     print(outs[0].text)
 """
@@ -32,6 +33,11 @@ class LLM:
     @property
     def tokenizer(self):
         return self.engine.tokenizer
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel worker processes, if any (also done when the LLM is garbage-collected or
+        the interpreter exits)."""
+        self.engine.shutdown()
 
     def generate(self, prompts: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .roofline import StepCost
+
 
 @dataclass(frozen=True, slots=True)
 class TokenLogprob:
@@ -70,7 +72,8 @@ class IterationStats:
     num_preemptions: int
     prefix_cache_queries: int
     prefix_cache_hits: int
-    step_time_s: float
+    step_time_s: float  # the whole step: schedule, run the model, sample, detokenize
+    cost: StepCost | None = None  # the step's model FLOPs and bytes by phase (engine.step_cost)
 
     @property
     def kv_cache_usage(self) -> float:

@@ -1,4 +1,5 @@
-"""Triton kernels for the paged KV cache: attention over pages and storing new keys/values into pages.
+"""Triton kernels for the paged KV cache (attention over pages, storing new keys/values into pages) and fused
+element-wise kernels for the model (RMSNorm with the residual add, RoPE, SiLU-and-mul).
 
 Public API (the engine codes against these):
     paged_attention(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out=None,
@@ -9,13 +10,20 @@ Public API (the engine codes against these):
         a sparse MoE MLP: tokens sorted by expert, one grouped GEMM per projection (kernels.fused_moe)
     decode_num_splits(num_seqs, num_heads, num_kv_heads, head_dim, max_seq_len, dtype, device=None) -> int
         the split count paged_attention would choose for a decode batch (to fix one for CUDA graphs)
+    rms_norm(x, weight, eps, out=None) -> out
+    add_rms_norm(residual, delta, weight, eps, out=None) -> out      (residual += delta in place first)
+    rope_(q, k, cos, sin) -> None                                     (rotates q and k in place)
+    silu_and_mul(gate_up, out=None) -> out
+        fused element-wise kernels for the model's work outside attention (one launch, one pass each)
 
 Triton is imported on first launch only, so `import kernels` and `kernels.reference` work without it.
 Module map: planning (path, tiles, splits; no triton), validation (argument checks), unified_attention
-(varlen kernel), decode_attention (split-KV decode + reduce), attention_tile (their shared inner step),
-kv_store (store kernel), reference (pure-torch oracle), batch (random paged batches), bench (GPU benchmark),
-compile_report (sm_90 ahead-of-time compile report, no GPU needed); moe_kernel (the fused MoE kernel, its expert
-sort and launch), moe_reference (its pure-torch oracle), moe_validation (its argument checks).
+(varlen kernel), decode_attention (split-KV decode + reduce), attention_tile (their shared inner loop),
+kv_store (store kernel), norm / rotary / activation (the element-wise kernels), launch (a launch as data),
+reference (pure-torch oracle), batch (random paged batches), bench and bench_elementwise (GPU benchmark),
+compile_report (sm_90 ahead-of-time compile report) and specialization (compiled variants per launch; both
+need no GPU); moe_kernel (the fused MoE kernel, its expert sort and launch), moe_reference (its pure-torch
+oracle), moe_validation (its argument checks).
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ import os
 import torch
 
 from kernels.planning import DEFAULT_NUM_SMS, choose_num_splits, decode_tiles, plan_paged_attention
-from kernels.validation import check_paged_attention_args, check_store_kv_args, check_window_and_softcap
+from kernels.validation import (check_paged_attention_args, check_rms_norm_args, check_rope_args,
+                                check_silu_and_mul_args, check_store_kv_args, check_window_and_softcap)
 
-__all__ = ["paged_attention", "store_kv", "decode_num_splits", "fused_moe"]
+__all__ = ["paged_attention", "store_kv", "decode_num_splits", "fused_moe", "rms_norm", "add_rms_norm", "rope_",
+           "silu_and_mul"]
 
 
 def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
@@ -112,6 +122,55 @@ def decode_num_splits(num_seqs: int, num_heads: int, num_kv_heads: int, head_dim
     tiles = decode_tiles(head_dim, num_heads // num_kv_heads, dtype)
     num_sms = _num_sms(torch.device(device)) if device is not None else DEFAULT_NUM_SMS
     return choose_num_splits(num_seqs, num_kv_heads, max_seq_len, tiles.block_n, num_sms)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """RMSNorm of each row of x ([R, N], or [R, H, N] for per-head norms; rows may be strided) times weight [N].
+    Returns out (a new tensor of x's shape and dtype unless given)."""
+    check_rms_norm_args(x, weight, eps, None, out)
+    return _rms_norm(x, weight, eps, out, None)
+
+
+def add_rms_norm(residual: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """residual += delta in place (rounded to residual's dtype), then RMSNorm of the new residual, in one pass."""
+    check_rms_norm_args(residual, weight, eps, delta, out)
+    return _rms_norm(residual, weight, eps, out, delta)
+
+
+def _rms_norm(x, weight, eps, out, delta) -> torch.Tensor:
+    _check_runnable("x", x.device, x.dtype)
+    from kernels.norm import rms_norm_launch
+
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.numel():
+        rms_norm_launch(x, weight, float(eps), out, delta).run()
+    return out
+
+
+def rope_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Rotary embedding of q [T, H, D] and k [T, KVH, D] in place (half-by-half layout), with cos, sin
+    [T, D/2] or [T, 1, D/2] in q's dtype: bit-identical to transformers' torch formula."""
+    check_rope_args(q, k, cos, sin)
+    _check_runnable("q", q.device, q.dtype)
+    from kernels.rotary import rope_launch
+
+    if q.shape[0]:
+        rope_launch(q, k, cos, sin).run()
+
+
+def silu_and_mul(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """silu(gate) * up for gate_up = [gate | up] ([T, 2I] -> [T, I])."""
+    check_silu_and_mul_args(gate_up, out)
+    _check_runnable("gate_up", gate_up.device, gate_up.dtype)
+    from kernels.activation import silu_and_mul_launch
+
+    if out is None:
+        out = torch.empty((gate_up.shape[0], gate_up.shape[1] // 2), dtype=gate_up.dtype, device=gate_up.device)
+    if out.numel():
+        silu_and_mul_launch(gate_up, out).run()
+    return out
 
 
 def _check_runnable(name: str, device: torch.device, dtype: torch.dtype) -> None:

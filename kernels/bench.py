@@ -10,8 +10,11 @@ Measured in one run:
            the gather inside the timing) and our speedup over it
   prefill  one causal sequence of T tokens, same heads, bf16: our TFLOP/s (formula printed) vs SDPA on
            contiguous tensors
+  element-wise  the fused RMSNorm (+ residual add), RoPE and SiLU-and-mul kernels at Llama-3.1-8B widths vs
+           the torch ops they replace (kernels.bench_elementwise)
 Times are medians of triton.testing.do_bench after warm-up (it clears L2 between runs). Shapes that do not
 fit in free device memory are skipped. Every measured output is also checked against the torch result.
+With --json the file is rewritten after every row, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 
@@ -36,10 +40,11 @@ class Sweep:
     batches: tuple[int, ...]
     contexts: tuple[int, ...]
     prefill_tokens: tuple[int, ...]
+    elementwise_tokens: tuple[int, ...]
 
 
-FULL = Sweep((1, 8, 32, 128), (512, 2048, 8192, 32768), (1024, 2048, 4096, 8192, 16384))
-QUICK = Sweep((1, 32), (2048, 8192), (2048, 8192))
+FULL = Sweep((1, 8, 32, 128), (512, 2048, 8192, 32768), (1024, 2048, 4096, 8192, 16384), (16, 256, 2048, 8192))
+QUICK = Sweep((1, 32), (2048, 8192), (2048, 8192), (16, 2048))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -197,7 +202,21 @@ def format_tables(results: dict) -> str:
     for r in results["prefill"]:
         lines.append(f"{r['tokens']:>6} {r['ours_ms']:8.3f} {r['ours_TFLOPs']:8.1f} {r['sdpa_ms']:8.3f} "
                      f"{r['sdpa_TFLOPs']:8.1f} {r['ratio_to_sdpa']:9.2f} {str(r['ok']):>3}")
+    if results.get("elementwise"):
+        from kernels.bench_elementwise import format_rows
+
+        lines += format_rows(results["elementwise"])
     return "\n".join(lines)
+
+
+def write_json(path: str | None, results: dict) -> None:
+    """Replace `path` with the results so far (write then rename: a reader never sees half a file)."""
+    if path is None:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -207,22 +226,30 @@ def main(argv: list[str] | None = None) -> dict:
                          "under TRITON_INTERPRET=1")
     import triton
 
+    from kernels.bench_elementwise import bench_elementwise
+
     sweep = QUICK if args.quick else FULL
     copy_bw = measure_copy_bandwidth()
     results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                    sweep=asdict(sweep), copy_GBps=copy_bw / 1e9, flop_formula=FLOP_FORMULA,
-                   bytes_formula=BYTES_FORMULA, decode=[], prefill=[])
+                   bytes_formula=BYTES_FORMULA, decode=[], prefill=[], elementwise=[])
+    write_json(args.json, results)
     for batch_size in sweep.batches:
         for context in sweep.contexts:
             results["decode"].append(bench_decode(batch_size, context, copy_bw))
             print(f"decode {results['decode'][-1]}", file=sys.stderr, flush=True)
+            write_json(args.json, results)
     for num_tokens in sweep.prefill_tokens:
         results["prefill"].append(bench_prefill(num_tokens))
         print(f"prefill {results['prefill'][-1]}", file=sys.stderr, flush=True)
+        write_json(args.json, results)
+    for num_tokens in sweep.elementwise_tokens:
+        results["elementwise"] += bench_elementwise(num_tokens, copy_bw, _median_ms)
+        print(f"elementwise {results['elementwise'][-4:]}", file=sys.stderr, flush=True)
+        write_json(args.json, results)
+    results["complete"] = True
+    write_json(args.json, results)
     print(format_tables(results), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
     return results
 
 

@@ -6,7 +6,11 @@ The interpreter checks what the kernels compute, not whether they compile for a 
 each configuration the launchers use for sm_90 (ahead of time, no device needed) and reports its shared
 memory, whether the K/V loads are pipelined through shared memory (async copies), whether tl.dot became
 Hopper wgmma, and ptxas's register and spill counts. Pointer and stride arguments get the divisibility-by-16
-specialization the JIT applies at launch for such values (the engine's strides are multiples of 16 elements).
+specialization the JIT applies at launch for such values (the engine's strides are multiples of 16 elements),
+except those a kernel marks do_not_specialize / do_not_specialize_on_alignment (the JIT skips them too).
+The element-wise kernels (RMSNorm with and without the residual add, RoPE, SiLU-and-mul) are compiled at
+Llama-3.1-8B's widths; for them only registers and spills matter. The fused MoE kernel is compiled for both
+projections with decode and prefill tiles, and the varlen kernel once more with soft-capping (Gemma 2).
 Uses triton's compiler internals (ASTSource, GPUTarget), present from triton 3.2 on. TRITON_INTERPRET must be
 unset: the interpreter replaces @triton.jit functions.
 """
@@ -31,7 +35,6 @@ INDEX_POINTERS = {"block_tables_ptr": "*i32", "cu_seqlens_q_ptr": "*i32", "seq_l
                   "slot_mapping_ptr": "*i64", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
                   "sorted_token_ids_ptr": "*i32", "expert_ids_ptr": "*i32", "num_tokens_post_padded_ptr": "*i32",
                   "topk_weights_ptr": "*fp32"}
-FLOAT_SCALARS = ("qk_scale", "softcap_log2")
 # Integer arguments the JIT specialises as divisible by 16 at launch for real models (the MoE GEMMs' N and K:
 # hidden and intermediate sizes), like pointers and strides
 DIVISIBLE_INTS = ("N", "K")
@@ -52,24 +55,30 @@ class KernelReport:
         return self.shared_bytes <= HOPPER_SHARED_LIMIT
 
 
-def _compile(fn, constants: dict, dtype: torch.dtype, num_warps: int, num_stages: int, arch: int):
+FLOAT_ARGS = ("qk_scale", "softcap_log2", "eps")
+
+
+def _compile(fn, constants: dict, dtype: torch.dtype, num_warps: int, num_stages: int, arch: int,
+             options: dict | None = None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     signature, attrs = {}, {}
-    for i, name in enumerate(fn.arg_names):
+    for i, (name, param) in enumerate(zip(fn.arg_names, fn.params)):
         if name in constants:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
             signature[name] = INDEX_POINTERS.get(name, "*" + TRITON_TYPES[dtype])
         else:
-            signature[name] = "fp32" if name in FLOAT_SCALARS else "i32"
-        if name.endswith("_ptr") or name.startswith("stride") or name in DIVISIBLE_INTS:
+            signature[name] = "fp32" if name in FLOAT_ARGS else "i32"
+        specialized = not (param.do_not_specialize or param.do_not_specialize_on_alignment)
+        runtime = name not in constants
+        if runtime and specialized and (name.endswith("_ptr") or name.startswith("stride") or name in DIVISIBLE_INTS):
             attrs[(i,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn, signature, constants, attrs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=num_warps, num_stages=num_stages))
+                          options=dict(options or {}, num_warps=num_warps, num_stages=num_stages))
 
 
 def _ptxas_usage(ptx: str, arch: int) -> tuple[int | None, int | None]:
@@ -97,8 +106,8 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int | None, int | None]:
 
 
 def report(fn, config: str, constants: dict, dtype: torch.dtype, num_warps: int, num_stages: int,
-           arch: int) -> KernelReport:
-    compiled = _compile(fn, constants, dtype, num_warps, num_stages, arch)
+           arch: int, options: dict | None = None) -> KernelReport:
+    compiled = _compile(fn, constants, dtype, num_warps, num_stages, arch, options)
     ttgir = compiled.asm["ttgir"]
     registers, spills = _ptxas_usage(compiled.asm["ptx"], arch)
     return KernelReport(fn.__name__.strip("_"), config, compiled.metadata.shared, registers, spills,
@@ -106,7 +115,7 @@ def report(fn, config: str, constants: dict, dtype: torch.dtype, num_warps: int,
 
 
 def configurations(quick: bool) -> list[tuple]:
-    """(kernel, config label, constants, dtype, num_warps, num_stages) as the launchers would use them."""
+    """(kernel, config label, constants, dtype, num_warps, num_stages[, options]) as the launchers use them."""
     from kernels import decode_attention, kv_store, unified_attention
 
     shapes = [(torch.bfloat16, 128, 4)] if quick else [
@@ -131,8 +140,7 @@ def configurations(quick: bool) -> list[tuple]:
     constants = kv_store.launch_constants(8, 128, block_size)
     out.append((kv_store._store_kv_kernel, "bf16 KVH=8 D=128", constants, torch.bfloat16,
                 kv_store.store_num_warps(constants), 1))
-    out += moe_configurations(quick)
-    return out
+    return out + moe_configurations(quick) + elementwise_configurations()
 
 
 def moe_configurations(quick: bool) -> list[tuple]:
@@ -158,6 +166,31 @@ def moe_configurations(quick: bool) -> list[tuple]:
     return out
 
 
+def elementwise_configurations() -> list[tuple]:
+    """The fused element-wise kernels at Llama-3.1-8B's widths (hidden 4096, 32/8 heads of 128, MLP 14336),
+    taken from their launch helpers so that warps and options are the launched ones."""
+    from kernels.activation import silu_and_mul_launch
+    from kernels.norm import rms_norm_launch
+    from kernels.rotary import rope_launch
+
+    dtype, meta = torch.bfloat16, dict(dtype=torch.bfloat16, device="meta")
+    x = torch.empty((8, 4096), **meta)
+    q, k = torch.empty((8, 32, 128), **meta), torch.empty((8, 8, 128), **meta)
+    launches = [("rms_norm N=4096", rms_norm_launch(x, torch.empty(4096, **meta), 1e-5, x)),
+                ("add_rms_norm N=4096", rms_norm_launch(x, torch.empty(4096, **meta), 1e-5, x, x)),
+                ("rms_norm per head D=128", rms_norm_launch(q, torch.empty(128, **meta), 1e-6, q)),
+                ("rope H=32 KVH=8 D=128", rope_launch(q, k, torch.empty((8, 64), **meta), torch.empty((8, 64), **meta))),
+                ("silu_and_mul I=14336", silu_and_mul_launch(torch.empty((8, 2 * 14336), **meta),
+                                                             torch.empty((8, 14336), **meta)))]
+    out = []
+    for label, launch in launches:
+        kwargs = dict(launch.kwargs)
+        num_warps, num_stages = kwargs.pop("num_warps"), kwargs.pop("num_stages", 1)
+        options = {name: kwargs.pop(name) for name in ("enable_fp_fusion",) if name in kwargs}
+        out.append((launch.kernel, f"bf16 {label}", kwargs, dtype, num_warps, num_stages, options))
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[KernelReport]:
     parser = argparse.ArgumentParser(prog="python -m kernels.compile_report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="only the bf16 D=128 configurations")
@@ -168,8 +201,8 @@ def main(argv: list[str] | None = None) -> list[KernelReport]:
         raise SystemExit("kernels.compile_report: unset TRITON_INTERPRET (the interpreter cannot compile)")
     reports = []
     print(f"{'kernel':<24} {'shared KiB':>10} {'regs':>5} {'spill B':>7} {'async':>5} {'wgmma':>5}  config")
-    for fn, config, constants, dtype, num_warps, num_stages in configurations(args.quick):
-        r = report(fn, config, constants, dtype, num_warps, num_stages, args.arch)
+    for fn, config, constants, dtype, num_warps, num_stages, *options in configurations(args.quick):
+        r = report(fn, config, constants, dtype, num_warps, num_stages, args.arch, *options)
         reports.append(r)
         print(f"{r.kernel:<24} {r.shared_bytes / 1024:10.1f} {r.registers or '-':>5} "
               f"{'-' if r.spill_bytes is None else r.spill_bytes:>7} {str(r.async_loads):>5} {str(r.wgmma):>5}  "

@@ -28,11 +28,14 @@ import triton
 import triton.language as tl
 
 from kernels.attention_tile import attend_kv_range
+from kernels.launch import Launch
 from kernels.planning import AttentionTiles, next_power_of_2
 from kernels.unified_attention import dot_precision, window_args
 
 
-@triton.jit
+# The block-table width and the index tensors' offsets in a packed buffer change from step to step.
+@triton.jit(do_not_specialize=["stride_bt"],
+            do_not_specialize_on_alignment=["block_tables_ptr", "cu_seqlens_q_ptr", "seq_lens_ptr"])
 def _decode_kernel(
     out_ptr, part_out_ptr, part_lse_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr,
     cu_seqlens_q_ptr, seq_lens_ptr, qk_scale,
@@ -97,7 +100,7 @@ def _decode_kernel(
         tl.store(part_lse_ptr + part, lse, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"], do_not_specialize_on_alignment=["cu_seqlens_q_ptr"])
 def _reduce_splits_kernel(
     out_ptr, part_out_ptr, part_lse_ptr, cu_seqlens_q_ptr, num_splits, stride_ot, stride_oh,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
@@ -130,6 +133,16 @@ def decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: 
                      scale: float, out: torch.Tensor, tiles: AttentionTiles, num_splits: int,
                      sliding_window: int | None = None, softcap: float | None = None) -> None:
     """Launch the decode kernel (and the reduce when num_splits > 1). Arguments are already validated."""
+    for launch in decode_launches(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out,
+                                  tiles, num_splits, sliding_window, softcap):
+        launch.run()
+
+
+def decode_launches(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                    block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
+                    scale: float, out: torch.Tensor, tiles: AttentionTiles, num_splits: int,
+                    sliding_window: int | None = None, softcap: float | None = None) -> list[Launch]:
+    """The decode launch, then the reduce launch when num_splits > 1 (allocates the split partials)."""
     _, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -141,22 +154,21 @@ def decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: 
         part_lse = torch.empty((num_seqs, num_heads, num_splits), dtype=torch.float32, device=query.device)
     else:
         part_out = part_lse = out  # unused by the kernel when SPLIT is False
-    _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
-        out, part_out, part_lse, query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens,
-        scale * 1.4426950408889634,
-        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
-        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
-        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0),
-        *window_args(sliding_window, softcap),
-        **launch_constants(num_heads, head_dim, group, key_cache.shape[1], query.dtype, tiles, num_splits,
-                           softcap is not None),
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-    )
+    args = (out, part_out, part_lse, query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens,
+            scale * 1.4426950408889634,
+            query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+            key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+            value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0),
+            *window_args(sliding_window, softcap))
+    kwargs = dict(launch_constants(num_heads, head_dim, group, key_cache.shape[1], query.dtype, tiles, num_splits,
+                                   softcap is not None),
+                  num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+    launches = [Launch(_decode_kernel, (num_seqs, num_kv_heads, num_splits), args, kwargs)]
     if num_splits > 1:
-        _reduce_splits_kernel[(num_seqs, num_heads)](
-            out, part_out, part_lse, cu_seqlens_q, num_splits, out.stride(0), out.stride(1),
-            **reduce_constants(num_heads, head_dim, num_splits), num_warps=4,
-        )
+        launches.append(Launch(_reduce_splits_kernel, (num_seqs, num_heads),
+                               (out, part_out, part_lse, cu_seqlens_q, num_splits, out.stride(0), out.stride(1)),
+                               dict(reduce_constants(num_heads, head_dim, num_splits), num_warps=4)))
+    return launches
 
 
 def launch_constants(num_heads: int, head_dim: int, group: int, block_size: int, dtype: torch.dtype,

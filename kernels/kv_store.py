@@ -11,10 +11,13 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.launch import Launch
 from kernels.planning import next_power_of_2
 
 
-@triton.jit
+# The token count is the grid, not an argument; slot_mapping may be a slice of a packed buffer at any offset.
+# The strides are fixed per model (and kept specialized: divisible by 16 lets the copies use wide accesses).
+@triton.jit(do_not_specialize_on_alignment=["slot_mapping_ptr"])
 def _store_kv_kernel(
     key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh,
@@ -43,17 +46,23 @@ def _store_kv_kernel(
 def store_kv(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
     """Launch the store kernel. Arguments are already validated."""
+    launch = store_kv_launch(key, value, key_cache, value_cache, slot_mapping)
+    if launch is not None:
+        launch.run()
+
+
+def store_kv_launch(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                    slot_mapping: torch.Tensor) -> Launch | None:
+    """The store launch, or None for zero tokens."""
     num_tokens, num_kv_heads, head_dim = key.shape
     if num_tokens == 0:
-        return
+        return None
     constants = launch_constants(num_kv_heads, head_dim, key_cache.shape[1])
-    _store_kv_kernel[(num_tokens,)](
-        key, value, key_cache, value_cache, slot_mapping,
-        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
-        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
-        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
-        **constants, num_warps=store_num_warps(constants),
-    )
+    args = (key, value, key_cache, value_cache, slot_mapping,
+            key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+            key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+            value_cache.stride(0), value_cache.stride(1), value_cache.stride(2))
+    return Launch(_store_kv_kernel, (num_tokens,), args, dict(constants, num_warps=store_num_warps(constants)))
 
 
 def launch_constants(num_kv_heads: int, head_dim: int, block_size: int) -> dict:

@@ -1,8 +1,10 @@
-"""Pure-torch references for the paged-attention and KV-store kernels: the oracle the tests trust.
+"""Pure-torch references for every kernel: the oracle the tests trust.
 
 Written for obviousness, not speed: one sequence at a time, its pages gathered into contiguous K/V, KV heads
 repeated for GQA, an explicit causal mask with the position offset, softmax in fp32. Same signatures as the
 kernels (the launch hints are accepted and ignored). Reads tensor values freely; never needs triton.
+The element-wise references (RMSNorm, RoPE, SiLU-and-mul) are transformers' Llama formulas with torch's own
+rounding to the activation dtype after each op, which the fused kernels reproduce.
 """
 
 from __future__ import annotations
@@ -68,3 +70,35 @@ def store_kv_ref(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor
     pages, offsets = slots // block_size, slots % block_size
     key_cache[pages, offsets] = key[keep]
     value_cache[pages, offsets] = value[keep]
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm: normalise in fp32, cast to x's dtype, then multiply by the weight in that
+    dtype. x [..., N]."""
+    x32 = x.float()
+    normed = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return (normed * weight).to(x.dtype)
+
+
+def add_rms_norm_ref(residual: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """residual += delta (in place, in residual's dtype), then the RMSNorm of the sum."""
+    residual += delta
+    return rms_norm_ref(residual, weight, eps)
+
+
+def rope_ref(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Rotate q [T, H, D] and k [T, KVH, D] in place, transformers' Llama (half-by-half) layout:
+    x * cos_full + rotate_half(x) * sin_full with cos_full = [cos, cos], rotate_half(x) = [-x2, x1].
+    cos, sin: [T, D/2] or [T, 1, D/2] in x's dtype."""
+    cos = cos.reshape(cos.shape[0], 1, -1)
+    sin = sin.reshape(sin.shape[0], 1, -1)
+    for x in (q, k):
+        x1, x2 = x[..., :x.shape[-1] // 2].clone(), x[..., x.shape[-1] // 2:].clone()
+        x[..., :x.shape[-1] // 2] = x1 * cos - x2 * sin
+        x[..., x.shape[-1] // 2:] = x2 * cos + x1 * sin
+
+
+def silu_and_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gate_up = [gate | up] along the last dimension."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up

@@ -29,12 +29,16 @@ import triton
 import triton.language as tl
 
 from kernels.attention_tile import attend_kv_range
+from kernels.launch import Launch
 from kernels.planning import AttentionTiles, next_power_of_2
 
 SEQ_CHUNK = 128  # sequences examined per vector load when mapping a tile to its sequence
 
 
-@triton.jit
+# num_seqs and the block-table width change from step to step, and the index tensors may be slices of one
+# packed buffer at batch-dependent offsets: none of them may pick a compiled variant (kernels.specialization).
+@triton.jit(do_not_specialize=["num_seqs", "stride_bt"],
+            do_not_specialize_on_alignment=["block_tables_ptr", "cu_seqlens_q_ptr", "seq_lens_ptr"])
 def _unified_attention_kernel(
     out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_q_ptr, seq_lens_ptr,
     qk_scale, num_seqs,
@@ -120,23 +124,29 @@ def unified_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache:
                       scale: float, out: torch.Tensor, tiles: AttentionTiles, sliding_window: int | None = None,
                       softcap: float | None = None) -> None:
     """Launch the varlen kernel. Arguments are already validated; the grid depends on shapes only."""
+    unified_attention_launch(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out,
+                             tiles, sliding_window, softcap).run()
+
+
+def unified_attention_launch(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                             block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
+                             scale: float, out: torch.Tensor, tiles: AttentionTiles,
+                             sliding_window: int | None = None, softcap: float | None = None) -> Launch:
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
     num_seqs = seq_lens.shape[0]
     block_q = tiles.tokens_per_tile(group)
     assert block_q >= 1, "tiles.block_m must hold every query head of one KV head"
-    grid = (num_tokens // block_q + num_seqs, num_kv_heads)
-    _unified_attention_kernel[grid](
-        out, query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens,
-        scale * 1.4426950408889634, num_seqs,
-        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
-        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
-        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0),
-        *window_args(sliding_window, softcap),
-        **launch_constants(head_dim, group, key_cache.shape[1], query.dtype, tiles, softcap is not None),
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-    )
+    args = (out, query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens,
+            scale * 1.4426950408889634, num_seqs,
+            query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+            key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+            value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0),
+            *window_args(sliding_window, softcap))
+    kwargs = dict(launch_constants(head_dim, group, key_cache.shape[1], query.dtype, tiles, softcap is not None),
+                  num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+    return Launch(_unified_attention_kernel, (num_tokens // block_q + num_seqs, num_kv_heads), args, kwargs)
 
 
 NO_WINDOW = 1 << 30  # "window" of a layer without one: larger than any position, so the window test always passes

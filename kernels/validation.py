@@ -131,3 +131,67 @@ def check_store_kv_args(key, value, key_cache, value_cache, slot_mapping) -> Non
         raise ValueError(f"slot_mapping: expected {key.shape[0]} entries (one per token), got {slot_mapping.shape[0]}")
     _same_device("key", key.device, value=value, key_cache=key_cache, value_cache=value_cache,
                  slot_mapping=slot_mapping)
+
+
+MAX_ROW = 65536  # the element-wise kernels hold a whole row (RMSNorm) or a head's half (RoPE) in registers
+
+
+def _float_arg(name: str, value: object, minimum: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name}: expected a finite Python float >= {minimum}, got {value!r}")
+
+
+def _like(name: str, x: object, ref: torch.Tensor, ref_name: str, shape: tuple[int, ...] | None = None) -> None:
+    """x: a tensor of ref's dtype and device (and `shape`, default ref's), last dimension contiguous."""
+    _tensor(name, x, len(shape) if shape is not None else ref.dim(), FLOAT_DTYPES)
+    want = tuple(shape) if shape is not None else tuple(ref.shape)
+    if tuple(x.shape) != want:
+        raise ValueError(f"{name}: expected shape {want} (from {ref_name}), got {tuple(x.shape)}")
+    if x.dtype != ref.dtype:
+        raise ValueError(f"{name}: dtype {x.dtype} differs from {ref_name}'s {ref.dtype}")
+    _same_device(ref_name, ref.device, **{name: x})
+
+
+def check_rms_norm_args(x, weight, eps, delta, out) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x: expected a [rows, N] or [rows, heads, N] tensor, got {shape}")
+    _tensor("x", x, x.dim(), FLOAT_DTYPES)
+    n = x.shape[-1]
+    if not 1 <= n <= MAX_ROW:
+        raise ValueError(f"x: row length must be in [1, {MAX_ROW}], got {n}")
+    _tensor("weight", weight, 1, FLOAT_DTYPES)
+    if weight.shape[0] != n:
+        raise ValueError(f"weight: expected {n} entries (x's row length), got {weight.shape[0]}")
+    _same_device("x", x.device, weight=weight)
+    _float_arg("eps", eps, 0.0)
+    if delta is not None:
+        _like("delta", delta, x, "x")
+    if out is not None:
+        _like("out", out, x, "x")
+
+
+def check_rope_args(q, k, cos, sin) -> None:
+    _tensor("q", q, 3, FLOAT_DTYPES)
+    num_tokens, _, head_dim = q.shape
+    if head_dim % 2 or not 2 <= head_dim <= 2 * MAX_ROW:
+        raise ValueError(f"q: head_dim must be even and in [2, {2 * MAX_ROW}], got {head_dim}")
+    _tensor("k", k, 3, FLOAT_DTYPES)
+    if k.shape[0] != num_tokens or k.shape[2] != head_dim:
+        raise ValueError(f"k: expected [{num_tokens}, KVH, {head_dim}] (q's tokens and head_dim), "
+                         f"got {tuple(k.shape)}")
+    if k.dtype != q.dtype:
+        raise ValueError(f"k: dtype {k.dtype} differs from q's {q.dtype}")
+    _same_device("q", q.device, k=k)
+    for name, table in (("cos", cos), ("sin", sin)):
+        shape = (num_tokens, head_dim // 2) if not isinstance(table, torch.Tensor) or table.dim() != 3 \
+            else (num_tokens, 1, head_dim // 2)
+        _like(name, table, q, "q", shape)
+
+
+def check_silu_and_mul_args(gate_up, out) -> None:
+    _tensor("gate_up", gate_up, 2, FLOAT_DTYPES)
+    if gate_up.shape[1] % 2:
+        raise ValueError(f"gate_up: width must be even ([gate | up]), got {gate_up.shape[1]}")
+    if out is not None:
+        _like("out", out, gate_up, "gate_up", (gate_up.shape[0], gate_up.shape[1] // 2))

@@ -11,6 +11,7 @@ A server may count a request a moment after its stream ends, so the scrape after
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -30,6 +31,16 @@ _COUNTERS = {
     "generation_tokens": ("generation_tokens_total",),
 }
 _SUCCESS = "request_success_total"
+# counters by label: ServerMetricsDelta field -> (sample name without prefix, label)
+_BY_LABEL = {
+    "model_flops_by_phase": ("model_flops_total", "phase"),
+    "model_bytes_by_phase": ("model_bytes_total", "phase"),
+    "step_seconds_by_kind": ("engine_step_seconds_total", "kind"),
+    "step_flops_by_kind": ("engine_step_flops_total", "kind"),
+    "step_bytes_by_kind": ("engine_step_bytes_total", "kind"),
+    "steps_by_kind": ("engine_steps_total", "kind"),
+}
+_PEAKS = {"peak_flops": "peak_flops_per_second", "peak_bandwidth": "peak_memory_bandwidth_bytes_per_second"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +90,34 @@ class ServerMetricsDelta:
     generation_tokens: float | None = None
     requests_succeeded: float | None = None
     requests_by_finished_reason: dict[str, float] = field(default_factory=dict)
+    # kvserve's roofline counters (docs/metrics.md): empty when the server does not export them
+    model_flops_by_phase: dict[str, float] = field(default_factory=dict)
+    model_bytes_by_phase: dict[str, float] = field(default_factory=dict)
+    step_seconds_by_kind: dict[str, float] = field(default_factory=dict)
+    step_flops_by_kind: dict[str, float] = field(default_factory=dict)
+    step_bytes_by_kind: dict[str, float] = field(default_factory=dict)
+    steps_by_kind: dict[str, float] = field(default_factory=dict)
+    peak_flops: float | None = None  # the server's declared peak (a gauge, read after the run); None if unknown
+    peak_bandwidth: float | None = None
+
+    @property
+    def busy_seconds(self) -> float | None:
+        return sum(self.step_seconds_by_kind.values()) if self.step_seconds_by_kind else None
+
+    @property
+    def mfu_busy(self) -> float | None:
+        """Model FLOPs over the run's engine-step time / the peak FLOP/s (idle time excluded)."""
+        busy = self.busy_seconds
+        if not busy or not self.peak_flops:
+            return None
+        return sum(self.step_flops_by_kind.values()) / busy / self.peak_flops
+
+    @property
+    def mbu_busy(self) -> float | None:
+        busy = self.busy_seconds
+        if not busy or not self.peak_bandwidth:
+            return None
+        return sum(self.step_bytes_by_kind.values()) / busy / self.peak_bandwidth
 
     @property
     def prefix_cache_hit_rate(self) -> float | None:
@@ -106,6 +145,16 @@ class ServerMetricsDelta:
             "generation_tokens": self.generation_tokens,
             "requests_succeeded": self.requests_succeeded,
             "requests_by_finished_reason": dict(self.requests_by_finished_reason),
+            "model_flops_by_phase": dict(self.model_flops_by_phase),
+            "model_bytes_by_phase": dict(self.model_bytes_by_phase),
+            "step_seconds_by_kind": dict(self.step_seconds_by_kind),
+            "step_flops_by_kind": dict(self.step_flops_by_kind),
+            "step_bytes_by_kind": dict(self.step_bytes_by_kind),
+            "steps_by_kind": dict(self.steps_by_kind),
+            "peak_flops": self.peak_flops,
+            "peak_bandwidth": self.peak_bandwidth,
+            "mfu_busy": self.mfu_busy,
+            "mbu_busy": self.mbu_busy,
         }
 
 
@@ -125,11 +174,21 @@ def metrics_delta(before: MetricsSnapshot, after: MetricsSnapshot) -> ServerMetr
     b_reason = before.by_label(prefix + _SUCCESS, "finished_reason")
     a_reason = after.by_label(prefix + _SUCCESS, "finished_reason")
     by_reason = {k: v - b_reason.get(k, 0.0) for k, v in sorted(a_reason.items())}
+    def delta_by(name: str, label: str) -> dict[str, float]:
+        b, a = before.by_label(prefix + name, label), after.by_label(prefix + name, label)
+        return {k: v - b.get(k, 0.0) for k, v in sorted(a.items())}
+
+    def peak(name: str) -> float | None:
+        value = after.total(prefix + name)
+        return value if value is not None and math.isfinite(value) and value > 0 else None
+
     return ServerMetricsDelta(
         prefix=prefix,
         **{key: delta(names) for key, names in _COUNTERS.items()},
         requests_succeeded=sum(by_reason.values()) if a_reason else None,
         requests_by_finished_reason=by_reason,
+        **{key: delta_by(name, label) for key, (name, label) in _BY_LABEL.items()},
+        **{key: peak(name) for key, name in _PEAKS.items()},
     )
 
 

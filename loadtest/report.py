@@ -78,7 +78,27 @@ def server_table(m: ServerMetricsDelta) -> Table:
               f"{rate:.1%} ({_count(m.prefix_cache_hits)} / {_count(m.prefix_cache_queries)} tokens)")
     queue = m.mean_queue_time_s
     t.add_row("Mean queue time (ms)", "-" if queue is None else f"{queue * 1e3:,.2f} over {_count(m.queue_time_count)} requests")
+    if m.step_seconds_by_kind:
+        busy = m.busy_seconds or 0.0
+        t.add_row("Engine step time (s)", ", ".join(f"{k} {v:,.2f}" + (f" ({v / busy:.0%})" if busy else "")
+                                                     for k, v in m.step_seconds_by_kind.items() if v))
+        t.add_row("Model FLOPs by phase", ", ".join(f"{k} {_si(v)}" for k, v in m.model_flops_by_phase.items()))
+        t.add_row("Bytes moved by phase", ", ".join(f"{k} {_si(v)}B" for k, v in m.model_bytes_by_phase.items()))
+        if m.mfu_busy is None:
+            t.add_row("Utilization (busy time)", "- (the server declares no peak: --peak-gpu / --peak-flops)")
+        else:
+            t.add_row("Utilization (busy time)", f"MFU {m.mfu_busy:.1%} of {_si(m.peak_flops)}FLOP/s, "
+                                                 f"MBU {m.mbu_busy:.1%} of {_si(m.peak_bandwidth)}B/s")
     return t
+
+
+def _si(x: float | None) -> str:
+    if x is None:
+        return "-"
+    for v, p in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= v:
+            return f"{x / v:,.2f} {p}"
+    return f"{x:,.2f} "
 
 
 def print_run(result: LoadResult, console: Console) -> None:

@@ -126,7 +126,8 @@ def start_kvserve(tmp: Path, stack: ExitStack, timeout_s: float) -> str:
     log = tmp / "kvserve.log"
     env = dict(os.environ, KVSERVE_API_KEY=API_KEY)
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
-           "--max-model-len", "512", "--num-kv-blocks", "128", "--no-access-log"]
+           "--max-model-len", "512", "--num-kv-blocks", "128", "--no-access-log",
+           "--peak-flops", "0.1", "--peak-bandwidth", "0.01"]  # a declared peak: the utilization panels have values
     proc = start(cmd, log, stack, cwd=REPO, env=env)
 
     def bound_url():

@@ -24,4 +24,16 @@ The engine runs in its own thread (`engine_loop`); the asyncio event loop only p
     stat_logger     engine deltas + IterationStats -> ServerMetrics (the one translation point)
     process         `kvserve serve` as a child process (tests, benchmarks, scripts)
     bench_overhead  `python -m server.bench_overhead`: HTTP vs offline throughput
+
+Replicas on Ray Serve (`kvserve serve --replicas N`; Ray is imported only there):
+
+    ray_config      RayServeConfig: the --replicas flags (no Ray import)
+    ray_cli         start or join Ray, deploy, serve until a signal
+    ray_app         the deployments: ingress, engine replicas, replica directory
+    ray_ingress     the ingress ASGI app: relay to a replica, merged /metrics, /metrics/targets
+    ray_bridge      ForwardedRequest and driving the app above with it inside a replica
+    ray_engine      EngineReplica: one ServerContext + app per replica
+    ray_directory   the live replicas and their metrics endpoints (heartbeats)
+    replica_metrics a replica's own /metrics listener
+    metrics_merge   several replicas' expositions as one, labelled by replica
 """

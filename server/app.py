@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from . import routes_admin, routes_generate
+from . import routes_admin, routes_dashboard, routes_generate
 from .context import ServerContext
 from .errors import APIError
 from .guard import Guard
@@ -60,6 +60,7 @@ def build_app(ctx: ServerContext) -> FastAPI:
 
     app.include_router(routes_admin.router(ctx))
     app.include_router(routes_generate.router(ctx))
+    app.include_router(routes_dashboard.router(ctx))
     app.add_middleware(Guard, api_key=ctx.config.api_key, max_body_bytes=ctx.config.max_body_bytes,
                        access_log=ctx.config.access_log)
     app.state.ctx = ctx

@@ -20,11 +20,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from engine.outputs import StepOutput
+from engine.roofline import Peak
+from engine.tools.peaks import PeakArgs, peak_for
 
 from .config import ServerConfig
 from .engine_loop import EngineLoop
 from .errors import APIError, bad_request, unavailable
 from .metrics import ServerMetrics
+from .recent import RecentActivity
 from .request_stream import RequestStream
 from .stat_logger import StatLogger
 
@@ -52,8 +55,10 @@ class Ticket:
 
 
 class ServerContext:
-    def __init__(self, config: ServerConfig, engine_factory: Callable[[], object]):
+    def __init__(self, config: ServerConfig, engine_factory: Callable[[], object], peak_args: PeakArgs | None = None):
         self.config = config
+        self.peak_args = peak_args or PeakArgs()  # what utilization is measured against (resolved on load)
+        self.peak: Peak | None = None
         self.phase = Phase.LOADING
         self.ready = threading.Event()  # set when loading ends, well or badly (for the CLI and tests)
         self.on_fatal: Callable[[BaseException], None] | None = None  # the model could not be loaded
@@ -65,6 +70,7 @@ class ServerContext:
         self.vocab_size = 0
         self.metrics: ServerMetrics | None = None
         self.stat_logger: StatLogger | None = None
+        self.recent = RecentActivity()  # the last minute, for /dashboard
         self._tokenizer_worker = ThreadPoolExecutor(1, thread_name_prefix="kvserve-tokenizer")
         self._in_flight = 0
         self._idle: asyncio.Event | None = None
@@ -124,7 +130,13 @@ class ServerContext:
         self.model_name = self.config.served_model_name or mc.name
         self.max_model_len = engine.max_model_len
         self.vocab_size = mc.vocab_size
-        self.metrics = ServerMetrics(self.model_name, self.max_model_len)
+        try:
+            self.peak = peak_for(self.peak_args, engine.config.device)
+        except ValueError as e:
+            logger.warning("No roofline peak: %s", e)
+        logger.info("Roofline peak: %s", "none (utilization is not reported)" if self.peak is None else
+                    f"{self.peak.flops / 1e12:g} TFLOP/s, {self.peak.bandwidth / 1e12:g} TB/s ({self.peak.source})")
+        self.metrics = ServerMetrics(self.model_name, self.max_model_len, peak=self.peak)
         self.stat_logger = StatLogger(self.metrics)
         if self.phase is Phase.LOADING:
             self._set_phase(Phase.READY)
@@ -139,6 +151,7 @@ class ServerContext:
     def on_step(self, output: StepOutput) -> None:
         if self.stat_logger is not None:
             self.stat_logger.record(output)
+        self.recent.record(output)
 
     def on_failure(self, error: BaseException) -> None:
         self._set_phase(Phase.FAILED)

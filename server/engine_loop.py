@@ -4,6 +4,7 @@
     --------------------                         -------------
     submit(stream, ids, params) --Add-------->   inbox (SimpleQueue) --+
     abort(request_id) ------------Abort------>                         |  applied between steps
+    call(fn) -> Future -----------Call------->                         |  (fn(engine), e.g. a cache snapshot)
                                                                        v
     _deliver_acks  <---call_soon_threadsafe---   add_request / abort_request
     _deliver_step  <---call_soon_threadsafe---   step() -> StepOutput (deltas + IterationStats)
@@ -60,6 +61,12 @@ class _Abort:
     request_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    fn: Callable
+    future: asyncio.Future
+
+
 _STOP = object()
 ENGINE_FAILED_MESSAGE = "the engine failed while running this request; the server needs a restart"
 
@@ -95,6 +102,15 @@ class EngineLoop:
         if not self._dead:
             self._inbox.put(_Abort(request_id))
 
+    def call(self, fn: Callable[[object], object]) -> asyncio.Future:
+        """Run `fn(engine)` on the engine thread between two steps (the engine belongs to that thread); the
+        future gets its result or exception. Keep `fn` short: the engine waits for it."""
+        if self._dead:
+            raise unavailable("the engine is not running")
+        future = self._loop.create_future()
+        self._inbox.put(_Call(fn, future))
+        return future
+
     def stop(self, timeout: float | None = None) -> None:
         """Ask the thread to exit after the commands already queued; wait up to `timeout` seconds."""
         self._inbox.put(_STOP)
@@ -126,6 +142,8 @@ class EngineLoop:
             logger.exception("The engine failed; failing every in-flight request")
             self._dead = True
             self._post(self._deliver_failure, e)
+        finally:
+            engine.shutdown()  # stops tensor-parallel worker processes (nothing to do for one rank)
 
     def _serve(self, engine) -> None:
         while True:
@@ -156,6 +174,12 @@ class EngineLoop:
                 break
             if isinstance(cmd, _Abort):
                 engine.abort_request(cmd.request_id)
+                continue
+            if isinstance(cmd, _Call):
+                try:
+                    self._post(_resolve, cmd.future, cmd.fn(engine), None)
+                except Exception as e:  # noqa: BLE001 - the caller gets it; the engine is untouched
+                    self._post(_resolve, cmd.future, None, e)
                 continue
             try:
                 ids = engine.add_request(cmd.request_id, cmd.prompt_token_ids, cmd.params, arrival_time=cmd.arrival)
@@ -206,6 +230,15 @@ class EngineLoop:
         for stream in streams.values():
             stream.fail(APIError(500, ENGINE_FAILED_MESSAGE, code="engine_failed"))
         self._listener.on_failure(error)
+
+
+def _resolve(future: asyncio.Future, result, error: BaseException | None) -> None:
+    if future.done():  # the caller gave up waiting
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def _as_api_error(e: BaseException) -> APIError | ParamError:

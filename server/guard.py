@@ -2,6 +2,8 @@
 
 - API key: `Authorization: Bearer KEY` on every route except /health, compared in constant time
   (hmac.compare_digest of SHA-256 digests, so neither the key's content nor its length leaks by timing).
+  A browser cannot send a bearer token when it opens a page, so HTTP Basic credentials with the key as the
+  password (any user name) count too; a 401 on /dashboard asks for them (`WWW-Authenticate: Basic`).
 - Body size: a Content-Length over the limit is refused (413) before reading; a body sent without one
   (chunked) is counted as it streams in and refused once it crosses the limit.
 - Access log: one line per HTTP request when the response has been sent in full (for a stream: at its
@@ -10,6 +12,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -24,6 +28,7 @@ from .errors import APIError
 access_logger = logging.getLogger("kvserve.access")
 
 OPEN_PATHS = frozenset({"/health"})
+BROWSER_PATHS = ("/dashboard",)  # pages a person opens: a 401 there asks the browser for Basic credentials
 ACCESS_KEY = "kvserve.access"  # scope key of the request's AccessRecord
 
 
@@ -90,8 +95,10 @@ class Guard:
         headers = dict(scope["headers"])
         if self._key_digest is not None and scope["path"] not in OPEN_PATHS:
             if not self._authorized(headers.get(b"authorization", b"")):
+                browser = scope["path"].startswith(BROWSER_PATHS)
                 return APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>'",
-                                code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                                code="invalid_api_key",
+                                headers={"WWW-Authenticate": 'Basic realm="kvserve"' if browser else "Bearer"})
         length = headers.get(b"content-length")
         if length is not None:
             if not length.isdigit():
@@ -102,8 +109,14 @@ class Guard:
 
     def _authorized(self, header: bytes) -> bool:
         scheme, _, token = header.decode("latin-1").partition(" ")
+        scheme = scheme.lower()
+        if scheme == "basic":  # user:key, base64; the user name is ignored
+            try:
+                token = base64.b64decode(token.strip(), validate=True).decode("latin-1").partition(":")[2]
+            except (binascii.Error, ValueError):
+                return False
         given = hashlib.sha256(token.strip().encode("latin-1")).digest()
-        return hmac.compare_digest(given, self._key_digest) and scheme.lower() == "bearer"
+        return hmac.compare_digest(given, self._key_digest) and scheme in ("bearer", "basic")
 
     def _too_large(self) -> APIError:
         return APIError(413, f"the request body is larger than the limit of {self.max_body_bytes} bytes",

@@ -10,8 +10,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from engine.roofline import Peak
+
 PREFIX = "kvserve:"
 FINISH_REASONS = ("stop", "length", "abort")
+PHASES = ("prefill", "decode")  # whose work: each sequence's share of a step (engine.step_cost)
+STEP_KINDS = ("prefill", "decode", "mixed")  # which steps: only prefill chunks, only decodes, or both
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
                 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -37,7 +41,8 @@ class ServerMetrics:
 
     CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-    def __init__(self, model_name: str, max_model_len: int):
+    def __init__(self, model_name: str, max_model_len: int, peak: Peak | None = None):
+        self.peak = peak
         self.registry = CollectorRegistry(auto_describe=True)
         self.model_name = model_name
         r, label = self.registry, ["model_name"]
@@ -85,6 +90,42 @@ class ServerMetrics:
                                                token_buckets)
         self.request_generation_tokens = histogram("request_generation_tokens",
                                                    "Generated tokens per finished sequence.", token_buckets)
+
+        self._add_roofline_metrics(r, model_name)
+
+    def _add_roofline_metrics(self, r: CollectorRegistry, model_name: str) -> None:
+        """Model FLOPs and bytes (engine.roofline's formulas, the ones `kvserve plan` prints) and utilization."""
+
+        def labelled(cls, name: str, doc: str, label: str, values: tuple[str, ...]) -> dict:
+            metric = cls(PREFIX + name, doc, ["model_name", label], registry=r)
+            return {v: metric.labels(model_name, v) for v in values}
+
+        self.model_flops = labelled(Counter, "model_flops_total", "Model FLOPs computed, by phase of the work.",
+                                    "phase", PHASES)
+        self.model_bytes = labelled(Counter, "model_bytes_total", "Minimum bytes moved (weights, KV read and "
+                                    "written), by phase of the work.", "phase", PHASES)
+        self.steps = labelled(Counter, "engine_steps_total", "Engine steps, by kind.", "kind", STEP_KINDS)
+        self.step_seconds = labelled(Counter, "engine_step_seconds_total", "Wall time of engine steps, by kind.",
+                                     "kind", STEP_KINDS)
+        self.step_flops = labelled(Counter, "engine_step_flops_total", "Model FLOPs of engine steps, by step kind.",
+                                   "kind", STEP_KINDS)
+        self.step_bytes = labelled(Counter, "engine_step_bytes_total", "Minimum bytes moved by engine steps, by "
+                                   "step kind.", "kind", STEP_KINDS)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(PREFIX + name, doc, ["model_name"], registry=r).labels(model_name)
+
+        nan = float("nan")
+        self.peak_flops = gauge("peak_flops_per_second", "Declared peak FLOP/s that utilization is measured against.")
+        self.peak_bandwidth = gauge("peak_memory_bandwidth_bytes_per_second",
+                                    "Declared peak memory bytes/s that utilization is measured against.")
+        self.peak_flops.set(self.peak.flops if self.peak else nan)
+        self.peak_bandwidth.set(self.peak.bandwidth if self.peak else nan)
+        self.mfu = gauge("model_flops_utilization", "Last step: model FLOPs / step time / peak FLOP/s.")
+        self.mbu = gauge("memory_bandwidth_utilization", "Last step: bytes moved / step time / peak bytes/s.")
+        self.arithmetic_intensity = gauge("step_arithmetic_intensity", "Last step: model FLOPs per byte moved.")
+        for g in (self.mfu, self.mbu, self.arithmetic_intensity):
+            g.set(nan)
 
     def render(self) -> bytes:
         return generate_latest(_WithoutCreated(self.registry))

@@ -39,6 +39,29 @@ class StatLogger:
             m.prefix_cache_queries.inc(s.prefix_cache_queries)
         if s.prefix_cache_hits:
             m.prefix_cache_hits.inc(s.prefix_cache_hits)
+        if s.cost is not None:
+            self.record_cost(s)
+
+    def record_cost(self, s: IterationStats) -> None:
+        """The step's model FLOPs and bytes (computed by the engine) by phase and step kind; utilization of
+        this step against the declared peak."""
+        m, c = self.metrics, s.cost
+        kind = c.kind
+        if kind == "idle":
+            return
+        for phase, flops, nbytes in (("prefill", c.prefill_flops, c.prefill_bytes), ("decode", c.decode_flops, c.decode_bytes)):
+            if flops or nbytes:
+                m.model_flops[phase].inc(flops)
+                m.model_bytes[phase].inc(nbytes)
+        m.steps[kind].inc()
+        m.step_seconds[kind].inc(s.step_time_s)
+        m.step_flops[kind].inc(c.flops)
+        m.step_bytes[kind].inc(c.bytes)
+        m.arithmetic_intensity.set(c.arithmetic_intensity)
+        if m.peak is not None:
+            mfu, mbu = m.peak.utilization(c, s.step_time_s)
+            m.mfu.set(mfu)
+            m.mbu.set(mbu)
 
     def record_delta(self, d: SequenceDelta) -> None:
         m = self.metrics

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..attention import AttentionBackend, AttentionMetadata
-from .layers import Linear, RotaryEmbedding, apply_rope, linear
+from .layers import Linear, RotaryEmbedding, apply_rope_qk, linear
 from .paged import bind_kv_cache, group_meta, kv_slots
 from .variants import GemmaRMSNorm, LayerTypeRotary, gelu_tanh_and_mul, soft_cap
 
@@ -55,7 +55,7 @@ class GemmaAttention(nn.Module):
         v = v.reshape(t, self.num_kv_heads, self.head_dim).contiguous()
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k = apply_rope_qk(q, k, rope)
         backend.store_kv(k, v, self.key_cache, self.value_cache, meta)
         o = backend.attention(q, k, v, self.key_cache, self.value_cache, meta, self.scale, logit_softcap=self.softcap)
         return self.o_proj(o.reshape(t, self.q_size))

@@ -2,6 +2,9 @@
 
 Numerics follow transformers' implementations step by step (fp32 normalisation, then cast, then weight;
 cos/sin computed in fp32 and cast to the activation dtype), so fp32 outputs match HF to rounding.
+On CUDA, RMSNorm (with the residual add before it), RoPE and SiLU-and-mul each run as one fused Triton kernel
+(kernels.rms_norm / add_rms_norm / rope_ / silu_and_mul, same roundings; RoPE bit-identical); the CPU path is
+the torch code below, unchanged.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import kernels
 
 
 # Up to this many rows, MKL's CPU GEMM computes x @ W^T 1.2-3x faster as (W @ x^T)^T (SmolLM2's shapes on the
@@ -56,10 +61,18 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:
+            return kernels.rms_norm(x, self.weight, self.eps)
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return x32.to(dtype).mul_(self.weight)  # a fresh tensor either way; a * b == b * a exactly
+
+    def add_forward(self, residual: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """residual += delta in place, then the norm of the new residual (one pass on CUDA)."""
+        if residual.is_cuda:
+            return kernels.add_rms_norm(residual, delta, self.weight, self.eps)
+        return self.forward(residual.add_(delta))
 
 
 def rope_inv_freq(hf_config, head_dim: int) -> tuple[torch.Tensor, float]:
@@ -115,6 +128,17 @@ def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torc
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def apply_rope_qk(q: torch.Tensor, k: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
+    """`apply_rope` to q and k. On CUDA one kernel rotates both in place: they are views of the step's own qkv
+    projection output, which nothing else reads. Partial rotary (cos narrower than half a head) stays on torch."""
+    if q.is_cuda and 2 * rope[0].shape[-1] == q.shape[-1]:
+        kernels.rope_(q, k, *rope)
+        return q, k
+    return apply_rope(q, rope), apply_rope(k, rope)
+
+
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    if gate_up.is_cuda:
+        return kernels.silu_and_mul(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate).mul_(up)  # in place on SiLU's fresh output: one large temporary fewer

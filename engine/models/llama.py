@@ -6,7 +6,8 @@ embeddings. Tokens arrive flattened ([T] ids and positions for the whole batch);
 the paged cache through the backend and metadata passed in explicitly.
 
 q/k/v and gate/up projections are fused into one matmul each (the loader concatenates the checkpoint's
-separate weights), which is faster and is the layout tensor parallelism will shard.
+separate weights), which is faster and is the layout tensor parallelism shards: with a `TPContext` each
+module holds its rank's heads, MLP columns and vocabulary chunk (`engine.models.parallel`).
 """
 
 from __future__ import annotations
@@ -15,20 +16,22 @@ import torch
 import torch.nn as nn
 
 from ..attention import AttentionBackend, AttentionMetadata
-from .layers import Linear, RMSNorm, RotaryEmbedding, apply_rope, linear, silu_and_mul
+from .layers import Linear, RMSNorm, RotaryEmbedding, apply_rope_qk, linear, silu_and_mul
 from .paged import bind_kv_cache, group_meta, kv_slots
+from .parallel import TPContext, embedding, row_linear
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg, head_dim: int):
+    def __init__(self, cfg, head_dim: int, tp: TPContext | None = None):
         super().__init__()
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
+        self.num_heads = cfg.num_attention_heads if tp is None else tp.shard.num_heads
+        self.num_kv_heads = (getattr(cfg, "num_key_value_heads", None) or self.num_heads) if tp is None \
+            else tp.shard.num_kv_heads
         self.head_dim = head_dim
         self.q_size, self.kv_size = self.num_heads * head_dim, self.num_kv_heads * head_dim
         bias = cfg.model_type == "qwen2" or bool(getattr(cfg, "attention_bias", False))
         self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
-        self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=bool(getattr(cfg, "attention_bias", False)))
+        self.o_proj = row_linear(self.q_size, cfg.hidden_size, bool(getattr(cfg, "attention_bias", False)), tp)
         self.qk_norm = cfg.model_type in ("qwen3", "qwen3_moe")
         if self.qk_norm:
             self.q_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
@@ -45,7 +48,7 @@ class Attention(nn.Module):
         v = v.view(t, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k = apply_rope_qk(q, k, rope)
         if v.stride(-1) != 1:  # a column-major skinny-GEMM output (CPU); the kernels want rows of D contiguous
             v = v.contiguous()
         backend.store_kv(k, v, self.key_cache, self.value_cache, meta)
@@ -54,45 +57,49 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, tp: TPContext | None = None):
         super().__init__()
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=bool(getattr(cfg, "mlp_bias", False)))
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=bool(getattr(cfg, "mlp_bias", False)))
+        self.intermediate_size = cfg.intermediate_size if tp is None else tp.shard.intermediate_size
+        bias = bool(getattr(cfg, "mlp_bias", False))
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * self.intermediate_size, bias=bias)
+        self.down_proj = row_linear(self.intermediate_size, cfg.hidden_size, bias, tp)
 
     def forward(self, x):
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg, head_dim: int):
+    def __init__(self, cfg, head_dim: int, tp: TPContext | None = None):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg, head_dim)
+        self.self_attn = Attention(cfg, head_dim, tp)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg, tp)
 
     def forward(self, rope, x, meta, backend):
         # the residual stream is updated in place: it is this forward's own tensor (the embedding's output)
-        x.add_(self.self_attn(rope, self.input_layernorm(x), meta, backend))
-        return x.add_(self.mlp(self.post_attention_layernorm(x)))
+        h = self.post_attention_layernorm.add_forward(x, self.self_attn(rope, self.input_layernorm(x), meta, backend))
+        return x.add_(self.mlp(h))
 
 
 class LlamaForCausalLM(nn.Module):
     """`forward(input_ids[T], positions[T], meta, backend) -> hidden[T, hidden]`; `compute_logits` applies
-    the final projection to the rows that need sampling only."""
+    the final projection to the rows that need sampling only (under tensor parallelism: on rank 0; the
+    other ranks take part in the gather and get None)."""
 
-    def __init__(self, cfg, max_positions: int):
+    def __init__(self, cfg, max_positions: int, tp: TPContext | None = None):
         super().__init__()
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.tp = tp
+        self.embed_tokens = embedding(cfg.vocab_size, cfg.hidden_size, tp)
         self.rotary = RotaryEmbedding(cfg, head_dim, max_positions)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, head_dim) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, head_dim, tp) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.kv_slots = kv_slots(cfg, max_positions)  # sliding-window layers may form their own KV group
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
         if not self.tie_word_embeddings:
-            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size if tp is None else tp.shard.vocab_rows, bias=False)
 
     def bind_kv_cache(self, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         bind_kv_cache([layer.self_attn for layer in self.layers], caches, self.kv_slots)
@@ -104,6 +111,7 @@ class LlamaForCausalLM(nn.Module):
             x = layer(rope, x, group_meta(meta, group), backend)
         return self.norm(x)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         weight = self.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
-        return linear(hidden, weight)
+        logits = linear(hidden, weight)
+        return logits if self.tp is None else self.tp.gather_logits(logits)

@@ -7,6 +7,8 @@ Checkpoint names are transformers' (`model.layers.0.self_attn.q_proj.weight`, ..
 `experts.gate_up_proj` [E, 2I, H] or `experts.down_proj` [E, H, I]; checkpoints that are already stacked
 (transformers 5's own layout) load as they are. Gemma 3's multimodal checkpoints hold the language model under
 `language_model.`; the vision tower is skipped. Loading goes tensor by tensor, never holding a second copy.
+A tensor-parallel rank (Llama family only, `engine.distributed.partition`) reads only its slice of each tensor
+(`engine.models.parallel.shard_source`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn as nn
 from ..config import ModelConfig
 from .arch import model_class
 from .layers import RMSNorm, RotaryEmbedding
+from .parallel import VOCAB_PARAMS, TPContext, read_shard, shard_source
 from .variants import GemmaRMSNorm
 
 logger = logging.getLogger(__name__)
@@ -43,31 +46,33 @@ _PREFIXES = ("model.language_model.", "language_model.model.", "language_model."
 Dest = Callable[[torch.Tensor], torch.Tensor]  # the part of a parameter one checkpoint tensor fills
 
 
-def build_model(cfg: ModelConfig, device: torch.device, seed: int = 0) -> nn.Module:
+def build_model(cfg: ModelConfig, device: torch.device, seed: int = 0, tp: TPContext | None = None) -> nn.Module:
+    """The model (with `tp`: this rank's shard of it), weights loaded. Dummy weights are drawn per rank
+    (seed + rank), so a sharded dummy model is not the unsharded one split."""
     # Build on the meta device (no memory, no random init), then allocate uninitialised storage: every
     # parameter is written exactly once below, by the loader or the dummy initialiser.
+    kwargs = {} if tp is None else {"tp": tp}  # only the Llama family shards (partition.plan_for_model)
     with torch.device("meta"):
-        model = model_class(cfg.architecture)(cfg.hf_config, max_positions=cfg.max_model_len).to(cfg.dtype)
+        model = model_class(cfg.architecture)(cfg.hf_config, max_positions=cfg.max_model_len, **kwargs).to(cfg.dtype)
     model.to_empty(device=device)
     for module in model.modules():
         if isinstance(module, RotaryEmbedding):
             module.build(device)  # RoPE tables stay fp32 whatever the model dtype
     if cfg.load_format == "dummy":
-        init_dummy_weights(model, seed)
+        init_dummy_weights(model, seed + (0 if tp is None else tp.shard.rank))
     else:
         load_safetensors(model, cfg.path)
     model.eval()
     return model
 
 
-def _shard_slice(model: nn.Module, fused: str, shard: int) -> tuple[int, int]:
-    hf = model.config
-    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+def _shard_slice(model: nn.Module, param_name: str, fused: str, shard: int) -> tuple[int, int]:
+    """Rows of checkpoint tensor `shard` inside fused parameter `param_name`, in this model's (rank's) sizes."""
     if fused == "qkv_proj":
-        q = hf.num_attention_heads * head_dim
-        kv = (getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads) * head_dim
+        attn = model.get_submodule(param_name.rsplit(".", 2)[0])
+        q, kv = attn.q_size, attn.kv_size
         return [(0, q), (q, q + kv), (q + kv, q + 2 * kv)][shard]
-    inter = hf.intermediate_size
+    inter = model.get_parameter(param_name).shape[0] // 2
     return [(0, inter), (inter, 2 * inter)][shard]
 
 
@@ -78,9 +83,9 @@ def _strip(name: str) -> str:
     return name
 
 
-def _target(model: nn.Module, name: str) -> tuple[str, Dest | None] | None:
-    """Map a checkpoint tensor name to (our parameter name, the part of it to fill or None for all of it);
-    None = skip the tensor."""
+def _target(model: nn.Module, name: str) -> tuple[str, Dest | None, int | None] | None:
+    """Map a checkpoint tensor name to (our parameter name, the part of it to fill or None for all of it,
+    index inside a fused parameter or None); None = skip the tensor."""
     if name.endswith(_IGNORED_SUFFIXES) or name.startswith(_IGNORED_PREFIXES):
         return None
     name = _strip(name).replace(".block_sparse_moe.", ".mlp.")
@@ -92,16 +97,17 @@ def _target(model: nn.Module, name: str) -> tuple[str, Dest | None] | None:
             raise ValueError(f"model: checkpoint tensor {name!r} is not an expert weight this model knows")
         stacked, half = _EXPERT[kind]
         if half is None:
-            return f"{prefix}.experts.{stacked}", lambda p: p[expert]
-        return f"{prefix}.experts.{stacked}", lambda p: p[expert].chunk(2, dim=0)[half]
+            return f"{prefix}.experts.{stacked}", lambda p: p[expert], None
+        return f"{prefix}.experts.{stacked}", lambda p: p[expert].chunk(2, dim=0)[half], None
     parts = name.split(".")
     for i, p in enumerate(parts):
         if p in _STACKED:
             fused, shard = _STACKED[p]
             parts[i] = fused
-            lo, hi = _shard_slice(model, fused, shard)
-            return ".".join(parts), lambda t: t[lo:hi]
-    return name, None
+            name = ".".join(parts)
+            # evaluated once the name is known to be a parameter (an unknown name gets its clear error first)
+            return name, lambda t: t[slice(*_shard_slice(model, name, fused, shard))], shard
+    return name, None, None
 
 
 def load_safetensors(model: nn.Module, path) -> None:
@@ -118,11 +124,17 @@ def load_safetensors(model: nn.Module, path) -> None:
                 target = _target(model, key)
                 if target is None:
                     continue
-                name, part = target
+                name, part, fused_index = target
                 if name not in params:
                     raise ValueError(f"model: checkpoint tensor {key!r} has no place in the model")
-                param, tensor = params[name], f.get_tensor(key)
+                source = None if getattr(model, "tp", None) is None else shard_source(model.tp, name, fused_index)
+                param, tensor = params[name], read_shard(f, key, source)
                 dest = param.data if part is None else part(param.data)
+                if source is not None and name.endswith(VOCAB_PARAMS):
+                    # the last vocabulary chunk is padded: zero rows past the real vocabulary
+                    dest[tensor.shape[0]:].zero_()
+                    filled[name] += dest[tensor.shape[0]:].numel()
+                    dest = dest[:tensor.shape[0]]
                 if dest.shape != tensor.shape:
                     raise ValueError(f"model: {key} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
                 dest.copy_(tensor)

@@ -1,16 +1,25 @@
 """`kvserve bench`: offline throughput on a seeded random-token workload, optionally side by side with
-HF transformers (static batching with `generate`, and HF's own continuous batching) in the same process.
+HF transformers (static batching with `generate`, and HF's own continuous batching) in the same process,
+or side by side at several tensor-parallel sizes (`--compare-tp 1,2`: every engine loaded, rounds alternate).
 
 Every system gets the same prompts and the same per-request output lengths, with EOS ignored, so output
 token counts are identical and tok/s compare directly. Static batching pads each batch and runs it to its
 longest output; only the requested tokens count as output.
+
+The engine's context window is the workload's (longest prompt + longest output, rounded up to 256) unless
+--max-model-len says otherwise. Before timing, the engine runs a full-size warm-up batch (`EngineRun.warm_up`): as many requests as run at
+once, one step of max_num_batched_tokens prefill tokens, then decode steps at that batch size, so that every
+kernel variant and allocation the timed run needs exists before the clock starts. With --json, the engine's
+figures are written as soon as they exist (HF runs after it and may fail or be cut short).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
 import platform
 import statistics
 import time
@@ -19,7 +28,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .step_summary import step_points, summarize
+
 from ..config import EngineArgs
+from .peaks import PeakArgs, peak_for
 
 logger = logging.getLogger(__name__)
 
@@ -67,25 +79,69 @@ class EngineRun:
         t0 = time.perf_counter()
         self.llm = LLM(**{k: v for k, v in asdict(args).items()})
         self.load_s = time.perf_counter() - t0
-        self.llm.generate([[1, 2, 3]] * 2, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm-up
+        self.llm.generate([[1, 2, 3]] * 2, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+        self.warmup_s = 0.0
+        self.runs = 0
+        self.last_stats: list = []
 
-    def run(self, wl: Workload) -> dict:
+    def warm_up(self, wl: Workload, decode_steps: int = 3) -> dict:
+        """A full-size batch: min(num_prompts, max_num_seqs) requests whose prompts (prefixes of the workload's)
+        fill one max_num_batched_tokens prefill step together, then `decode_steps` decode steps at that batch
+        size. Returns its shape."""
         from ..sampling_params import SamplingParams
 
-        engine = self.llm.engine
-        engine.kv.pool.reset_prefix_cache()  # a repeated round must not hit the previous round's prompts
-        params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in wl.output_lens]
+        sched = self.llm.engine.config.scheduler
+        n = min(wl.num_prompts, sched.max_num_seqs)
+        length = max(1, -(-sched.max_num_batched_tokens // n))
+        prompts = [p[:length] for p in wl.prompts[:n]]
         _sync()
         t0 = time.perf_counter()
-        outs = self.llm.generate(wl.prompts, params)
+        self.llm.generate(prompts, SamplingParams(temperature=0, max_tokens=1 + decode_steps, ignore_eos=True))
+        _sync()
+        self.warmup_s = time.perf_counter() - t0
+        return {"requests": n, "prompt_tokens": sum(map(len, prompts)), "decode_steps": decode_steps,
+                "seconds": self.warmup_s}
+
+    def run(self, wl: Workload, peak=None) -> dict:
+        """One pass over the workload, every request added at once (their arrival), stepped to the end. Besides
+        throughput: the time in prefill / decode / mixed steps with their FLOPs and bytes, and TTFT / TPOT."""
+        from ..sampling_params import SamplingParams
+        engine = self.llm.engine
+        engine.kv.pool.reset_prefix_cache()  # a repeated round must not hit the previous round's prompts
+        self.runs += 1
+        _sync()
+        t0, arrival = time.perf_counter(), time.time()
+        for i, (prompt, n) in enumerate(zip(wl.prompts, wl.output_lens)):
+            engine.add_request(f"bench-{self.runs}-{i}", prompt, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True),
+                               arrival_time=arrival)
+        stats, produced, ttft, tpot = [], 0, [], []
+        while engine.has_unfinished_requests():
+            out = engine.step()
+            stats.append(out.stats)
+            for d in out.deltas:
+                produced += len(d.new_token_ids)
+                if d.finished and d.times.first_token is not None:
+                    ttft.append(d.times.first_token - d.times.arrival)
+                    if d.num_output_tokens >= 2:
+                        tpot.append((d.times.last_token - d.times.first_token) / (d.num_output_tokens - 1))
         _sync()
         dt = time.perf_counter() - t0
-        produced = sum(len(o.token_ids) for o in outs)
         assert produced == sum(wl.output_lens), "engine produced a different number of tokens than requested"
+        self.last_stats = stats
         return {"seconds": dt, "output_tokens": produced, "output_tok_s": produced / dt, "load_s": self.load_s,
+                "warmup_s": self.warmup_s,
                 "num_kv_blocks": engine.kv.num_blocks, "device": str(engine.config.device),
                 "dtype": str(engine.config.model.dtype).replace("torch.", ""),
-                "attention_backend": engine.config.attention_backend}
+                "attention_backend": engine.config.attention_backend,
+                "steps": summarize(step_points(stats), peak),
+                "ttft_s": _spread(ttft), "tpot_s": _spread(tpot)}
+
+
+def _spread(values: list[float]) -> dict:
+    if not values:
+        return {"count": 0, "mean": None, "p50": None, "p90": None}
+    v = sorted(values)
+    return {"count": len(v), "mean": sum(v) / len(v), "p50": statistics.median(v), "p90": v[min(len(v) - 1, int(0.9 * len(v)))]}
 
 
 def _release_memory() -> None:
@@ -148,7 +204,8 @@ def run_hf_cb(model, wl: Workload) -> dict:
 
     gen = GenerationConfig(do_sample=False, max_new_tokens=max(wl.output_lens), eos_token_id=None, pad_token_id=0)
     t0 = time.perf_counter()
-    with model.continuous_batching_context_manager(generation_config=gen, block=True, timeout=5) as manager:
+    with model.continuous_batching_context_manager(generation_config=gen, block=True, timeout=5,
+                                                   **_hf_cb_cache_size(wl)) as manager:
         ids = [manager.add_request(p, max_new_tokens=n, eos_token_id=-1) for p, n in zip(wl.prompts, wl.output_lens)]
         done: dict = {}
         while len(done) < len(ids):
@@ -163,6 +220,19 @@ def run_hf_cb(model, wl: Workload) -> dict:
     return {"seconds": dt, "output_tokens": produced, "output_tok_s": produced / dt}
 
 
+def _hf_cb_cache_size(wl: Workload) -> dict:
+    """A KV cache that holds every request of the workload at once, twice over. Left to itself, HF sizes its
+    cache from free memory (0.8-0.9 of it), which on a CPU means most of the machine's RAM (12 GB for a tiny
+    test model here); older transformers without the config keep their default."""
+    try:
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+    except ImportError:
+        return {}
+    page = 256
+    pages = sum(-(-(len(p) + n) // page) for p, n in zip(wl.prompts, wl.output_lens))
+    return {"continuous_batching_config": ContinuousBatchingConfig(page_size=page, num_blocks=2 * pages)}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-prompts", type=int, default=32)
     parser.add_argument("--input-len", default="32:256", help="N or LO:HI (uniform)")
@@ -174,9 +244,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate engine and HF static this many times and report medians (keeps both "
                              "loaded: on a GPU lower --gpu-memory-utilization to leave room for HF)")
+    parser.add_argument("--compare-tp", default=None, metavar="N,M,...",
+                        help="run the engine at each of these tensor-parallel sizes, alternating rounds, and "
+                             "report throughput ratios to the first (instead of --tensor-parallel-size)")
     parser.add_argument("--json", default=None, help="write results as JSON to this path")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="also sweep --sweep-batch-sizes and draw every step on the roofline into this PNG")
+    parser.add_argument("--sweep-batch-sizes", default="1,4,16,64", help="concurrent prompts per sweep run (--plot)")
+    parser.add_argument("--sweep-input-len", type=int, default=64, help="prompt tokens in the sweep (--plot)")
+    parser.add_argument("--sweep-output-len", type=int, default=16, help="output tokens in the sweep (--plot)")
     parser.add_argument("--log-level", default="WARNING")
     EngineArgs.add_cli_args(parser)
+    PeakArgs.add_cli_args(parser)
 
 
 def _median_of(rounds: list[dict]) -> dict:
@@ -185,20 +264,78 @@ def _median_of(rounds: list[dict]) -> dict:
     return {**ordered[(len(ordered) - 1) // 2], "rounds_output_tok_s": [r["output_tok_s"] for r in rounds]}
 
 
+def workload_max_model_len(wl: Workload, model_limit: int, granularity: int = 256) -> int:
+    """The context window the workload needs (longest prompt + longest output), rounded up, within the
+    model's: what the engine is sized for when --max-model-len is not given. The model's own window (131,072
+    for Llama 3.1) would size CUDA graphs' block tables and split counts for contexts no request reaches."""
+    need = max(map(len, wl.prompts)) + max(wl.output_lens)
+    return min(model_limit, -(-need // granularity) * granularity)
+
+
+def parse_tp_sizes(spec: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in spec.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(n < 1 for n in sizes) or len(set(sizes)) != len(sizes):
+        raise ValueError(f"compare_tp: expected distinct sizes >= 1 like 1,2, got {spec!r}")
+    return sizes
+
+
+def run_tp_comparison(args: argparse.Namespace, eargs: EngineArgs, wl: Workload, results: dict) -> dict:
+    """The same workload at each tensor-parallel size; every engine stays loaded and the rounds alternate
+    (size order rotating each round), so machine drift hits every size alike."""
+    sizes = parse_tp_sizes(args.compare_tp)
+    engines = {n: EngineRun(dataclasses.replace(eargs, tensor_parallel_size=n)) for n in sizes}
+    for engine in engines.values():
+        engine.warm_up(wl)
+    rounds: dict[int, list[dict]] = {n: [] for n in sizes}
+    for r in range(args.rounds):
+        order = sizes[r % len(sizes):] + sizes[:r % len(sizes)]
+        for n in order:
+            rounds[n].append(engines[n].run(wl))
+        print(f"round {r}: " + ", ".join(f"TP={n} {rounds[n][-1]['output_tok_s']:7.1f} output tok/s" for n in sizes),
+              flush=True)
+    for engine in engines.values():
+        engine.llm.shutdown()
+    base = sizes[0]
+    ratios = {n: [a["output_tok_s"] / b["output_tok_s"] for a, b in zip(rounds[n], rounds[base])] for n in sizes}
+    out = {}
+    for n in sizes:
+        med = _median_of(rounds[n])
+        out[str(n)] = {**med, f"over_tp{base}": statistics.median(ratios[n]), f"over_tp{base}_rounds": ratios[n]}
+        print(f"TP={n}: {med['output_tok_s']:8.1f} output tok/s (median of {args.rounds}; load {med['load_s']:.1f} s)"
+              + ("" if n == base else f"   TP={n} / TP={base} = {statistics.median(ratios[n]):.2f}x"))
+    results["tensor_parallel"] = out
+    return results
+
+
 def run(args: argparse.Namespace) -> int:
     eargs = EngineArgs.from_cli_args(args)
-    vocab = eargs.resolve().model.vocab_size
-    wl = make_workload(args.num_prompts, args.input_len, args.output_len, args.seed, vocab)
+    model = eargs.resolve().model
+    wl = make_workload(args.num_prompts, args.input_len, args.output_len, args.seed, model.vocab_size)
+    if eargs.max_model_len is None:
+        eargs = dataclasses.replace(eargs, max_model_len=workload_max_model_len(wl, model.max_model_len))
     print(f"workload: {wl.num_prompts} prompts, input {wl.input_len}, output {wl.output_len}, seed {wl.seed}, "
-          f"{wl.summary()['prompt_tokens']} prompt + {wl.summary()['output_tokens']} output tokens, ignore_eos")
-    results: dict = {"workload": wl.summary(), "machine": _machine(), "rounds": args.rounds}
+          f"{wl.summary()['prompt_tokens']} prompt + {wl.summary()['output_tokens']} output tokens, ignore_eos; "
+          f"max_model_len {eargs.max_model_len}")
+    results: dict = {"workload": wl.summary(), "machine": _machine(), "rounds": args.rounds,
+                     "max_model_len": eargs.max_model_len}
+    if args.compare_tp:
+        if args.vs_hf:
+            raise SystemExit("kvserve bench: --compare-tp and --vs-hf are separate comparisons; pick one")
+        run_tp_comparison(args, eargs, wl, results)
+        _write_json(args.json, results)
+        return 0
     engine = EngineRun(eargs)
+    peak = _peak(args, engine, measure=args.plot is not None)
+    results["warmup"] = engine.warm_up(wl)
     hf = None
     if args.vs_hf and args.rounds > 1:  # both stay loaded: rounds alternate, so machine drift hits both
         hf = load_hf_model(eargs)
     eng_rounds, st_rounds, ratios = [], [], []
     for r in range(args.rounds):
-        eng_rounds.append(engine.run(wl))
+        eng_rounds.append(engine.run(wl, peak))
         line = f"round {r}: kvserve engine {eng_rounds[-1]['output_tok_s']:7.1f} output tok/s"
         if hf is not None:
             st_rounds.append(run_hf_static(*hf, wl, args.hf_batch_size))
@@ -207,7 +344,18 @@ def run(args: argparse.Namespace) -> int:
         if args.rounds > 1:
             print(line, flush=True)
     eng = results["engine"] = _median_of(eng_rounds)
-    print(f"kvserve engine        : {eng['output_tok_s']:8.1f} output tok/s ({eng['seconds']:.1f} s)")
+    print(f"kvserve engine        : {eng['output_tok_s']:8.1f} output tok/s ({eng['seconds']:.1f} s)", flush=True)
+    _print_steps(eng)
+    results.update(_flat(results, wl))
+    _write_json(args.json, results)  # the engine's figures survive an HF failure or timeout
+    if args.plot:
+        from .roofline_sweep import plot_roofline, sweep
+
+        sizes = [int(b) for b in args.sweep_batch_sizes.split(",")]
+        points = sweep(engine, sizes, args.sweep_input_len, args.sweep_output_len, args.seed, model.vocab_size)
+        plot_roofline(points, peak, args.plot, title=f"{engine.llm.engine.model_config.name} on {_device_name(engine)}")
+        results["roofline_sweep"] = {str(b): summarize(p, peak) for b, p in points.items()}
+        print(f"roofline: {sum(map(len, points.values()))} steps of batch sizes {sizes} drawn into {args.plot}")
     if args.vs_hf:
         if hf is None:  # one round: free the engine first, HF may need the memory (a GPU's KV cache)
             del engine
@@ -230,14 +378,67 @@ def run(args: argparse.Namespace) -> int:
             if "output_tok_s" in cb:
                 print(f"HF continuous batching: {cb['output_tok_s']:8.1f} output tok/s ({cb['seconds']:.1f} s)"
                       f"   engine / HF CB = {eng['output_tok_s'] / cb['output_tok_s']:.2f}x")
-    flat = {"engine_output_tok_s": eng["output_tok_s"], "output_tokens": eng["output_tokens"], "workload": wl.summary(),
-            "hf_static_output_tok_s": results.get("hf_static", {}).get("output_tok_s"),
-            "hf_cb_output_tok_s": results.get("hf_cb", {}).get("output_tok_s")}
-    results.update(flat)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    results.update(_flat(results, wl))
+    results["complete"] = True
+    _write_json(args.json, results)
     return 0
+
+
+def _flat(results: dict, wl: Workload) -> dict:
+    eng = results["engine"]
+    return {"engine_output_tok_s": eng["output_tok_s"], "output_tokens": eng["output_tokens"],
+            "workload": wl.summary(), "hf_static_output_tok_s": results.get("hf_static", {}).get("output_tok_s"),
+            "hf_cb_output_tok_s": results.get("hf_cb", {}).get("output_tok_s")}
+
+
+def _write_json(path: str | None, results: dict) -> None:
+    """Replace `path` with the results so far (write, then rename: never half a file)."""
+    if path is None:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _peak(args, engine: EngineRun, measure: bool):
+    """The peak from the flags (or the device's preset / the CPU's calibration); for a plot on a CPU without
+    one, measured now (a few seconds) so the roofline has a roof."""
+    try:
+        peak = peak_for(PeakArgs.from_cli_args(args), engine.llm.engine.config.device)
+    except ValueError as e:
+        raise SystemExit(f"kvserve bench: {e}")
+    if peak is None and measure and engine.llm.engine.config.device.type == "cpu":
+        from ..roofline import Peak
+        from .peaks import measure_cpu
+
+        flops, bandwidth = measure_cpu()
+        peak = Peak(f"CPU, measured now ({torch.get_num_threads()} torch threads)", flops, bandwidth)
+    return peak
+
+
+def _print_steps(eng: dict) -> None:
+    from .step_summary import format_summary
+
+    for line in format_summary(eng["steps"]):
+        print("  " + line)
+    t, p = eng["ttft_s"], eng["tpot_s"]
+    if t["count"]:
+        print(f"  TTFT mean {t['mean']:.3f} s, p50 {t['p50']:.3f} s, p90 {t['p90']:.3f} s (all {t['count']} requests "
+              f"arrive at once, so TTFT includes queueing);  TPOT mean {_ms(p['mean'])}, p50 {_ms(p['p50'])}, "
+              f"p90 {_ms(p['p90'])}")
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1e3:.1f} ms"
+
+
+def _device_name(engine: EngineRun) -> str:
+    device = engine.llm.engine.config.device
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'s' * (threads > 1)})"
 
 
 def _machine() -> dict:

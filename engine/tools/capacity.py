@@ -10,9 +10,14 @@ attribute in `shape_from_hf_config`). `engine.tools.planner` turns flags into th
     num_blocks            = floor(kv_budget_bytes / (block_size x kv_bytes_per_token))
     max_concurrent_seqs   = floor(num_blocks / ceil(context_len / block_size))
     decode step bytes     = weight_bytes + batch x context_len x kv_bytes_per_token
-    decode step >= max(bytes / bandwidth, decode FLOPs / compute)         (lower bound on TPOT)
+    decode step FLOPs     = batch x (2 x dense_params + 2 x vocab x hidden + 4 x layers x heads x head_dim x context_len)
+    decode step >= max(bytes / bandwidth, FLOPs / compute)                  (lower bound on TPOT)
     prefill FLOPs         = 2 x dense_params x n + 2 x vocab x hidden + 2 x layers x heads x head_dim x n(n+1)
-    TTFT >= max(prefill FLOPs / compute, weight_bytes / bandwidth)
+    prefill bytes         = weight_bytes + n x kv_bytes_per_token
+    TTFT >= max(prefill FLOPs / compute, prefill bytes / bandwidth)
+
+The step FLOPs and bytes come from `engine.roofline.step_cost`, the same function the engine applies to every
+step it runs for the live metrics, so the planner's bounds and the server's utilization use one arithmetic.
 
 Sliding-window layers hold (and read) at most `window` tokens of a sequence, so "context_len" above becomes, per
 layer, min(context_len, window): the KV bound of a Mistral or Gemma. Mixture-of-experts models multiply each
@@ -29,16 +34,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .params import ParamBreakdown, count_params
+from ..roofline import GIB, GPU_PRESETS, Hardware, ModelCost, ParamBreakdown, Share, count_params, step_cost
 
-__all__ = ["ParamBreakdown", "count_params", "ModelShape", "Hardware", "Workload", "CapacityPlan", "plan_capacity",
-           "shape_from_hf_config", "GPU_PRESETS"]
+__all__ = ["GIB", "GPU_PRESETS", "Hardware", "ParamBreakdown", "count_params", "ModelShape", "Workload", "CapacityPlan",
+           "plan_capacity", "shape_from_hf_config", "dtype_name", "WEIGHT_DTYPE_BYTES", "KV_DTYPE_BYTES"]
 
 WEIGHT_DTYPE_BYTES: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
 KV_DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
 _ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float8": "fp8"}
 
-GIB = 1 << 30
 
 
 def dtype_name(name: str, table: dict, what: str) -> str:
@@ -77,10 +81,7 @@ class ModelShape:
     def dense_params(self) -> int:
         """Weights every prompt token is multiplied by: all but the embedding table and the lm_head (the
         lm_head runs once, for the last token). Without a breakdown: every parameter (an overestimate)."""
-        if self.breakdown is None:
-            return self.num_params
-        b = self.breakdown
-        return self.num_params - b.embedding - b.lm_head - b.experts + b.active_experts
+        return self.num_params if self.breakdown is None else self.breakdown.dense
 
     @property
     def active_params(self) -> int:
@@ -93,12 +94,6 @@ class ModelShape:
         per sliding-window layer."""
         windows = self.layer_windows or (None,) * self.num_layers
         return sum(context_len if w is None else min(context_len, w) for w in windows)
-
-    def experts_touched(self, batch: int) -> float:
-        """Expected share of the routed experts a batch of `batch` tokens touches (uniform routing)."""
-        if not self.num_experts:
-            return 0.0
-        return 1.0 - (1.0 - self.experts_per_token / self.num_experts) ** batch
 
 
 def shape_from_hf_config(cfg, name: str) -> ModelShape:
@@ -123,32 +118,6 @@ def shape_from_hf_config(cfg, name: str) -> ModelShape:
         num_experts=experts,
         experts_per_token=cfg.num_experts_per_tok if experts else 0,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Hardware:
-    """One accelerator. Memory in bytes; bandwidth in bytes/s; compute in FLOP/s (dense, the weight dtype)."""
-
-    name: str
-    memory_bytes: int
-    bandwidth: float
-    flops: float
-
-    def __post_init__(self) -> None:
-        if self.memory_bytes < 1 or not self.bandwidth > 0 or not self.flops > 0:
-            raise ValueError(f"gpu: memory, bandwidth and flops must be > 0, got {self}")
-
-
-# Vendor datasheets. Memory "GB" on these datasheets is binary (a "24 GB" RTX 4090 shows 24564 MiB in
-# nvidia-smi), so it is taken as GiB. Bandwidth and FLOP/s are decimal; FLOP/s are dense BF16 tensor-core
-# numbers (the datasheets' larger figures assume 2:4 sparsity).
-GPU_PRESETS: dict[str, Hardware] = {
-    "H200": Hardware("H200 SXM 141GB", 141 * GIB, 4.8e12, 989e12),
-    "H100": Hardware("H100 SXM 80GB", 80 * GIB, 3.35e12, 989e12),
-    "A100-80GB": Hardware("A100 SXM 80GB", 80 * GIB, 2.039e12, 312e12),
-    "L4": Hardware("L4 24GB", 24 * GIB, 0.3e12, 121e12),
-    "RTX-4090": Hardware("GeForce RTX 4090 24GB", 24 * GIB, 1.008e12, 165.2e12),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +174,7 @@ class CapacityPlan:
     prefill_attention_flops: float
     prefill_flops: float
     prefill_compute_s: float
+    prefill_bytes: int
     prefill_memory_s: float
     ttft_lower_bound_s: float
     decode_weight_bytes: int = 0  # weights one decode step reads: all, or for MoE the experts its batch touches
@@ -215,22 +185,26 @@ class CapacityPlan:
         return self.kv_budget_bytes > 0
 
 
-def _causal_pairs(n: int, window: int | None) -> int:
-    """(query, key) pairs of a causal prefill of n tokens: n(n+1)/2, or with a window W each query sees
-    min(i, W) keys."""
-    if window is None or n <= window:
-        return n * (n + 1) // 2
-    return window * (window + 1) // 2 + (n - window) * window
+def model_cost(model: ModelShape, weight_bytes_per_param: float, kv_bytes_per_element: int) -> ModelCost:
+    """The shape as the shared formulas see it. Without a breakdown (an explicit shape) the lm_head is not
+    known apart, so there is no logits term, and unknown query heads drop the attention term."""
+    known = model.breakdown is not None
+    experts = model.breakdown.experts if known else 0
+    return ModelCost(num_layers=model.num_layers, num_heads=model.num_heads or 0, head_dim=model.head_dim,
+                     hidden_size=(model.hidden_size or 0) if known else 0, vocab_size=(model.vocab_size or 0) if known else 0,
+                     dense_params=model.dense_params, weight_bytes=math.ceil(model.num_params * weight_bytes_per_param),
+                     kv_bytes_per_token=2 * model.num_layers * model.num_kv_heads * model.head_dim * kv_bytes_per_element,
+                     layer_windows=model.layer_windows, expert_weight_bytes=math.ceil(experts * weight_bytes_per_param),
+                     num_experts=model.num_experts, experts_per_token=model.experts_per_token)
 
 
 def plan_capacity(model: ModelShape, gpu: Hardware, work: Workload) -> CapacityPlan:
     """The capacity and roofline numbers for `model` on `gpu` under `work` (see the module docstring)."""
     w_bytes = WEIGHT_DTYPE_BYTES[dtype_name(work.weight_dtype, WEIGHT_DTYPE_BYTES, "dtype")]
     kv_elem = KV_DTYPE_BYTES[dtype_name(work.kv_dtype, KV_DTYPE_BYTES, "kv_dtype")]
-    weight_bytes = math.ceil(model.num_params * w_bytes)
-    layer_token = 2 * model.num_kv_heads * model.head_dim * kv_elem  # one layer's K and V of one token
-    kv_token = model.num_layers * layer_token
-    kv_seq = layer_token * model.kv_tokens(work.context_len)
+    cost = model_cost(model, w_bytes, kv_elem)
+    weight_bytes, kv_token = cost.weight_bytes, cost.kv_bytes_per_token
+    kv_seq = kv_token // model.num_layers * model.kv_tokens(work.context_len)
     usable = math.floor(gpu.memory_bytes * work.memory_fraction)
     budget = usable - weight_bytes
     block_bytes = work.block_size * kv_token
@@ -244,20 +218,16 @@ def plan_capacity(model: ModelShape, gpu: Hardware, work: Workload) -> CapacityP
     max_seqs = blocks // blocks_per_seq
     batch = work.batch_size if work.batch_size is not None else max(max_seqs, 1)
 
-    experts = model.breakdown.experts if model.breakdown is not None else 0
-    decode_weights = math.ceil((model.num_params - experts + experts * model.experts_touched(batch)) * w_bytes)
-    heads = model.num_heads or 0  # unknown query heads: no attention FLOPs term
-    step_bytes = decode_weights + batch * kv_seq
-    step_flops = 2.0 * model.dense_params * batch + 4.0 * heads * model.head_dim * model.kv_tokens(work.context_len) * batch
+    step = step_cost(cost, [Share(start=work.context_len - 1, num_new=1, sampled=True, decode=True, count=batch)])
+    step_bytes, step_flops = int(step.bytes), step.flops
     mem_s, comp_s = step_bytes / gpu.bandwidth, step_flops / gpu.flops
     step_s = max(mem_s, comp_s)
 
     n = work.prompt_len or work.context_len
-    logits = 2.0 * (model.vocab_size or 0) * (model.hidden_size or 0) if model.breakdown is not None else 0.0
-    dense = 2.0 * model.dense_params * n + logits
-    attention = 4.0 * heads * model.head_dim * sum(_causal_pairs(n, w) for w in windows)
-    prefill = dense + attention
-    prefill_weights = math.ceil((model.num_params - experts + experts * model.experts_touched(n)) * w_bytes)
+    prefill_step = step_cost(cost, [Share(start=0, num_new=n, sampled=True, decode=False)])
+    dense = prefill_step.dense_flops + prefill_step.logits_flops
+    attention = prefill_step.attention_flops
+    prefill = prefill_step.flops
     return CapacityPlan(
         weight_bytes_per_param=w_bytes,
         kv_bytes_per_element=kv_elem,
@@ -283,8 +253,9 @@ def plan_capacity(model: ModelShape, gpu: Hardware, work: Workload) -> CapacityP
         prefill_attention_flops=attention,
         prefill_flops=prefill,
         prefill_compute_s=prefill / gpu.flops,
-        prefill_memory_s=prefill_weights / gpu.bandwidth,
-        ttft_lower_bound_s=max(prefill / gpu.flops, prefill_weights / gpu.bandwidth),
-        decode_weight_bytes=decode_weights,
-        experts_touched=model.experts_touched(batch),
+        prefill_bytes=int(prefill_step.bytes),
+        prefill_memory_s=prefill_step.bytes / gpu.bandwidth,
+        ttft_lower_bound_s=max(prefill / gpu.flops, prefill_step.bytes / gpu.bandwidth),
+        decode_weight_bytes=int(step.weight_bytes),
+        experts_touched=cost.experts_touched(batch),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 
 from engine.tools.capacity import (GIB, GPU_PRESETS, KV_DTYPE_BYTES, WEIGHT_DTYPE_BYTES, CapacityPlan, Hardware,
@@ -33,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("GPU (a preset, optionally with fields overridden)")
     g.add_argument("--gpu", choices=sorted(GPU_PRESETS), default="H100", help="datasheet preset (default H100)")
-    g.add_argument("--gpu-memory", type=float, default=None, help="memory in GiB (datasheet 'GB' of HBM/GDDR is binary)")
+    g.add_argument("--gpu-memory", default=None,
+                   help="memory with a unit: 24GiB (binary), 24GB (decimal), 80G or a bare 80 (GiB, as GPU datasheets "
+                        "mean it); the plan says which it assumed")
     g.add_argument("--bandwidth", type=float, default=None, help="memory bandwidth in TB/s")
     g.add_argument("--flops", type=float, default=None, help="dense compute in TFLOP/s at the weight dtype")
 
@@ -67,11 +70,40 @@ def shape_from_args(args: argparse.Namespace) -> ModelShape:
     return shape_from_hf_config(load_hf_config(args.model), name)
 
 
+_PREFIX_POWER = {"K": 1, "M": 2, "G": 3, "T": 4}
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(?:([KMGT])(iB|B)?|(B))?\s*", re.IGNORECASE)
+
+
+def parse_memory(text: str) -> tuple[int, str]:
+    """"24GiB" -> (24 x 2^30, how it was read). GiB/MiB/TiB are binary and GB/MB/TB decimal; a bare number or a
+    bare prefix (80, 80G) is GiB, because GPU datasheets' "GB" of HBM/GDDR means GiB (a "24 GB" card has 24 GiB)."""
+    m = _SIZE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"gpu_memory: expected a size such as 24GiB, 24GB, 80G or 80, got {text!r}")
+    number, prefix, suffix, plain_bytes = m.groups()
+    value = float(number)
+    if plain_bytes:
+        n, how = int(value), f"{text.strip()} read as {int(value):,} B"
+    elif prefix and suffix and suffix.upper() == "B":
+        p = prefix.upper()
+        n = int(value * 1000 ** _PREFIX_POWER[p])
+        how = f"{text.strip()} read as decimal {p}B = {n:,} B (write {number}{p}iB for binary)"
+    else:
+        p = (prefix or "G").upper()
+        n = int(value * 1024 ** _PREFIX_POWER[p])
+        how = f"{text.strip()} read as binary {p}iB = {n:,} B"
+        if not suffix:
+            how += f" (no unit given: {p}iB, as GPU datasheets mean 'GB'; write {number}{p}B for decimal)"
+    if n < 1:
+        raise ValueError(f"gpu_memory: must be > 0, got {text!r}")
+    return n, how
+
+
 def gpu_from_args(args: argparse.Namespace) -> Hardware:
     gpu = GPU_PRESETS[args.gpu]
     overrides = {}
     if args.gpu_memory is not None:
-        overrides["memory_bytes"] = int(args.gpu_memory * GIB)
+        overrides["memory_bytes"] = parse_memory(str(args.gpu_memory))[0]
     if args.bandwidth is not None:
         overrides["bandwidth"] = args.bandwidth * 1e12
     if args.flops is not None:
@@ -121,7 +153,7 @@ def _explain_tight_fit(shape: ModelShape, gpu: Hardware, work: Workload, p: Capa
     return lines
 
 
-def render(shape: ModelShape, gpu: Hardware, work: Workload, p: CapacityPlan) -> str:
+def render(shape: ModelShape, gpu: Hardware, work: Workload, p: CapacityPlan, memory_note: str | None = None) -> str:
     heads = shape.num_heads or 0
     out = [f"kvserve plan: {shape.name} on {gpu.name}", ""]
     extra = ", ".join(f"{k} {v:,}" for k, v in (("query heads", shape.num_heads), ("hidden", shape.hidden_size),
@@ -142,6 +174,8 @@ def render(shape: ModelShape, gpu: Hardware, work: Workload, p: CapacityPlan) ->
                    "keys: they hold at most that many tokens of a sequence")
     out.append(f"  GPU     {gpu.memory_bytes / GIB:g} GiB, {gpu.bandwidth / 1e12:g} TB/s, {gpu.flops / 1e12:g} TFLOP/s dense; "
                f"weights {work.weight_dtype}, KV cache {work.kv_dtype}, memory fraction {work.memory_fraction:g}")
+    if memory_note:
+        out.append(f"  memory  --gpu-memory {memory_note}")
     out += ["", "Memory"]
     out.append(f"  weights         = params x bytes = {shape.num_params:,} x {p.weight_bytes_per_param:g} = {_b(p.weight_bytes)}")
     out.append(f"  KV per token    = 2 x layers x kv_heads x head_dim x bytes = 2 x {shape.num_layers} x {shape.num_kv_heads} x "
@@ -161,14 +195,22 @@ def render(shape: ModelShape, gpu: Hardware, work: Workload, p: CapacityPlan) ->
                f"{p.max_concurrent_sequences:,} concurrent sequences of {work.context_len:,} tokens")
     fits = "" if p.batch_size <= p.max_concurrent_sequences else f" (more than the {p.max_concurrent_sequences} that fit)"
     out += ["", f"Decode step roofline (batch {p.batch_size}{fits}, every sequence at {work.context_len:,} tokens)"]
+    weights = "weights"
     if shape.num_experts:
+        weights = "weights read"
         out.append(f"  weights read    = shared + experts touched (1 - (1 - {shape.experts_per_token}/{shape.num_experts})^"
                    f"{p.batch_size} = {p.experts_touched:.0%} of them) = {_b(p.decode_weight_bytes)}")
-    out.append(f"  bytes read      = weights + batch x KV per sequence = {p.decode_weight_bytes:,} + {p.batch_size} x "
-               f"{p.kv_bytes_per_sequence:,} = {_b(p.decode_step_bytes)}")
+    if shape.layer_windows:
+        out.append(f"  bytes moved     = {weights} + batch x KV per sequence (min(context, window) per layer) = "
+                   f"{p.decode_weight_bytes:,} + {p.batch_size} x {p.kv_bytes_per_sequence:,} = {_b(p.decode_step_bytes)}")
+    else:
+        out.append(f"  bytes moved     = {weights} + batch x context x KV per token = {p.decode_weight_bytes:,} + "
+                   f"{p.batch_size} x {work.context_len:,} x {p.kv_bytes_per_token:,} = {_b(p.decode_step_bytes)}")
+    out.append("                    (each sequence reads its context's K/V and writes its new token's)")
     out.append(f"  memory time     = bytes / bandwidth = {_t(p.decode_step_memory_s)}")
     ctx_term = "sum over layers of min(context, window)" if shape.layer_windows else "layers x context"
-    out.append(f"  compute time    = (2 x dense_params x batch + 4 x heads x head_dim x {ctx_term} x batch) / compute = "
+    out.append(f"  compute time    = batch x (2 x dense_params + 2 x vocab x hidden + 4 x heads x head_dim x {ctx_term}) "
+               f"/ compute = "
                f"{p.decode_step_flops / 1e12:,.3f} TFLOP / {gpu.flops / 1e12:g} TFLOP/s = {_t(p.decode_step_compute_s)}")
     bound = "memory-bound" if p.decode_step_memory_s >= p.decode_step_compute_s else "compute-bound"
     out.append(f"  TPOT           >= {_t(p.decode_step_lower_bound_s)} ({bound}) -> output <= {p.max_output_tokens_per_s:,.0f} tok/s "
@@ -180,7 +222,9 @@ def render(shape: ModelShape, gpu: Hardware, work: Workload, p: CapacityPlan) ->
                f"= {p.prefill_flops / 1e12:,.3f} TFLOP   (dense_params = {shape.dense_params:,}, heads = {heads})")
     pbound = "compute-bound" if p.prefill_compute_s >= p.prefill_memory_s else "memory-bound"
     weights = "weights touched" if shape.num_experts else "weights"
-    out.append(f"  TTFT           >= max(FLOPs / compute, {weights} / bandwidth) = max({_t(p.prefill_compute_s)}, "
+    out.append(f"  bytes moved     = {weights} + n x KV per token (written) = {p.prefill_bytes - p.prompt_len * p.kv_bytes_per_token:,} "
+               f"+ {p.prompt_len:,} x {p.kv_bytes_per_token:,} = {_b(p.prefill_bytes)}")
+    out.append(f"  TTFT           >= max(FLOPs / compute, bytes / bandwidth) = max({_t(p.prefill_compute_s)}, "
                f"{_t(p.prefill_memory_s)}) = {_t(p.ttft_lower_bound_s)} ({pbound})")
     out += ["", "Bounds ignore activations, CUDA graphs and framework memory: a real server fits fewer and runs slower."]
     if p.max_concurrent_sequences < TIGHT_FIT_SEQUENCES:
@@ -188,8 +232,9 @@ def render(shape: ModelShape, gpu: Hardware, work: Workload, p: CapacityPlan) ->
     return "\n".join(out)
 
 
-def to_json(shape: ModelShape, gpu: Hardware, work: Workload, p: CapacityPlan) -> dict:
+def to_json(shape: ModelShape, gpu: Hardware, work: Workload, p: CapacityPlan, memory_note: str | None = None) -> dict:
     return {
+        "gpu_memory_read_as": memory_note,
         "model": {**dataclasses.asdict(shape), "dense_params": shape.dense_params},
         "gpu": dataclasses.asdict(gpu),
         "workload": dataclasses.asdict(work),
@@ -202,9 +247,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         shape = shape_from_args(args)
         gpu, work = gpu_from_args(args), workload_from_args(args)
+        note = None if args.gpu_memory is None else parse_memory(str(args.gpu_memory))[1]
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     plan = plan_capacity(shape, gpu, work)
-    print(json.dumps(to_json(shape, gpu, work, plan), indent=2) if args.json else render(shape, gpu, work, plan))
+    print(json.dumps(to_json(shape, gpu, work, plan, note), indent=2) if args.json else render(shape, gpu, work, plan, note))
     return 0

@@ -65,14 +65,20 @@ def build_host_batch(seqs: Sequence[ScheduledSeq], states: Sequence[SeqState], b
                      slots[0], cu[1:][sample_idx] - 1, sample_idx, tuple(zip(tables[1:], slots[1:])))
 
 
-def profile_batch(num_tokens: int, block_size: int, max_num_seqs: int) -> HostBatch:
-    """One sequence of `num_tokens` prompt tokens over a throwaway one-block cache (block 0): every slot write
-    lands in block 0, and the block table has a column for every key position, all pointing at block 0, so
-    the attention kernels read only that block. The last `max_num_seqs` rows produce logits, as a step full
-    of sampling sequences would."""
-    n = num_tokens
-    q = np.array([n], dtype=np.int64)
-    width = -(-n // block_size)
-    return HostBatch(np.zeros(n, dtype=np.int64), np.arange(n, dtype=np.int64), q, q,
-                     np.zeros((1, width), dtype=np.int32), np.arange(n, dtype=np.int64) % block_size,
-                     np.arange(n - min(n, max_num_seqs), n), [])
+def profile_batch(num_tokens: int, max_seq_len: int, block_size: int, max_num_seqs: int,
+                  num_kv_groups: int = 1) -> HostBatch:
+    """The largest step the scheduler can produce: `num_tokens` prompt tokens (the token budget) in as few
+    sequences of at most `max_seq_len` tokens as fit (never more than `max_num_seqs`), over a throwaway
+    one-block cache (block 0). Every slot write lands in block 0, and each block table has a column for every
+    key position, all pointing at block 0, so the attention kernels read only that block. The last rows
+    produce logits, up to `max_num_seqs` of them, as a step full of sampling sequences would. Every KV-cache
+    group gets the same table and slots (block 0)."""
+    num_seqs = min(max_num_seqs, -(-num_tokens // max_seq_len))
+    lens = np.full(num_seqs, min(max_seq_len, num_tokens), dtype=np.int64)
+    lens[-1] = min(max_seq_len, num_tokens - max_seq_len * (num_seqs - 1))
+    n = int(lens.sum())
+    positions = np.concatenate([np.arange(k, dtype=np.int64) for k in lens])
+    width = -(-int(lens.max()) // block_size)
+    tables, slots = np.zeros((num_seqs, width), dtype=np.int32), positions % block_size
+    return HostBatch(np.zeros(n, dtype=np.int64), positions, lens, lens.copy(), tables, slots,
+                     np.arange(n - min(n, max_num_seqs), n), [], ((tables, slots),) * (num_kv_groups - 1))

@@ -3,8 +3,9 @@
 Given a `SchedulerOutput` (plain data, `engine.step`) it brings its copy of the scheduled sequences up to
 date (`SeqStates`), flattens them into varlen tensors (token ids, positions, `cu_seqlens_q`, `seq_lens`, block
 tables, slot mapping), runs the model, computes logits only for the rows that sample, and samples. It keeps
-no scheduling state, so the same class can run as N tensor-parallel ranks that each receive the same
-`SchedulerOutput`.
+no scheduling state, so the same class runs as each of N tensor-parallel ranks (`engine.executor`): every
+rank receives the same `SchedulerOutput`, holds its shard of the weights and its KV heads' cache with the
+same block tables, and rank 0 alone samples.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from . import cpu_allocator
 from ..attention import build_attention_metadata, get_attention_backend
 from ..config import EngineConfig
 from ..models.loader import build_model
+from ..models.parallel import TPContext
 from ..sample.sampler import Sampler, SamplingRow
 from ..step import RunnerOutput, SchedulerOutput
 from .host_batch import HostBatch, build_host_batch, profile_batch
@@ -29,8 +31,10 @@ logger = logging.getLogger(__name__)
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, tp: TPContext | None = None):
+        """`tp`: this rank's shard and process group under tensor parallelism (None: the whole model)."""
         self.config = config
+        self.tp = tp
         self.device = config.device
         self.block_size = config.cache.block_size
         mc = config.model
@@ -40,14 +44,17 @@ class ModelRunner:
             cpu_allocator.keep_freed_memory()  # process-wide too: reuse activation pages across steps
         t0 = time.perf_counter()
         torch.manual_seed(config.seed)
-        self.model = build_model(mc, self.device, seed=config.seed)
+        self.model = build_model(mc, self.device, seed=config.seed, tp=tp)
+        self.num_kv_heads = mc.num_kv_heads if tp is None else tp.shard.num_kv_heads
+        if tp is not None:
+            tp.comm.wait_for_all()  # ranks load at their own pace; the first forward's collectives must not time out
         self.load_time_s = time.perf_counter() - t0
         self.backend = get_attention_backend(config.attention_backend)
         self.sampler = Sampler(self.device, config.seed)
         self.seqs = SeqStates()
         self.graphs = None
         self.num_kv_blocks = self._decide_num_blocks()
-        shape = (self.num_kv_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
+        shape = (self.num_kv_blocks, self.block_size, self.num_kv_heads, mc.head_dim)
         self.kv_caches = [(torch.zeros(shape, dtype=mc.dtype, device=self.device),
                            torch.zeros(shape, dtype=mc.dtype, device=self.device)) for _ in range(mc.num_kv_tensors)]
         self.model.bind_kv_cache(self.kv_caches)
@@ -67,11 +74,19 @@ class ModelRunner:
     # ---- KV-cache sizing -------------------------------------------------------------------------------------
     @property
     def block_bytes(self) -> int:
-        return self.block_size * self.config.model.kv_bytes_per_token
+        """Bytes of one block in this rank's cache (its KV heads)."""
+        mc = self.config.model
+        return self.block_size * mc.kv_bytes_per_token * self.num_kv_heads // mc.num_kv_heads
 
     def _decide_num_blocks(self) -> int:
-        profile = self._profile_gpu_blocks if self.device.type == "cuda" else None
-        return decide_num_blocks(self.config, self.block_bytes, profile)
+        if self.device.type == "cuda":
+            blocks = decide_num_blocks(self.config, self.block_bytes, self._profile_gpu_blocks)
+            return blocks if self.tp is None else self.tp.comm.min_int(blocks)  # every rank, the same tables
+        # The CPU budget is for all ranks' caches together (they share the machine's memory); every rank
+        # computes the same count from the shard plan, no communication needed.
+        heads = self.num_kv_heads if self.tp is None else self.tp.kv_heads_all_ranks
+        all_ranks = self.block_size * self.config.model.kv_bytes_per_token * heads // self.config.model.num_kv_heads
+        return decide_num_blocks(self.config, all_ranks, None)
 
     @torch.no_grad()
     def _profile_gpu_blocks(self) -> int:
@@ -79,11 +94,13 @@ class ModelRunner:
         fit in what is left of `gpu_memory_utilization` x total memory."""
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
-        n = min(self.config.scheduler.max_num_batched_tokens, self.config.model.max_model_len)
         mc = self.config.model
-        tiny = (1, self.block_size, mc.num_kv_heads, mc.head_dim)
-        self.model.bind_kv_cache([(torch.zeros(tiny, dtype=mc.dtype, device=self.device),) * 2 for _ in range(mc.num_kv_tensors)])
-        hb = profile_batch(n, self.block_size, self.config.scheduler.max_num_seqs)
+        tiny = (1, self.block_size, self.num_kv_heads, mc.head_dim)
+        self.model.bind_kv_cache([(torch.zeros(tiny, dtype=mc.dtype, device=self.device),) * 2
+                                  for _ in range(mc.num_kv_tensors)])
+        sc = self.config.scheduler
+        hb = profile_batch(sc.max_num_batched_tokens, mc.max_model_len, self.block_size, sc.max_num_seqs,
+                           len(mc.group_windows))
         self.model.compute_logits(self.forward(hb))  # called before any graph exists: runs eagerly
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
@@ -126,11 +143,14 @@ class ModelRunner:
         hidden = self.forward(hb)
         if not hb.sample_idx:
             return RunnerOutput.empty()
+        logits = self.model.compute_logits(hidden)
+        if logits is None:  # a tensor-parallel rank > 0: it sent its logits to rank 0, which samples
+            return RunnerOutput.empty()
         rows = []
         for i in hb.sample_idx:
             st = states[i]
             rows.append(SamplingRow(st.request_id, st.sampling, st.token_ids, st.num_prompt_tokens,
                                     st.sampling.forbidden_now(st.num_output_tokens)))
-        result = self.sampler(self.model.compute_logits(hidden), rows)
+        result = self.sampler(logits, rows)
         return RunnerOutput(tuple(r.request_id for r in rows), tuple((t,) for t in result.token_ids),
                             tuple(None if lp is None else (lp,) for lp in result.logprobs))

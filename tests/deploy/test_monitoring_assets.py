@@ -103,6 +103,17 @@ def test_dashboard_covers_the_serving_metrics():
                         f"sum(rate(kvserve:prefix_cache_queries_total{SELECTOR}[1m]))"]
 
 
+def test_dashboard_shows_utilization_and_the_roofline_by_step_kind_and_phase():
+    used = {m.group() for e in EXPRS for m in METRIC.finditer(e)}
+    for series in ("engine_step_flops_total", "engine_step_bytes_total", "engine_step_seconds_total", "model_flops_total",
+                   "model_bytes_total", "peak_flops_per_second", "peak_memory_bandwidth_bytes_per_second"):
+        assert f"kvserve:{series}" in used
+    mfu = [e for e in EXPRS if "peak_flops_per_second" in e and "engine_step_flops_total" in e]
+    assert mfu == [f"sum by (kind) (rate(kvserve:engine_step_flops_total{SELECTOR}[1m])) / sum by (kind) "
+                   f"(rate(kvserve:engine_step_seconds_total{SELECTOR}[1m]) > 0) / "
+                   f"scalar(max(kvserve:peak_flops_per_second{SELECTOR}))"]
+
+
 # ---- Prometheus ---------------------------------------------------------------------------------------------
 
 def test_prometheus_scrapes_the_compose_service():

@@ -234,3 +234,90 @@ def test_free_queue_remove_of_a_block_not_in_it_is_an_assertion_error():
     with pytest.raises(AssertionError, match="not in the free queue"):
         queue.remove(KVBlock(1))
     assert [b.block_id for b in queue] == [0]
+
+
+def test_a_pool_of_two_million_blocks_makes_no_block_object_until_one_is_handed_out():
+    pool = BlockPool(2_000_000)
+    assert pool.blocks.made() == [] and len(pool.blocks) == 2_000_000
+    assert (pool.num_free_blocks, pool.free_queue.num_fresh) == (2_000_000, 2_000_000)
+    b0, b1, b2 = pool.get_new_blocks(3)
+    assert [b.block_id for b in (b0, b1, b2)] == [0, 1, 2]
+    assert len(pool.blocks.made()) == 3
+    pool.free_blocks([b2, b1, b0])
+    assert [b.block_id for b in pool.free_queue.linked()] == [2, 1, 0]  # after the 1,999,997 never-used ids
+    assert pool.num_free_blocks == 2_000_000
+    pool.check_invariants()  # costs O(blocks made), not O(num_blocks)
+    assert len(pool.blocks.made()) == 3
+
+
+def test_blocks_are_made_in_id_order_on_first_access_and_stay_the_same_objects():
+    pool = BlockPool(4)
+    third = pool.blocks[2]
+    assert [b.block_id for b in pool.blocks.made()] == [0, 1, 2]
+    assert pool.blocks[-2] is third and pool.blocks[1:3][1] is third
+    assert [b.block_id for b in pool.get_new_blocks(3)][2] == 2 and third.ref_cnt == 1
+    with pytest.raises(IndexError):
+        pool.blocks[4]
+
+
+def test_taking_a_never_used_block_out_of_the_queue_keeps_every_other_block_in_order():
+    pool = BlockPool(6)
+    b0, b1 = pool.get_new_blocks(2)
+    pool.free_blocks([b1, b0])
+    assert queue_ids(pool) == [2, 3, 4, 5, 1, 0]
+    pool.touch([pool.blocks[4]])  # not something the manager does (hits were handed out before), but legal
+    assert queue_ids(pool) == [2, 3, 5, 1, 0]
+    pool.check_invariants()
+    assert [b.block_id for b in pool.get_new_blocks(4)] == [2, 3, 5, 1]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_operations_match_a_plain_list_model_of_the_pool(seed):
+    """The pool against the simplest model of its contract: the free queue as a list, refs and hashes in dicts."""
+    import random
+
+    rng = random.Random(seed)
+    n = rng.choice([1, 3, 8, 40])
+    pool = BlockPool(n)
+    queue, refs, block_hash, cached = list(range(n)), [0] * n, [None] * n, {}
+    held: list[list] = []  # each a request's blocks, as the manager keeps them
+    for _ in range(300):
+        op = rng.random()
+        if op < 0.35 and queue:
+            k = rng.randint(1, len(queue))
+            got = pool.get_new_blocks(k)
+            want, queue = queue[:k], queue[k:]
+            for i in want:
+                if block_hash[i] is not None:
+                    if cached.get(block_hash[i]) == i:
+                        del cached[block_hash[i]]
+                    block_hash[i] = None
+                refs[i] = 1
+            assert [b.block_id for b in got] == want
+            held.append(got)
+        elif op < 0.6 and held:
+            blocks = held.pop(rng.randrange(len(held)))
+            pool.free_blocks(reversed(blocks))
+            for b in reversed(blocks):
+                refs[b.block_id] -= 1
+                if refs[b.block_id] == 0:
+                    queue.append(b.block_id)
+        elif op < 0.8 and held:
+            b = rng.choice(rng.choice(held))
+            h = b"h%d" % rng.randrange(6)
+            pool.cache_block(b, h)
+            if block_hash[b.block_id] is None and h not in cached:
+                block_hash[b.block_id], cached[h] = h, b.block_id
+        elif cached:
+            h = rng.choice(sorted(cached))
+            block = pool.get_cached_block(h)
+            assert block.block_id == cached[h]
+            pool.touch([block])
+            if refs[block.block_id] == 0:
+                queue.remove(block.block_id)
+            refs[block.block_id] += 1
+            held.append([block])
+        assert queue_ids(pool) == queue
+        assert [b.ref_cnt for b in pool.blocks] == refs
+        assert {h: b.block_id for h, b in pool.cached.items()} == cached
+        pool.check_invariants()

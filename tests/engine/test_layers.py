@@ -42,3 +42,27 @@ def test_skinny_gemm_row_padding_never_shrinks_and_lands_on_fast_sizes():
         rows = gemm_rows(m)
         assert m <= rows < m + 8
         assert rows in (2, 4, 5, 6) or rows % 8 == 0
+
+
+def test_rms_norm_add_forward_on_cpu_is_the_in_place_add_then_the_norm_bit_for_bit():
+    from engine.models.layers import RMSNorm
+
+    norm = RMSNorm(64, 1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(64))
+        for dtype in (torch.float32, torch.bfloat16):
+            residual, delta = torch.randn(5, 64, dtype=dtype), torch.randn(5, 64, dtype=dtype)
+            expected_residual = residual.clone().add_(delta)
+            expected = norm.to(dtype)(expected_residual.clone())
+            out = norm.add_forward(residual, delta)
+            assert torch.equal(residual, expected_residual) and torch.equal(out, expected)
+
+
+def test_rope_of_q_and_k_on_cpu_is_apply_rope_of_each():
+    from engine.models.layers import apply_rope_qk
+
+    q, k = torch.randn(3, 4, 32), torch.randn(3, 2, 32)
+    angles = torch.rand(3, 1, 16)
+    rope = (angles.cos(), angles.sin())
+    q_out, k_out = apply_rope_qk(q, k, rope)
+    assert torch.equal(q_out, apply_rope(q, rope)) and torch.equal(k_out, apply_rope(k, rope))

@@ -89,9 +89,11 @@ def test_decode_roofline_reads_weights_plus_the_batch_kv_once_per_step():
     assert p.max_output_tokens_per_s == pytest.approx(3 / (21_200 / 1e6))
     assert p.blocks_per_sequence == 7  # ceil(100 / 16)
     assert p.num_blocks == (10_000_000 - 2000) // (16 * 64)
-    # no query heads known: prefill is 2 x params x n only; TTFT is the larger of compute and weight reading
+    # no query heads known: prefill is 2 x params x n only; TTFT is the larger of compute and of reading the
+    # weights and writing the prompt's K/V
     assert p.prefill_flops == 2 * 1000 * 100
-    assert p.ttft_lower_bound_s == max(2e5 / 1e12, 2000 / 1e6)
+    assert p.prefill_bytes == 2000 + 100 * 64
+    assert p.ttft_lower_bound_s == max(2e5 / 1e12, (2000 + 100 * 64) / 1e6)
 
 
 def test_prefill_flops_add_the_causal_attention_term():
@@ -165,3 +167,34 @@ def test_bad_arguments_exit_2_with_the_parameter_named(capsys, argv, message):
 def test_the_planner_imports_without_torch_or_transformers():
     code = "import sys, engine.tools.planner; sys.exit(int('torch' in sys.modules or 'transformers' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ---- memory with units -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("text,expected,says", [
+    ("24GiB", 24 * GIB, "binary GiB"),
+    ("24GB", 24_000_000_000, "decimal GB"),
+    ("80G", 80 * GIB, "no unit given"),
+    ("80", 80 * GIB, "no unit given"),
+    ("0.5TiB", 512 * GIB, "binary TiB"),
+    ("512 MB", 512_000_000, "decimal MB"),
+    ("141gib", 141 * GIB, "binary GiB"),
+])
+def test_gpu_memory_takes_units_and_the_plan_says_how_it_read_them(capsys, text, expected, says):
+    data = plan_json(capsys, "--model-config", "smollm2-135m", "--gpu-memory", text)
+    assert data["gpu"]["memory_bytes"] == expected
+    assert says in data["gpu_memory_read_as"] and f"{expected:,} B" in data["gpu_memory_read_as"]
+    assert main(["plan", "--model-config", "smollm2-135m", "--gpu-memory", text]) == 0
+    assert f"--gpu-memory {text.strip()} read as" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text", ["24XB", "GB", "-1GB", "24iB", "0"])
+def test_a_bad_gpu_memory_is_refused_naming_the_parameter(capsys, text):
+    assert main(["plan", "--model-config", "smollm2-135m", f"--gpu-memory={text}"]) == 2
+    assert "gpu_memory" in capsys.readouterr().err
+
+
+def test_decode_flops_include_the_lm_head_of_every_sampled_row():
+    shape = llama_7b()
+    p = plan_capacity(shape, GPU_PRESETS["H100"], Workload("bf16", context_len=1000, batch_size=4))
+    per_seq = 2 * (6_738_415_616 - 2 * 131_072_000) + 2 * 32000 * 4096 + 4 * 32 * 32 * 128 * 1000
+    assert p.decode_step_flops == 4 * per_seq

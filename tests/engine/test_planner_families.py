@@ -49,8 +49,9 @@ def test_qwen3_30b_a3b_decode_reads_only_the_experts_its_batch_touches():
     big = plan_capacity(shape, GPU_PRESETS["H100"], Workload(batch_size=256, context_len=1024))
     assert big.experts_touched == pytest.approx(1 - (120 / 128) ** 256)
     assert big.decode_weight_bytes > 0.99 * big.weight_bytes
-    # compute follows the active parameters, not the total
-    assert one.decode_step_flops == pytest.approx(2 * shape.dense_params + 4 * 32 * 128 * 48 * 1024)
+    # compute follows the active parameters, not the total (+ the sampled row's logits, + attention)
+    assert one.decode_step_flops == pytest.approx(2 * shape.dense_params + 2 * 151936 * 2048
+                                                  + 4 * 32 * 128 * 48 * 1024)
     assert shape.dense_params == shape.active_params - 2 * 151936 * 2048
 
 

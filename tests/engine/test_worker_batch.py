@@ -23,17 +23,38 @@ def assert_tables_cover_every_key(hb: HostBatch, block_size: int, num_blocks: in
 
 @pytest.mark.parametrize("num_tokens,block_size", [(2048, 16), (8192, 16), (1000, 32), (5, 16), (1, 1)])
 def test_the_profile_batch_reads_and_writes_only_its_one_block_cache(num_tokens, block_size):
-    hb = profile_batch(num_tokens, block_size, max_num_seqs=256)
+    hb = profile_batch(num_tokens, 131072, block_size, max_num_seqs=256)
     assert hb.seq_lens.tolist() == [num_tokens] and hb.query_lens.tolist() == [num_tokens]
     assert_tables_cover_every_key(hb, block_size, num_blocks=1)
     assert len(hb.logits_indices) == min(num_tokens, 256) and hb.logits_indices[-1] == num_tokens - 1
+
+
+def test_the_profile_batch_fills_the_whole_token_budget_when_the_context_is_shorter():
+    hb = profile_batch(8192, 768, 16, max_num_seqs=256)
+    assert hb.seq_lens.tolist() == [768] * 10 + [512] and len(hb.input_ids) == 8192
+    assert hb.positions.tolist()[766:770] == [766, 767, 0, 1]
+    assert_tables_cover_every_key(hb, 16, num_blocks=1)
+    assert len(hb.logits_indices) == 256
+
+
+def test_the_profile_batch_never_has_more_sequences_than_max_num_seqs():
+    hb = profile_batch(8192, 100, 16, max_num_seqs=4)
+    assert hb.seq_lens.tolist() == [100] * 4
+
+
+def test_the_profile_batch_gives_every_kv_cache_group_the_one_block_table():
+    hb = profile_batch(40, 20, 16, max_num_seqs=8, num_kv_groups=3)  # e.g. Gemma 3: global + window groups
+    assert len(hb.more_groups) == 2
+    for tables, slots in hb.more_groups:
+        assert tables.tolist() == hb.block_tables.tolist() and slots.tolist() == hb.slot_mapping.tolist()
+    assert profile_batch(40, 20, 16, max_num_seqs=8).more_groups == ()
 
 
 def test_the_profile_batch_runs_through_the_torch_backend_on_a_one_block_cache():
     from engine.attention import build_attention_metadata, get_attention_backend
 
     bs, kvh, d, n = 4, 2, 8, 37
-    hb = profile_batch(n, bs, max_num_seqs=8)
+    hb = profile_batch(n, 20, bs, max_num_seqs=8)
     backend = get_attention_backend("torch")
     plan = backend.plan(hb.query_lens, hb.seq_lens, hb.block_tables, bs, torch.device("cpu"), torch.float32)
     meta = build_attention_metadata(hb.query_lens, hb.seq_lens, hb.block_tables, hb.slot_mapping,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -40,7 +42,9 @@ def test_command_line():
 def test_sweeps_cover_the_stated_shapes():
     assert bench.FULL.batches == (1, 8, 32, 128) and bench.FULL.contexts == (512, 2048, 8192, 32768)
     assert bench.FULL.prefill_tokens == (1024, 2048, 4096, 8192, 16384)
+    assert bench.FULL.elementwise_tokens == (16, 256, 2048, 8192)
     assert set(bench.QUICK.batches) < set(bench.FULL.batches)
+    assert set(bench.QUICK.elementwise_tokens) < set(bench.FULL.elementwise_tokens)
 
 
 def test_table_lists_every_measured_and_skipped_shape():
@@ -53,6 +57,17 @@ def test_table_lists_every_measured_and_skipped_shape():
     ])
     table = bench.format_tables(results)
     assert "25.0%" in table and "5.00" in table and "skipped: needs 200 GiB" in table and "300.0" in table
+    results["elementwise"] = [dict(op="add_rms_norm", tokens=2048, ours_ms=0.02, ours_GBps=3355.0,
+                                   fraction_of_copy=0.79, torch_ms=0.1, speedup=5.0, ok=True)]
+    assert "add_rms_norm    2048" in bench.format_tables(results) and "79.0%" in bench.format_tables(results)
+
+
+def test_json_is_replaced_whole_after_each_row(tmp_path):
+    path = tmp_path / "kernels.json"
+    bench.write_json(str(path), {"decode": [1]})
+    bench.write_json(str(path), {"decode": [1, 2]})
+    assert json.loads(path.read_text()) == {"decode": [1, 2]} and not (tmp_path / "kernels.json.tmp").exists()
+    bench.write_json(None, {"decode": []})  # no --json: nothing written
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")

@@ -1,5 +1,6 @@
 """The kernels compile for Hopper (sm_90) as the launchers configure them: within shared memory, without
-register spills, K/V loads pipelined, and the varlen kernel's tl.dot on wgmma. Runs the ahead-of-time compiler
+register spills, K/V loads pipelined, and the varlen kernel's tl.dot on wgmma; the fused element-wise kernels
+without spills too. Runs the ahead-of-time compiler
 in a subprocess (this process runs triton as the interpreter); no GPU needed.
 """
 
@@ -29,7 +30,13 @@ def test_quick_configurations_compile_for_hopper_without_spills(tmp_path):
         split = r["kernel"] == "decode_kernel" and "splits=8" in r["config"]
         reports[r["kernel"] + ("/split" if split else "")] = r
     assert set(reports) == {"unified_attention_kernel", "decode_kernel", "decode_kernel/split",
-                            "reduce_splits_kernel", "store_kv_kernel", "fused_moe_kernel"}
+                            "reduce_splits_kernel", "store_kv_kernel", "rms_norm_kernel", "rope_kernel",
+                            "silu_and_mul_kernel", "fused_moe_kernel"}
+    rows = json.loads((tmp_path / "report.json").read_text())
+    assert [r["config"] for r in rows if r["kernel"] == "rms_norm_kernel"] == [
+        "bf16 rms_norm N=4096", "bf16 add_rms_norm N=4096", "bf16 rms_norm per head D=128"]
+    for r in rows:  # every configuration, the three RMSNorm variants included
+        assert r["fits"] and r["spill_bytes"] in (0, None), f"{r['kernel']} {r['config']}: {r}"
     for name, r in reports.items():
         assert r["fits"], f"{name}: {r['shared_bytes']} bytes of shared memory"
         assert r["spill_bytes"] in (0, None), f"{name}: spills {r['spill_bytes']} bytes"

@@ -72,3 +72,57 @@ def test_vllm_prefix_is_accepted_and_missing_counters_are_none():
 def test_a_server_without_kvserve_or_vllm_metrics_gives_no_delta():
     text = "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 3\n"
     assert metrics_delta(MetricsSnapshot.parse(text), MetricsSnapshot.parse(text)) is None
+
+
+ROOF_BEFORE = """
+# TYPE kvserve:model_flops_total counter
+kvserve:model_flops_total{model_name="m",phase="prefill"} 1e9
+kvserve:model_flops_total{model_name="m",phase="decode"} 2e9
+# TYPE kvserve:engine_step_seconds_total counter
+kvserve:engine_step_seconds_total{kind="prefill",model_name="m"} 1.0
+kvserve:engine_step_seconds_total{kind="decode",model_name="m"} 2.0
+# TYPE kvserve:engine_step_flops_total counter
+kvserve:engine_step_flops_total{kind="prefill",model_name="m"} 1e9
+kvserve:engine_step_flops_total{kind="decode",model_name="m"} 2e9
+# TYPE kvserve:engine_step_bytes_total counter
+kvserve:engine_step_bytes_total{kind="prefill",model_name="m"} 1e8
+kvserve:engine_step_bytes_total{kind="decode",model_name="m"} 4e8
+# TYPE kvserve:peak_flops_per_second gauge
+kvserve:peak_flops_per_second{model_name="m"} 1e10
+# TYPE kvserve:peak_memory_bandwidth_bytes_per_second gauge
+kvserve:peak_memory_bandwidth_bytes_per_second{model_name="m"} 1e9
+"""
+
+
+def test_roofline_deltas_by_phase_and_kind_and_busy_time_utilization():
+    after = (ROOF_BEFORE.replace('phase="prefill"} 1e9', 'phase="prefill"} 4e9')
+             .replace('kind="decode",model_name="m"} 2.0', 'kind="decode",model_name="m"} 6.0')
+             .replace('kind="decode",model_name="m"} 2e9', 'kind="decode",model_name="m"} 10e9')
+             .replace('kind="decode",model_name="m"} 4e8', 'kind="decode",model_name="m"} 2.4e9'))
+    d = metrics_delta(MetricsSnapshot.parse(ROOF_BEFORE), MetricsSnapshot.parse(after))
+    assert d.model_flops_by_phase == {"decode": 0.0, "prefill": 3e9}
+    assert d.step_seconds_by_kind == {"decode": 4.0, "prefill": 0.0} and d.busy_seconds == 4.0
+    assert (d.peak_flops, d.peak_bandwidth) == (1e10, 1e9)
+    assert d.mfu_busy == pytest.approx(8e9 / 4.0 / 1e10)
+    assert d.mbu_busy == pytest.approx(2e9 / 4.0 / 1e9)
+    assert d.to_dict()["mfu_busy"] == d.mfu_busy
+
+
+def test_a_peak_that_is_not_a_number_means_no_utilization():
+    text = ROOF_BEFORE.replace('peak_flops_per_second{model_name="m"} 1e10', 'peak_flops_per_second{model_name="m"} NaN')
+    d = metrics_delta(MetricsSnapshot.parse(ROOF_BEFORE), MetricsSnapshot.parse(text))
+    assert d.peak_flops is None and d.mfu_busy is None and d.mbu_busy is None
+
+
+def test_the_report_shows_step_time_flops_and_utilization():
+    from rich.console import Console
+
+    from loadtest.report import server_table
+
+    after = ROOF_BEFORE.replace('kind="decode",model_name="m"} 2.0', 'kind="decode",model_name="m"} 5.0')
+    d = metrics_delta(MetricsSnapshot.parse(""), MetricsSnapshot.parse(after))
+    console = Console(record=True, width=200)
+    console.print(server_table(d))
+    text = console.export_text()
+    assert "Engine step time (s)" in text and "decode 5.00 (83%), prefill 1.00 (17%)" in text
+    assert "MFU 5.0% of 10.00 GFLOP/s" in text and "MBU 8.3% of 1.00 GB/s" in text
