@@ -57,7 +57,9 @@ class LLMEngine:
 
             self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer)
         self.executor = build_executor(config)  # one ModelRunner in-process, or tensor-parallel ranks
-        self.kv = KVCacheManager(self.executor.num_kv_blocks, config.cache.block_size, config.cache.enable_prefix_caching)
+        self.kv = KVCacheManager(self.executor.num_kv_blocks, config.cache.block_size,
+                                 config.cache.enable_prefix_caching, windows=config.model.group_windows,
+                                 max_chunk_tokens=config.scheduler.max_num_batched_tokens)
         self.scheduler = Scheduler(config.scheduler, self.kv)
         self.cost_model = model_cost(config.model)  # for each step's FLOPs and bytes (IterationStats.cost)
         eos = set(config.model.eos_token_ids)
