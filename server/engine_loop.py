@@ -22,8 +22,9 @@ the metrics tell the truth) and stops; the listener turns /health to 503.
 
 A step that never returns cannot raise. The thread records when its current step began
 (`step_running_for`); `watchdog.StepWatchdog` reads it on the event loop and, past the step timeout, calls
-`declare_hung`, which fails every in-flight request the same way. If the step ever returns, the thread
-then aborts what the engine holds and stops.
+`declare_hung`, which fails every in-flight request the same way. If the step ever returns or raises (under
+tensor parallelism a hung worker makes rank 0's collective time out after `--distributed-timeout`), the
+thread then aborts what the engine holds, stops, and shuts the engine down (its worker processes too).
 """
 
 from __future__ import annotations
@@ -160,9 +161,13 @@ class EngineLoop:
         try:
             self._serve(engine)
         except BaseException as e:  # noqa: BLE001
-            logger.exception("The engine failed; failing every in-flight request")
-            self._dead = True
-            self._post(self._deliver_failure, e)
+            if self._dead:  # declared hung, and the step has now raised (a tensor-parallel collective timing out)
+                logger.error("The step declared hung ended with %s: %s; releasing what the engine holds",
+                             type(e).__name__, e)
+            else:
+                logger.exception("The engine failed; failing every in-flight request")
+                self._dead = True
+                self._post(self._deliver_failure, e)
             self._release_all(engine)
         finally:
             engine.shutdown()  # stops tensor-parallel worker processes (nothing to do for one rank)

@@ -31,11 +31,15 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import APIError
+
+if TYPE_CHECKING:
+    from .config import ServerConfig
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("kvserve.access")
@@ -66,7 +70,7 @@ class GuardLimits:
     access_log: bool
 
     @classmethod
-    def of(cls, config, access_log: bool | None = None) -> GuardLimits:
+    def of(cls, config: ServerConfig, access_log: bool | None = None) -> GuardLimits:
         """The limits of a `ServerConfig`; `access_log` overrides the config's (off where another layer logs)."""
         return cls(api_key=config.api_key, max_body_bytes=config.max_body_bytes,
                    max_header_bytes=config.max_header_bytes, body_timeout=config.request_body_timeout,

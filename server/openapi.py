@@ -74,6 +74,11 @@ ROUTES = (
     Route("get", "/v1/models", "The served model", res.ModelList),
     Route("get", "/health", "200 when ready, 503 otherwise (no API key needed)", res.Health, open=True),
     Route("get", "/metrics", "Prometheus metrics (docs/metrics.md)", None, ok_content="text/plain"),
+    Route("get", "/dashboard", "The live page of the paged KV cache (a browser may send the key as Basic "
+          "credentials)", None, ok_content="text/html"),
+    Route("get", "/dashboard/state", "What the dashboard shows, as JSON", res.DashboardState),
+    Route("get", "/dashboard/dashboard.js", "The dashboard's script", None, ok_content="text/javascript"),
+    Route("get", "/dashboard/dashboard.css", "The dashboard's style sheet", None, ok_content="text/css"),
 )
 
 
@@ -154,8 +159,10 @@ def openapi_document(title: str, version: str, secured: bool, facts: ModelFacts 
                                         "description": "OpenAI-compatible LLM server; see docs/api.md"},
            "paths": paths, "components": {"schemas": defs.get("$defs", {})}}
     if secured:
-        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        doc["security"] = [{"bearer": []}]
+        # Basic: the key as the password, any user name (what a browser can send when it opens /dashboard)
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"},
+                                                "basic": {"type": "http", "scheme": "basic"}}
+        doc["security"] = [{"bearer": []}, {"basic": []}]
     return doc
 
 

@@ -8,7 +8,7 @@ against the document.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -144,6 +144,19 @@ class TokenizeResponse(_Exact):
 
 class DetokenizeResponse(_Exact):
     prompt: str
+
+
+class DashboardState(_Exact):
+    """GET /dashboard/state, what the page polls. Its two large parts are described in their own modules."""
+
+    time: float
+    model: str
+    phase: Literal["loading", "ready", "draining", "failed"]
+    max_model_len: int
+    cache: dict[str, Any] = Field(description="a bounded snapshot of the block pool and the queues "
+                                              "(engine/cache_view.py)")
+    recent: dict[str, Any] = Field(description="the last minute: latencies, throughput, utilization "
+                                               "(server/recent.py)")
 
 
 class ErrorBody(_Exact):

@@ -4,11 +4,13 @@ no body), never a 5xx and never a reset connection, and the server answers a nor
 
 Categories: broken and non-object JSON, NaN/Infinity, wrong types, out-of-range values, huge and deeply
 nested bodies, invalid Unicode and NUL bytes, wrong content types, header abuse and malformed HTTP, API-key
-abuse, chat-template injection, token ids outside the vocabulary, unknown and not-yet-supported fields,
-wrong methods and routes. The shared server: API key, 64 KiB bodies, a 512-token context."""
+abuse (Basic credentials on the dashboard included), chat-template injection, token ids outside the
+vocabulary, unknown and not-yet-supported fields, wrong methods and routes. The shared server: API key,
+64 KiB bodies, a 512-token context."""
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ class Case:
     method: str = "POST"
     headers: dict[str, str] = field(default_factory=dict)  # added to / replacing the defaults
     raw: bytes | None = None  # the whole request, as is
+    answer_headers: dict[str, str] = field(default_factory=dict)  # expected in the answer (lower-case names)
 
 
 def j(**fields) -> dict:
@@ -43,6 +46,10 @@ def j(**fields) -> dict:
 
 def chat(**fields) -> dict:
     return dict({"messages": MSG, "max_tokens": 2}, **fields)
+
+
+def basic(credentials: str) -> str:
+    return base64.b64encode(credentials.encode()).decode()
 
 
 def raw(text: str) -> bytes:
@@ -219,6 +226,24 @@ CASES = [
     Case("openapi-without-key", "/openapi.json", method="GET", status=401, param=None,
          headers={"Authorization": None}),
     Case("docs-wrong-key", "/docs", method="GET", status=401, param=None, headers={"Authorization": "Bearer no"}),
+    # --- the dashboard: Basic credentials (what a browser sends) abused, assets that do not exist ---
+    Case("dashboard-without-key", "/dashboard", method="GET", status=401, param=None, headers={"Authorization": None},
+         answer_headers={"www-authenticate": 'Basic realm="kvserve"'}),
+    Case("dashboard-basic-wrong-key", "/dashboard", method="GET", status=401, param=None,
+         headers={"Authorization": "Basic " + basic("user:wrong")}),
+    Case("dashboard-basic-not-base64", "/dashboard", method="GET", status=401, param=None,
+         headers={"Authorization": "Basic !!not*base64!!"}),
+    Case("dashboard-basic-no-colon", "/dashboard", method="GET", status=401, param=None,
+         headers={"Authorization": "Basic " + basic(API_KEY)}),
+    Case("dashboard-basic-10k", "/dashboard", method="GET", status=401, param=None,
+         headers={"Authorization": "Basic " + basic("u:" + "k" * 10_000)}),
+    Case("dashboard-state-without-key", "/dashboard/state", method="GET", status=401, param=None,
+         headers={"Authorization": None}),
+    Case("dashboard-unknown-asset", "/dashboard/nope.js", method="GET", status=404, param=None),
+    Case("dashboard-asset-traversal", "/dashboard/..%2f..%2fserver%2fapp.py", method="GET", status=404, param=None),
+    Case("dashboard-dotdot-path", "/dashboard/../../pyproject.toml", method="GET", status=404, param=None),
+    Case("post-on-dashboard-state", "/dashboard/state", {}, status=405, param=None),
+    Case("metrics-targets-without-ray", "/metrics/targets", method="GET", status=404, param=None),
     # --- routes and methods ---
     Case("unknown-route", "/v1/nothing", method="GET", status=404, param=None),
     Case("path-traversal", "/../../etc/passwd", method="GET", status=404, param=None),
@@ -300,7 +325,8 @@ def parse_response(raw_response: bytes) -> tuple[int, dict[str, str], bytes]:
 def test_the_matrix_has_enough_cases_across_every_route():
     assert len(CASES) >= 80 and len({c.name for c in CASES}) == len(CASES)
     routes = {c.path.split("?")[0] for c in CASES}
-    assert {C, CHAT, TOK, DETOK, "/v1/models", "/health", "/metrics", "/openapi.json", "/docs"} <= routes
+    assert {C, CHAT, TOK, DETOK, "/v1/models", "/health", "/metrics", "/openapi.json", "/docs", "/dashboard",
+            "/dashboard/state"} <= routes
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -308,6 +334,8 @@ def test_hostile_request_gets_a_4xx_envelope_and_the_server_carries_on(server, c
     status, headers, body = parse_response(exchange(server.url, build_request(case, server.url)))
     assert 400 <= status < 500, (status, body[:300])
     assert status == case.status, (status, body[:300])
+    for name, value in case.answer_headers.items():
+        assert headers.get(name) == value, headers
     if case.method != "HEAD":
         assert headers.get("content-type", "").startswith("application/json"), headers
         error = json.loads(body)["error"]
