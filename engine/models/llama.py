@@ -38,6 +38,7 @@ class Attention(nn.Module):
         self.scale = head_dim ** -0.5
         self.key_cache: torch.Tensor | None = None
         self.value_cache: torch.Tensor | None = None
+        self.kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None  # an 8-bit cache's K and V scales
 
     def forward(self, rope, x, meta: AttentionMetadata, backend: AttentionBackend):
         t = x.shape[0]
@@ -50,8 +51,12 @@ class Attention(nn.Module):
         q, k = apply_rope_qk(q, k, rope)
         if v.stride(-1) != 1:  # a column-major skinny-GEMM output (CPU); the kernels want rows of D contiguous
             v = v.contiguous()
-        backend.store_kv(k, v, self.key_cache, self.value_cache, meta)
-        o = backend.attention(q, k, v, self.key_cache, self.value_cache, meta, self.scale)
+        if self.kv_scales is None:
+            backend.store_kv(k, v, self.key_cache, self.value_cache, meta)
+            o = backend.attention(q, k, v, self.key_cache, self.value_cache, meta, self.scale)
+        else:
+            backend.store_kv(k, v, self.key_cache, self.value_cache, meta, kv_scales=self.kv_scales)
+            o = backend.attention(q, k, v, self.key_cache, self.value_cache, meta, self.scale, kv_scales=self.kv_scales)
         return self.o_proj(o.reshape(t, self.q_size))
 
 
@@ -102,9 +107,11 @@ class LlamaForCausalLM(nn.Module):
         if not self.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size if tp is None else tp.shard.vocab_rows, bias=False)
 
-    def bind_kv_cache(self, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        for layer, (k, v) in zip(self.layers, caches, strict=True):
-            layer.self_attn.key_cache, layer.self_attn.value_cache = k, v
+    def bind_kv_cache(self, caches: list[tuple[torch.Tensor, ...]]) -> None:
+        """Per layer (key, value), or (key codes, value codes, key scales, value scales) for an 8-bit cache."""
+        for layer, cache in zip(self.layers, caches, strict=True):
+            layer.self_attn.key_cache, layer.self_attn.value_cache = cache[0], cache[1]
+            layer.self_attn.kv_scales = (cache[2], cache[3]) if len(cache) == 4 else None
 
     def forward(self, input_ids, positions, meta: AttentionMetadata, backend: AttentionBackend):
         x = self.embed_tokens(input_ids)
