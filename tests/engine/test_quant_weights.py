@@ -178,3 +178,21 @@ def test_quantized_tiny_model_perplexity_stays_close_to_the_base_model(tiny_mode
     base = _tiny_perplexity(model_dir, list(text))
     quant = _tiny_perplexity(model_dir, list(text), quantization=method)
     assert abs(quant / base - 1) <= tolerance, (base, quant)
+
+
+def test_int4_cpu_packing_layout():
+    # The layout `codes_cpu` reads back (blocks of 32 channels, low / high nibble = channel j / 16 + j).
+    w, _, _ = _weights(n=64, k=128)
+    layer = Int4Linear(w, None, 32)
+    assert torch.equal(layer.codes_cpu(), quantize_int4(w, 32)[0])
+
+
+@pytest.mark.parametrize("cls, args", [(Int8Linear, ()), (Int4Linear, (32,))])
+def test_prefill_sized_batches_take_the_dequantized_gemm_with_the_same_result(cls, args):
+    from engine.quantization.int8 import KERNEL_ROWS
+
+    w, b, _ = _weights()
+    layer = cls(w, b, *args)
+    x = torch.randn(KERNEL_ROWS + 8, 128, generator=torch.Generator().manual_seed(1))
+    kernel = torch.cat([layer(x[i:i + 8]) for i in range(0, len(x), 8)])  # 8-row calls: the kernel
+    torch.testing.assert_close(layer(x), kernel, rtol=1e-4, atol=1e-4)  # one call: dequantize + GEMM
