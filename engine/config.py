@@ -52,6 +52,7 @@ class EngineArgs:
     quantization: str | None = None
     quantization_group_size: int | None = None
     kv_cache_dtype: str = "auto"
+    async_scheduling: bool | None = None  # None: on for CUDA with one rank, off on the CPU
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size % 16 and self.block_size not in (1, 2, 4, 8):
@@ -117,6 +118,9 @@ class EngineArgs:
         g.add_argument("--cpu-kv-cache-gb", type=float, default=2.0, help="KV-cache budget on the CPU (GiB)")
         g.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS)
         g.add_argument("--enforce-eager", action="store_true", help="never use CUDA graphs")
+        g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                       help="schedule and prepare step N+1 while the device runs step N (default: on for CUDA, "
+                            "off on the CPU, where the device is the host and nothing would overlap)")
         g.add_argument("--cpu-threads", type=int, default=None,
                        help="torch intra-op threads on the CPU (default: torch's choice, one per core); on a "
                             "machine shared with other busy processes fewer threads can be much faster")
@@ -180,9 +184,14 @@ class EngineArgs:
             # N ranks share the cores: torch's default (one thread per core in every rank) oversubscribes them
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             cpu_threads = max(1, cores // parallel.tensor_parallel_size)
+        if self.async_scheduling and parallel.tensor_parallel_size > 1:
+            # ranks > 0 never see rank 0's samples on their device, so they cannot take a pending token there
+            raise ValueError("async_scheduling: not supported with tensor_parallel_size > 1")
+        async_scheduling = (device.type == "cuda" and parallel.tensor_parallel_size == 1
+                            if self.async_scheduling is None else self.async_scheduling)
         return EngineConfig(model=model, cache=cache, scheduler=sched, device=device, seed=self.seed,
                             attention_backend=backend, enforce_eager=self.enforce_eager or device.type != "cuda",
-                            cpu_threads=cpu_threads, parallel=parallel)
+                            cpu_threads=cpu_threads, parallel=parallel, async_scheduling=async_scheduling)
 
     def _resolve_parallel(self, model: "ModelConfig", device: torch.device) -> "ParallelConfig":
         from .distributed.partition import plan_for_model
@@ -324,3 +333,4 @@ class EngineConfig:
     enforce_eager: bool
     cpu_threads: int | None = None
     parallel: ParallelConfig = ParallelConfig()
+    async_scheduling: bool = False  # launch step N+1 before step N's tokens reach the engine (engine.engine)

@@ -1,8 +1,15 @@
 """The engine loop: admit requests, run steps, turn sampled tokens into text deltas and finished sequences.
 
-`LLMEngine` is synchronous and single-threaded: whoever drives it (the offline `LLM`, the HTTP server's
-engine thread) calls `add_request` / `abort_request` between calls of `step()`. One step = schedule ->
-run the model -> append the sampled tokens -> detokenize -> check stop conditions -> free what finished.
+`LLMEngine` is single-threaded: whoever drives it (the offline `LLM`, the HTTP server's engine thread)
+calls `add_request` / `abort_request` between calls of `step()`. One step = schedule -> launch the model
+step -> append the sampled tokens -> detokenize -> check stop conditions -> free what finished.
+
+With asynchronous scheduling (`async_scheduling`, on by default on CUDA) the tokens a step appends are those
+of the *previous* model step: `step()` schedules and launches step N+1 first, so the host's scheduling and
+batch preparation overlap the device's work on step N, then waits for step N's tokens and processes them
+while the device runs step N+1. The scheduler counts the in-flight tokens as pending (`Request.
+num_pending_tokens`) and the worker takes their values on the device, so the output is exactly that of the
+synchronous loop; a token sampled for a sequence that finished meanwhile is dropped (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from .config import EngineArgs, EngineConfig
 from .detokenizer import IncrementalDetokenizer
 from .core.kv_cache_manager import KVCacheManager
 from .executor import build_executor
+from .worker.model_runner import PendingOutput
 from .outputs import IterationStats, SequenceDelta, StepOutput, TokenLogprob
 from .core.request import Request, RequestStatus
 from .sampling_params import ParamError, SamplingParams
@@ -29,6 +37,14 @@ class _SeqState:
     """Engine-side companions of a running sequence: its detokenizer."""
 
     detok: IncrementalDetokenizer | None
+
+
+@dataclass(eq=False)
+class _LaunchedStep:
+    """A model step whose tokens have not been processed yet."""
+
+    output: PendingOutput
+    requests: dict[str, Request]  # the sampling sequences' requests when the step was launched
 
 
 class LLMEngine:
@@ -51,6 +67,8 @@ class LLMEngine:
         self._states: dict[str, _SeqState] = {}
         self._children: dict[str, list[str]] = {}  # parent request id -> its sequences' ids
         self._pending: list[SequenceDelta] = []  # deltas produced between steps (aborts)
+        self.async_scheduling = config.async_scheduling
+        self._in_flight: _LaunchedStep | None = None  # asynchronous scheduling: the step launched last
 
     @classmethod
     def from_args(cls, args: EngineArgs | None = None, **kwargs) -> "LLMEngine":
@@ -127,6 +145,9 @@ class LLMEngine:
             raise ParamError("prompt", f"the prompt has {n} tokens, but the context window is {limit} tokens "
                                        "(at least one must be left to generate)")
         max_tokens = params.max_tokens if params.max_tokens is not None else limit - n
+        if params.min_tokens > max_tokens:  # only possible when max_tokens is None: checked against the context
+            raise ParamError("min_tokens", f"the prompt ({n} tokens) leaves {max_tokens} tokens of the context "
+                                           f"window of {limit}, fewer than min_tokens ({params.min_tokens})")
         if n + max_tokens > limit:
             raise ParamError("max_tokens", f"the prompt ({n} tokens) plus max_tokens ({max_tokens}) is "
                                            f"{n + max_tokens} tokens, over the context window of {limit} tokens")
@@ -159,21 +180,25 @@ class LLMEngine:
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def step(self) -> StepOutput:
+        """Schedule and launch one model step; return the deltas of the tokens processed in this call (the
+        launched step's own, or with asynchronous scheduling the previous step's)."""
         t0 = time.perf_counter()
         deltas, self._pending = self._pending, []
-        sched = self.scheduler.schedule()
-        result = self.executor.execute(sched)
-        self.scheduler.on_step_done(sched)
-        now = time.time()
         num_generated = 0
-        for rid, tokens, logprobs in zip(result.request_ids, result.token_ids, result.logprobs):
-            req = self.scheduler.requests[rid]
-            for j, token in enumerate(tokens):
-                delta = self._append_token(req, token, None if logprobs is None else logprobs[j], now)
-                deltas.append(delta)
-                num_generated += 1
-                if delta.finished:
-                    break
+        if not self.async_scheduling and self._in_flight is not None:  # switched off with a step in flight
+            num_generated += self._process(self._in_flight, deltas)
+            self._in_flight = None
+        sched = self.scheduler.schedule()
+        requests = self.scheduler.requests
+        launched = _LaunchedStep(self.executor.execute_async(sched),
+                                 {s.request_id: requests[s.request_id] for s in sched.seqs if s.sample})
+        self.scheduler.on_step_done(sched)
+        if self.async_scheduling:
+            done, self._in_flight = self._in_flight, launched
+        else:
+            done = launched
+        if done is not None:
+            num_generated += self._process(done, deltas)
         pool = self.kv.pool
         stats = IterationStats(
             num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
@@ -185,13 +210,31 @@ class LLMEngine:
         )
         return StepOutput(deltas, stats)
 
+    def _process(self, step: _LaunchedStep, deltas: list[SequenceDelta]) -> int:
+        """Append a finished model step's tokens (waiting for them); returns how many were appended."""
+        result = step.output.result()
+        now = time.time()
+        num_generated = 0
+        for rid, tokens, logprobs in zip(result.request_ids, result.token_ids, result.logprobs):
+            req = step.requests[rid]
+            if self.scheduler.requests.get(rid) is not req:
+                continue  # finished or aborted since the step was launched: its token is nobody's
+            for j, token in enumerate(tokens):
+                delta = self._append_token(req, token, None if logprobs is None else logprobs[j], now)
+                deltas.append(delta)
+                num_generated += 1
+                if delta.finished:
+                    break
+        return num_generated
+
     def _append_token(self, req: Request, token: int, logprob: TokenLogprob | None, now: float) -> SequenceDelta:
         req.append_output_token(token, now)
         p = req.params
         state = self._states[req.request_id]
         reason: str | None = None
         text = ""
-        enough = req.num_output_tokens >= p.min_tokens
+        num_output = req.num_output_tokens
+        enough = num_output >= p.min_tokens
         if enough and not p.ignore_eos and token in self.eos_token_ids:
             reason = "stop"
         elif enough and token in p.stop_token_ids:
@@ -200,7 +243,7 @@ class LLMEngine:
             text = state.detok.push(token, check_stop=enough)
             if state.detok.stopped_by is not None:
                 reason, req.stop_reason = "stop", state.detok.stopped_by
-        if reason is None and (req.num_output_tokens >= req.max_tokens or req.num_tokens >= self.max_model_len):
+        if reason is None and (num_output >= req.max_tokens or req.num_tokens >= self.max_model_len):
             reason = "length"
         if reason is not None:
             if state.detok is not None and state.detok.stopped_by is None:

@@ -75,6 +75,13 @@ class KVCacheManager:
         """Make room for `num_new_tokens` more tokens after the request's computed ones (plus, on first
         scheduling, the prefix-cache hits `new_computed_blocks`). Returns the newly allocated blocks, or
         None, changing nothing, when the free blocks are too few."""
+        if not new_computed_blocks:  # the common decode step: its blocks have room and none fills up
+            held = self.req_to_blocks.get(request.request_id)
+            total = request.num_computed_tokens + num_new_tokens
+            cached = self._num_cached_blocks.get(request.request_id, 0)
+            if held and total <= len(held) * self.block_size and (
+                    not self.enable_caching or total // self.block_size <= cached):
+                return []
         new_computed_blocks = new_computed_blocks or []
         blocks = self.req_to_blocks.setdefault(request.request_id, [])
         num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
@@ -103,7 +110,9 @@ class KVCacheManager:
         """Register blocks that will be full once this step's tokens are written. Their token ids are all
         known now, and within one forward pass every layer stores K/V before it reads them, so another
         request scheduled in the same step may already reuse them."""
-        num_full = num_tokens // self.block_size
+        # A token sampled by a step still in flight has no value here yet: the block it completes is
+        # registered by the request's next allocation, once the token is known.
+        num_full = min(num_tokens, request.num_tokens) // self.block_size
         start = self._num_cached_blocks.get(request.request_id, 0)
         if num_full <= start:
             return

@@ -39,6 +39,10 @@ class Request:
                           <-- num_computed_tokens -->          KV already in the cache
                                                      <- new -> scheduled this step
         num_tokens = len(all_token_ids); a step that computes up to num_tokens samples one more token.
+
+    With asynchronous scheduling a step is launched before the previous step's sampled tokens reach the
+    engine: `num_pending_tokens` counts tokens sampled by launched steps and not yet appended. The scheduler
+    treats them as known (`num_tokens + num_pending_tokens`); the worker takes their values on the device.
     """
 
     request_id: str
@@ -59,6 +63,7 @@ class Request:
     num_computed_tokens: int = 0
     num_cached_tokens: int = -1  # prefix-cache hit on first scheduling; -1 until then
     num_preemptions: int = 0
+    num_pending_tokens: int = 0  # sampled by a launched step, not appended yet (asynchronous scheduling)
     block_hashes: list[bytes] = field(default_factory=list)
     stop_reason: str | int | None = None
 
@@ -95,6 +100,8 @@ class Request:
 
     def append_output_token(self, token_id: int, now: float) -> None:
         self.all_token_ids.append(token_id)
+        if self.num_pending_tokens:
+            self.num_pending_tokens -= 1
         if self.first_token_time is None:
             self.first_token_time = now
         self.last_token_time = now

@@ -7,6 +7,11 @@ running request cannot get the blocks it needs, the newest running request is pr
 blocks are freed, its progress reset, and it goes back to the front of the waiting queue. A preempted
 request is never failed; when it returns, the prefix cache usually gives most of its blocks back.
 
+With asynchronous scheduling the next step is scheduled before the previous step's sampled tokens reach the
+engine: those tokens count as the request's `num_pending_tokens` (set in `on_step_done`, cleared as the
+engine appends them), a decoding request is scheduled one token past its known ones, and one whose pending
+token ends it by length is not scheduled again.
+
 The scheduler owns the queues and request statuses; the KV-cache manager owns blocks.
 """
 
@@ -72,7 +77,11 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if request.num_pending_tokens and self._finishes_on_pending(request):
+                i += 1  # its last token is being sampled by the step in flight: nothing left to compute
+                continue
+            num_new = min(len(request.all_token_ids) + request.num_pending_tokens - request.num_computed_tokens,
+                          budget)
             assert num_new > 0, f"running request {request.request_id} has nothing to compute"
             while self.kv.allocate_slots(request, num_new) is None:
                 victim = self.running.pop()
@@ -90,7 +99,8 @@ class Scheduler:
             skipped: list[Request] = []
             while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
                 request = self.waiting.popleft()
-                if self._waits_for_sibling(request):
+                # A request preempted while its last sampled token was in flight waits for that token.
+                if request.num_pending_tokens or self._waits_for_sibling(request):
                     skipped.append(request)
                     continue
                 hit_blocks, num_hit = self.kv.get_computed_blocks(request)
@@ -126,23 +136,38 @@ class Scheduler:
         """The request's share of the step, as the worker needs it: whole the first time, then the change."""
         rid, tokens = request.request_id, request.all_token_ids
         block_ids = self.kv.block_ids(rid)
-        sample = start + num_new == len(tokens)
+        sample = start + num_new == len(tokens) + request.num_pending_tokens
         synced = self._synced.get(rid)
         self._synced[rid] = (len(tokens), len(block_ids))
         if synced is None:
+            assert not request.num_pending_tokens, f"{rid}: sent whole while a sampled token is in flight"
             return NewSeq(rid, tuple(tokens), request.num_prompt_tokens, tuple(block_ids), start, num_new, sample,
                           request.sampling)
         num_tokens, num_blocks = synced
         return CachedSeq(rid, tuple(tokens[num_tokens:]), tuple(block_ids[num_blocks:]), start, num_new, sample)
 
     def on_step_done(self, out: SchedulerOutput) -> None:
-        """The runner computed the scheduled tokens: advance each request's progress."""
+        """The runner computed (or, with asynchronous scheduling, was launched to compute) the scheduled
+        tokens: advance each request's progress, and count the token each sampling sequence will get as
+        pending until the engine appends it."""
         for seq in out.seqs:
             request = self.requests.get(seq.request_id)
             if request is not None:
                 request.num_computed_tokens = seq.start + seq.num_new
+                if seq.sample:
+                    request.num_pending_tokens += 1
 
     # ---- helpers ------------------------------------------------------------------------------------------
+    # A request's tokens for scheduling are the known ones plus those sampled by steps in flight:
+    # len(all_token_ids) + num_pending_tokens.
+    def _finishes_on_pending(self, request: Request) -> bool:
+        """Whether a token still in flight is certain to end the request by length (max_tokens or the context
+        window): scheduling another step for it would compute a token nobody gets (and could need a block
+        beyond what `LLMEngine.validate` reserved)."""
+        pending = request.num_pending_tokens
+        return bool(pending) and (request.num_output_tokens + pending >= request.max_tokens
+                                  or request.num_tokens + pending >= self.config.max_model_len)
+
     def _preempt(self, request: Request) -> None:
         self.kv.free(request)
         self._synced.pop(request.request_id, None)

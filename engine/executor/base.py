@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..step import RunnerOutput, SchedulerOutput
 
 if TYPE_CHECKING:
-    from ..worker.model_runner import ModelRunner
+    from ..worker.model_runner import ModelRunner, PendingOutput
 
 
 class WorkerFailure(RuntimeError):
@@ -20,6 +20,9 @@ class Executor(Protocol):
     runner: ModelRunner  # the runner in the engine's own process (rank 0's)
 
     def execute(self, step: SchedulerOutput) -> RunnerOutput: ...
+
+    def execute_async(self, step: SchedulerOutput) -> PendingOutput:
+        """Queue the step and return at once; `result()` waits for its tokens."""
 
     def shutdown(self) -> None:
         """Stop every worker process (idempotent)."""

@@ -37,6 +37,7 @@ from pathlib import Path
 from ..config import EngineConfig
 from ..distributed.comm import STARTUP_TIMEOUT_S, create_store
 from ..step import RunnerOutput, SchedulerOutput
+from ..worker.model_runner import PendingOutput
 from .base import WorkerFailure
 from .codec import encode_step
 from .config_codec import config_to_json
@@ -163,6 +164,10 @@ class MultiprocExecutor:
             self._failure = WorkerFailure("a tensor-parallel step was interrupted; the engine cannot continue")
             self._finalizer()
             raise
+
+    def execute_async(self, step: SchedulerOutput) -> PendingOutput:
+        """Tensor parallelism runs synchronously (asynchronous scheduling is off with more than one rank)."""
+        return PendingOutput.ready(self.execute(step))
 
     def _diagnose(self, error: BaseException, doing: str) -> WorkerFailure:
         """Say which rank failed and how: a worker's reported traceback, its exit status, else rank 0's own

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import EngineConfig
 from ..step import RunnerOutput, SchedulerOutput
-from ..worker.model_runner import ModelRunner
+from ..worker.model_runner import ModelRunner, PendingOutput
 
 
 class InProcessExecutor:
@@ -14,6 +14,9 @@ class InProcessExecutor:
 
     def execute(self, step: SchedulerOutput) -> RunnerOutput:
         return self.runner.execute(step)
+
+    def execute_async(self, step: SchedulerOutput) -> PendingOutput:
+        return self.runner.execute_async(step)
 
     def shutdown(self) -> None:
         pass

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import os
 import platform
 import statistics
 import time
@@ -27,6 +25,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+
+from kernels.bench import write_json
 
 from .step_summary import step_points, summarize
 
@@ -247,6 +247,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-tp", default=None, metavar="N,M,...",
                         help="run the engine at each of these tensor-parallel sizes, alternating rounds, and "
                              "report throughput ratios to the first (instead of --tensor-parallel-size)")
+    parser.add_argument("--no-idle-probe", action="store_true",
+                        help="on CUDA, skip measuring GPU idle time per decode step (torch.profiler, ~20 steps "
+                             "with and without asynchronous scheduling)")
     parser.add_argument("--json", default=None, help="write results as JSON to this path")
     parser.add_argument("--plot", default=None, metavar="PNG",
                         help="also sweep --sweep-batch-sizes and draw every step on the roofline into this PNG")
@@ -325,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
         if args.vs_hf:
             raise SystemExit("kvserve bench: --compare-tp and --vs-hf are separate comparisons; pick one")
         run_tp_comparison(args, eargs, wl, results)
-        _write_json(args.json, results)
+        write_json(args.json, results)
         return 0
     engine = EngineRun(eargs)
     peak = _peak(args, engine, measure=args.plot is not None)
@@ -346,8 +349,10 @@ def run(args: argparse.Namespace) -> int:
     eng = results["engine"] = _median_of(eng_rounds)
     print(f"kvserve engine        : {eng['output_tok_s']:8.1f} output tok/s ({eng['seconds']:.1f} s)", flush=True)
     _print_steps(eng)
+    if engine.llm.engine.config.device.type == "cuda" and not args.no_idle_probe:
+        results["gpu_idle"] = measure_gpu_idle(engine.llm.engine, min(wl.num_prompts, eargs.max_num_seqs))
     results.update(_flat(results, wl))
-    _write_json(args.json, results)  # the engine's figures survive an HF failure or timeout
+    write_json(args.json, results)  # the engine's figures survive an HF failure or timeout
     if args.plot:
         from .roofline_sweep import plot_roofline, sweep
 
@@ -380,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
                       f"   engine / HF CB = {eng['output_tok_s'] / cb['output_tok_s']:.2f}x")
     results.update(_flat(results, wl))
     results["complete"] = True
-    _write_json(args.json, results)
+    write_json(args.json, results)
     return 0
 
 
@@ -389,16 +394,6 @@ def _flat(results: dict, wl: Workload) -> dict:
     return {"engine_output_tok_s": eng["output_tok_s"], "output_tokens": eng["output_tokens"],
             "workload": wl.summary(), "hf_static_output_tok_s": results.get("hf_static", {}).get("output_tok_s"),
             "hf_cb_output_tok_s": results.get("hf_cb", {}).get("output_tok_s")}
-
-
-def _write_json(path: str | None, results: dict) -> None:
-    """Replace `path` with the results so far (write, then rename: never half a file)."""
-    if path is None:
-        return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _peak(args, engine: EngineRun, measure: bool):
@@ -439,6 +434,21 @@ def _device_name(engine: EngineRun) -> str:
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
     return f"CPU ({threads} thread{'s' * (threads > 1)})"
+def measure_gpu_idle(engine, num_seqs: int) -> dict:
+    """GPU idle time per decode step at batch `num_seqs`, with asynchronous scheduling on and off (the
+    engine's own setting is restored)."""
+    from .gpu_idle import measure_decode_idle
+
+    own, out = engine.async_scheduling, {}
+    try:
+        for mode in ("async", "sync"):
+            engine.async_scheduling = mode == "async"
+            r = out[mode] = measure_decode_idle(engine, num_seqs=num_seqs)
+            print(f"GPU idle per decode step, batch {num_seqs}, {mode:5s}: {r['idle_ms_per_step']:.3f} ms of "
+                  f"{r['span_ms_per_step']:.3f} ms ({100 * r['idle_fraction']:.1f}%)", flush=True)
+    finally:
+        engine.async_scheduling = own
+    return out
 
 
 def _machine() -> dict:

@@ -93,7 +93,7 @@ def perplexity(runner, token_ids: list[int], window: int, stride: int) -> tuple[
         rows = np.arange(first - 1 - begin, n - 1, dtype=np.int64)  # row r predicts token begin + r + 1
         table = np.arange(-(-n // bs), dtype=np.int32)[None, :]  # blocks 0.. : slot = position
         hb = HostBatch(np.asarray(token_ids[begin:end], dtype=np.int64), positions, np.array([n]), np.array([n]),
-                       table, positions.copy(), rows, [0])
+                       table, positions.copy(), rows, np.array([0]))
         logits = runner.model.compute_logits(runner.forward(hb)).float()
         targets = torch.tensor(token_ids[first:end], device=logits.device)
         logp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])

@@ -2,17 +2,27 @@
 
 A decode step launches a few hundred small kernels whose launch overhead would dominate at small batch sizes.
 The runner captures the model's forward once per padded batch size (1, 2, 4, 8, then multiples of 16 up to
-`max_num_seqs`, at most 256) over static input buffers, and replays the smallest graph that fits. Padding rows
-have context length 0 and slot -1: the KV-store kernel skips them and attention writes zeros for them.
+`max_num_seqs`, at most 256) and split-KV count tier (below), over static input buffers, and replays the
+smallest graph that fits. Padding rows have context length 0 and slot -1: the KV-store kernel skips them and
+attention writes zeros for them. The static buffers are filled from the step's uploaded arrays with
+device-to-device copies (the step's one host-to-device copy has already happened).
 
-The attention kernels see only host-side constants during capture (max_query_len 1, max_seq_len =
-max_model_len), so their grids do not depend on the batch's real context lengths; each split of the split-KV
-kernel computes its own key range from `seq_lens` on the device.
+Split-KV counts. The attention kernels see only host-side constants during capture (max_query_len 1, a
+fixed `num_splits`), so a graph's grid does not depend on the batch's real context lengths; each split of
+the split-KV kernel computes its own key range from `seq_lens` on the device, so any split count is correct
+for any context. The count that is *fast* depends on the context: the kernel planner splits long contexts
+of small batches many ways and short ones not at all. One graph per batch size, captured for the longest
+context (max_model_len), would make a 768-token decode at batch 1 launch dozens of nearly empty splits and
+reduce them. So each batch size gets a few tiers: the powers of two up to the count chosen at
+max_model_len, plus that count; a replay uses the largest tier not above the count the planner chooses for
+the batch's actual longest context (`pick_tier`). Batch sizes large enough to fill the GPU without splitting
+have the single tier 1.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from collections import Counter
+
 import torch
 
 from ..attention import AttentionMetadata
@@ -28,6 +38,16 @@ def capture_sizes(max_num_seqs: int, limit: int = 256) -> list[int]:
     return sizes
 
 
+def split_tiers(most: int) -> list[int]:
+    """Split counts captured for a batch size whose planner count at max_model_len is `most`."""
+    return sorted({1 << i for i in range(most.bit_length()) if 1 << i <= most} | {most})
+
+
+def pick_tier(tiers: list[int], wanted: int) -> int:
+    """The largest captured count not above what the planner wants (never more splits than are worth it)."""
+    return max(t for t in tiers if t <= max(wanted, 1))
+
+
 class DecodeGraphs:
     def __init__(self, model, backend, config: EngineConfig):
         self.model, self.backend = model, backend
@@ -36,6 +56,7 @@ class DecodeGraphs:
         self.block_size = config.cache.block_size
         self.max_model_len = config.model.max_model_len
         self.sizes = capture_sizes(config.scheduler.max_num_seqs)
+        self.tiers = {b: split_tiers(self.num_splits(b, self.max_model_len)) for b in self.sizes}
         n, dev = self.sizes[-1], self.device
         self.max_blocks = -(-self.max_model_len // self.block_size)
         self.input_ids = torch.zeros(n, dtype=torch.long, device=dev)
@@ -44,18 +65,21 @@ class DecodeGraphs:
         self.block_tables = torch.zeros((n, self.max_blocks), dtype=torch.int32, device=dev)
         self.seq_lens = torch.zeros(n, dtype=torch.int32, device=dev)
         self.cu_seqlens_q = torch.arange(n + 1, dtype=torch.int32, device=dev)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[tuple[int, int], torch.Tensor] = {}
+        self.replays: Counter[tuple[int, int]] = Counter()  # (batch size, splits) -> replays: what tests read
         self._capture()
 
-    def _meta(self, b: int) -> AttentionMetadata:
-        """Metadata over the static buffers; `plan` is the fixed split-KV count the triton backend passes on,
-        chosen for this batch size and the longest context a replay can have."""
+    def num_splits(self, batch_size: int, max_seq_len: int) -> int:
+        """The split count the kernel planner chooses for this decode batch size and longest context."""
         import kernels
 
         mc = self.model_config
-        splits = kernels.decode_num_splits(b, mc.num_heads, mc.num_kv_heads, mc.head_dim, self.max_model_len,
-                                           mc.dtype, self.device)
+        return kernels.decode_num_splits(batch_size, mc.num_heads, mc.num_kv_heads, mc.head_dim, max_seq_len,
+                                         mc.dtype, self.device)
+
+    def _meta(self, b: int, splits: int) -> AttentionMetadata:
+        """Metadata over the static buffers, with a fixed split-KV count for the triton backend."""
         return AttentionMetadata(slot_mapping=self.slot_mapping[:b], block_tables=self.block_tables[:b],
                                  cu_seqlens_q=self.cu_seqlens_q[:b + 1], seq_lens=self.seq_lens[:b],
                                  max_query_len=1, max_seq_len=self.max_model_len, num_decode_only=True,
@@ -65,37 +89,35 @@ class DecodeGraphs:
     def _capture(self) -> None:
         pool = torch.cuda.graph_pool_handle()
         for b in reversed(self.sizes):  # largest first, so smaller graphs reuse its memory
-            meta = self._meta(b)
-            for _ in range(2):  # warm-up: compiles kernels, settles allocator state
-                self.model(self.input_ids[:b], self.positions[:b], meta, self.backend)
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.outputs[b] = self.model(self.input_ids[:b], self.positions[:b], meta, self.backend)
-            self.graphs[b] = graph
+            for splits in reversed(self.tiers[b]):
+                meta = self._meta(b, splits)
+                for _ in range(2):  # warm-up: compiles kernels, settles allocator state
+                    self.model(self.input_ids[:b], self.positions[:b], meta, self.backend)
+                torch.cuda.synchronize(self.device)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.outputs[(b, splits)] = self.model(self.input_ids[:b], self.positions[:b], meta, self.backend)
+                self.graphs[(b, splits)] = graph
         torch.cuda.synchronize(self.device)
 
-    def can_run(self, hb) -> bool:
-        return hb.decode_only and len(hb.query_lens) <= self.sizes[-1] and hb.block_tables.shape[1] <= self.max_blocks
-
-    def run(self, hb) -> torch.Tensor:
-        """Hidden states [b, hidden] for a decode-only host batch of b sequences."""
+    def size_for(self, hb) -> int | None:
+        """The graph batch size that replays this host batch, or None when it must run eagerly."""
         b = len(hb.query_lens)
-        size = next(s for s in self.sizes if s >= b)
-        width = hb.block_tables.shape[1]
+        if not hb.decode_only or b > self.sizes[-1] or hb.block_tables.shape[1] > self.max_blocks:
+            return None
+        return next(s for s in self.sizes if s >= b)
 
-        def put(dst: torch.Tensor, src: np.ndarray) -> None:
-            dst.copy_(torch.from_numpy(np.ascontiguousarray(src)), non_blocking=True)
-
-        put(self.input_ids[:b], hb.input_ids)
-        put(self.positions[:b], hb.positions)
-        put(self.slot_mapping[:b], hb.slot_mapping)
-        put(self.seq_lens[:b], hb.seq_lens.astype(np.int32))
-        put(self.block_tables[:b, :width], hb.block_tables)
-        if size > b:  # padding rows: empty context, writes skipped
-            self.seq_lens[b:size].zero_()
-            self.slot_mapping[b:size].fill_(-1)
-            self.input_ids[b:size].zero_()
-            self.positions[b:size].zero_()
-        self.graphs[size].replay()
-        return self.outputs[size][:b]
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
+            seq_lens: torch.Tensor, block_tables: torch.Tensor, b: int, max_seq_len: int) -> torch.Tensor:
+        """Hidden states [b, hidden] of a decode step whose device arrays are padded to a graph size."""
+        size = input_ids.shape[0]
+        key = (size, pick_tier(self.tiers[size], self.num_splits(size, max_seq_len)))
+        self.input_ids[:size].copy_(input_ids)
+        self.positions[:size].copy_(positions)
+        self.slot_mapping[:size].copy_(slot_mapping)
+        self.seq_lens[:size].copy_(seq_lens)
+        # columns past this step's width keep stale ids: never read, a key past seq_len has no column read
+        self.block_tables[:size, :block_tables.shape[1]].copy_(block_tables)
+        self.graphs[key].replay()
+        self.replays[key] += 1
+        return self.outputs[key][:b]

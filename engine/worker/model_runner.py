@@ -1,11 +1,20 @@
 """The model runner: a worker that owns the model weights and the KV-cache tensors and runs one step.
 
 Given a `SchedulerOutput` (plain data, `engine.step`) it brings its copy of the scheduled sequences up to
-date (`SeqStates`), flattens them into varlen tensors (token ids, positions, `cu_seqlens_q`, `seq_lens`, block
-tables, slot mapping), runs the model, computes logits only for the rows that sample, and samples. It keeps
-no scheduling state, so the same class runs as each of N tensor-parallel ranks (`engine.executor`): every
-rank receives the same `SchedulerOutput`, holds its shard of the weights and its KV heads' cache with the
-same block tables, and rank 0 alone samples.
+date (`SeqStates`), flattens them into varlen arrays on the host (`HostBatchBuilder`), uploads those and the
+sampling rows' parameters with ONE host-to-device copy (`StagingBuffer`), runs the model (from a CUDA graph
+for decode steps on a GPU), computes logits only for the rows that sample, samples on the device
+(`engine.sample.sampler`) and starts ONE device-to-host copy of the sampled ids (`ReadbackBuffer`).
+
+`execute_async(out)` returns as soon as that work is queued on the device, with a `PendingOutput` whose
+`result()` waits for the copy; `execute(out)` is both at once. A decode token this worker sampled in the
+previous step and the engine has not sent back yet (asynchronous scheduling) is read on the device from the
+previous step's sampled-token tensor, so the engine can schedule step N+1 before it knows step N's tokens.
+
+It keeps no scheduling state, so the same class runs as each of N tensor-parallel ranks (`engine.executor`):
+every rank receives the same `SchedulerOutput`, holds its shard of the weights and its KV heads' cache with
+the same block tables, and rank 0 alone samples (asynchronous scheduling is off then: the other ranks never
+hold rank 0's samples).
 """
 
 from __future__ import annotations
@@ -17,21 +26,50 @@ import time
 import numpy as np
 import torch
 
-from . import cpu_allocator
-from ..attention import build_attention_metadata, get_attention_backend
+from . import cpu_allocator, cpu_threads
+from ..attention import AttentionMetadata, get_attention_backend
 from ..config import EngineConfig
 from ..models.loader import build_model
 from ..models.parallel import TPContext
 from ..quantization import quantize_model
 from ..quantization.kv_cache import allocate_kv_cache
 from ..quantization.sizing import bytes_saved
-from ..sample.sampler import Sampler, SamplingRow
+from ..sample.sampler import Sampler, SamplingBatch, unpack
+from ..sample.tables import PenaltyCounts, SamplingTable
 from ..step import RunnerOutput, SchedulerOutput
-from .host_batch import HostBatch, build_host_batch, profile_batch
+from .host_batch import HostBatch, HostBatchBuilder, profile_batch
 from .kv_sizing import decide_num_blocks
-from .seq_states import SeqState, SeqStates
+from .seq_states import SeqStates
+from .staging import Readback, ReadbackBuffer, StagingBuffer
 
 logger = logging.getLogger(__name__)
+
+
+class PendingOutput:
+    """A step's sampled tokens on their way to the host."""
+
+    @classmethod
+    def ready(cls, result: RunnerOutput) -> "PendingOutput":
+        """An output already on the host (a step that ran synchronously)."""
+        pending = cls()
+        pending._result = result
+        return pending
+
+    def __init__(self, request_ids: tuple[str, ...] = (), batch: SamplingBatch | None = None,
+                 readback: Readback | None = None):
+        self._request_ids, self._batch, self._readback = request_ids, batch, readback
+        self._result: RunnerOutput | None = None
+
+    def result(self) -> RunnerOutput:
+        """Wait for the step's device-to-host copy; the tokens (and logprobs) in batch order."""
+        if self._result is None:
+            if not self._request_ids:
+                self._result = RunnerOutput.empty()
+            else:
+                tokens, logprobs = unpack(self._readback.ready(), self._batch)
+                self._result = RunnerOutput(self._request_ids, tuple((t,) for t in tokens),
+                                            tuple(None if lp is None else (lp,) for lp in logprobs))
+        return self._result
 
 
 class ModelRunner:
@@ -43,8 +81,7 @@ class ModelRunner:
         self.block_size = config.cache.block_size
         mc = config.model
         if self.device.type == "cpu":
-            if config.cpu_threads is not None:
-                torch.set_num_threads(config.cpu_threads)  # process-wide: this process is the worker
+            cpu_threads.configure(config.cpu_threads)  # process-wide: this process is the worker
             cpu_allocator.keep_freed_memory()  # process-wide too: reuse activation pages across steps
         t0 = time.perf_counter()
         torch.manual_seed(config.seed)
@@ -56,8 +93,17 @@ class ModelRunner:
             tp.comm.wait_for_all()  # ranks load at their own pace; the first forward's collectives must not time out
         self.load_time_s = time.perf_counter() - t0
         self.backend = get_attention_backend(config.attention_backend)
-        self.sampler = Sampler(self.device, config.seed)
+        max_seqs = config.scheduler.max_num_seqs
         self.seqs = SeqStates()
+        self.batches = HostBatchBuilder(self.block_size, max_seqs, -(-mc.max_model_len // self.block_size))
+        self.sampler = Sampler(self.device, config.seed)
+        self.sampling = SamplingTable(mc.vocab_size, config.seed, max_seqs)
+        self.penalties = PenaltyCounts(mc.vocab_size, self.device)
+        self.staging = StagingBuffer(self.device)
+        self.readback = ReadbackBuffer(self.device)
+        # the previous step's sampled tokens (on the device) and each sampling sequence's row among them
+        self._prev_tokens: torch.Tensor | None = None
+        self._prev_rows: dict[str, int] = {}
         self.graphs = None
         self.num_kv_blocks = self._decide_num_blocks()
         self.kv_caches = [allocate_kv_cache(self.num_kv_blocks, self.block_size, self.num_kv_heads, mc.head_dim,
@@ -68,7 +114,7 @@ class ModelRunner:
 
             t0 = time.perf_counter()
             self.graphs = DecodeGraphs(self.model, self.backend, config)
-            logger.info("Captured %d decode CUDA graphs in %.1f s", len(self.graphs.sizes), time.perf_counter() - t0)
+            logger.info("Captured %d decode CUDA graphs in %.1f s", len(self.graphs.graphs), time.perf_counter() - t0)
         tokens = self.num_kv_blocks * self.block_size
         logger.info("KV cache: %d blocks = %d tokens; max concurrency at max_model_len: %.2f (%.1f MiB, %d B/token, %s)",
                     self.num_kv_blocks, tokens, tokens / mc.max_model_len,
@@ -120,41 +166,90 @@ class ModelRunner:
         return blocks
 
     # ---- one step --------------------------------------------------------------------------------------------
-    def prepare_host(self, out: SchedulerOutput, states: list[SeqState]) -> HostBatch:
-        return build_host_batch(out.seqs, states, self.block_size)
-
-    def _device(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
-
     def forward(self, hb: HostBatch) -> torch.Tensor:
-        """Hidden states of the sampling rows, from a CUDA graph when one fits, else eagerly."""
-        if self.graphs is not None and self.graphs.can_run(hb):
-            return self.graphs.run(hb).index_select(0, self._device(hb.logits_indices))
-        plan = self.backend.plan(hb.query_lens, hb.seq_lens, hb.block_tables, self.block_size, self.device,
-                                 self.config.model.dtype)
-        meta = build_attention_metadata(hb.query_lens, hb.seq_lens, hb.block_tables, hb.slot_mapping, self.device, plan)
-        hidden = self.model(self._device(hb.input_ids), self._device(hb.positions), meta, self.backend)
-        return hidden.index_select(0, self._device(hb.logits_indices))
+        """Hidden states of `hb`'s logits rows (uploads `hb` on its own: for the memory profile and tests)."""
+        size = self._graph_size(hb)
+        views = self.staging.upload(self._model_arrays(hb, size))
+        return self._run_model(hb, views, size)
+
+    def _graph_size(self, hb: HostBatch) -> int | None:
+        return self.graphs.size_for(hb) if self.graphs is not None else None
+
+    @staticmethod
+    def _model_arrays(hb: HostBatch, size: int | None) -> list[np.ndarray]:
+        """What the forward pass reads, in upload order. For a CUDA-graph replay of `size` rows the arrays are
+        padded to `size` (padding rows: token 0 at position 0, slot -1 so nothing is stored, context 0)."""
+        ids, pos, slots, seq_lens, tables = hb.input_ids, hb.positions, hb.slot_mapping, hb.seq_lens, hb.block_tables
+        cu = hb.cu_seqlens_q
+        if size is not None and size > len(ids):
+            pad = size - len(ids)
+            zeros = np.zeros(pad, dtype=np.int64)
+            ids, pos = np.concatenate([ids, zeros]), np.concatenate([pos, zeros])
+            seq_lens = np.concatenate([seq_lens, zeros])
+            slots = np.concatenate([slots, np.full(pad, -1, dtype=np.int64)])
+            tables = np.concatenate([tables, np.zeros((pad, tables.shape[1]), dtype=np.int32)])
+            cu = np.arange(size + 1, dtype=np.int32)
+        return [ids, pos, slots, cu, seq_lens.astype(np.int32), tables, hb.logits_indices, hb.pending_dst,
+                hb.pending_src]
+
+    def _run_model(self, hb: HostBatch, views: list[torch.Tensor], size: int | None) -> torch.Tensor:
+        ids, pos, slots, cu, seq_lens, tables, logits_indices, pending_dst, pending_src = views
+        if len(hb.pending_dst):  # decode inputs sampled by the previous step, taken on the device
+            ids.index_copy_(0, pending_dst, self._prev_tokens.index_select(0, pending_src))
+        if size is not None:
+            hidden = self.graphs.run(ids, pos, slots, seq_lens, tables, len(hb.query_lens), int(hb.seq_lens.max()))
+        else:
+            plan = self.backend.plan(hb.query_lens, hb.seq_lens, hb.block_tables, self.block_size, self.device,
+                                     self.config.model.dtype)
+            meta = AttentionMetadata(slot_mapping=slots, block_tables=tables, cu_seqlens_q=cu, seq_lens=seq_lens,
+                                     max_query_len=int(hb.query_lens.max()), max_seq_len=int(hb.seq_lens.max()),
+                                     num_decode_only=hb.decode_only, plan=plan)
+            hidden = self.model(ids, pos, meta, self.backend)
+        return hidden.index_select(0, logits_indices)
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> RunnerOutput:
-        """Run one step: bring the worker's sequences up to date, run the model, sample."""
+    def execute_async(self, out: SchedulerOutput) -> PendingOutput:
+        """Queue one step on the device: bring the worker's sequences up to date, upload, run the model,
+        sample. Returns once the work is queued; `result()` of what it returns waits for the tokens."""
         states = self.seqs.update(out)
-        self.sampler.forget(out.finished_ids)
+        fresh = [st for st in self.seqs.new_states]
+        for st in fresh:
+            self.sampling.set(st.slot, st.sampling)
+        fresh = [st for st in fresh if self.sampling.has_penalties(st.slot)]
         if not out.seqs:
-            return RunnerOutput.empty()
-        hb = self.prepare_host(out, states)
-        hidden = self.forward(hb)
-        if not hb.sample_idx:
-            return RunnerOutput.empty()
+            self._prev_tokens, self._prev_rows = None, {}
+            return PendingOutput()
+        hb = self.batches.build(out.seqs, states, self._prev_rows)
+        size = self._graph_size(hb)
+        arrays = self._model_arrays(hb, size)
+        num_model = len(arrays)
+        sb = None
+        if len(hb.sample_idx):
+            sb = self.sampling.batch(hb.slots[hb.sample_idx], hb.out_pos)
+            arrays += sb.arrays()
+        if fresh:
+            arrays += PenaltyCounts.init_arrays([st.slot for st in fresh], [st.token_ids for st in fresh],
+                                                [st.num_prompt_tokens for st in fresh], self.config.model.vocab_size)
+        views = self.staging.upload(arrays)  # the step's one host-to-device copy
+        hidden = self._run_model(hb, views[:num_model], size)
+        if fresh:
+            self.penalties.ensure(self.seqs.num_slots)
+            self.penalties.apply_init(*views[-5:])
+        if sb is None:
+            self._prev_tokens, self._prev_rows = None, {}
+            return PendingOutput()
         logits = self.model.compute_logits(hidden)
         if logits is None:  # a tensor-parallel rank > 0: it sent its logits to rank 0, which samples
-            return RunnerOutput.empty()
-        rows = []
-        for i in hb.sample_idx:
-            st = states[i]
-            rows.append(SamplingRow(st.request_id, st.sampling, st.token_ids, st.num_prompt_tokens,
-                                    st.sampling.forbidden_now(st.num_output_tokens)))
-        result = self.sampler(logits, rows)
-        return RunnerOutput(tuple(r.request_id for r in rows), tuple((t,) for t in result.token_ids),
-                            tuple(None if lp is None else (lp,) for lp in result.logprobs))
+            self._prev_tokens, self._prev_rows = None, {}
+            return PendingOutput()
+        batch = sb.with_arrays(views[num_model:num_model + len(SamplingBatch.ARRAYS)])
+        result = self.sampler.sample(logits, batch, self.penalties.gather)
+        if sb.num_penalized:
+            self.penalties.add(batch.pen_slots, result.tokens.index_select(0, batch.pen_rows))
+        request_ids = tuple(out.seqs[i].request_id for i in hb.sample_idx.tolist())
+        self._prev_tokens, self._prev_rows = result.tokens, {rid: j for j, rid in enumerate(request_ids)}
+        return PendingOutput(request_ids, sb, self.readback.download(result.packed))  # the one device-to-host copy
+
+    def execute(self, out: SchedulerOutput) -> RunnerOutput:
+        """Run one step and wait for its tokens."""
+        return self.execute_async(out).result()

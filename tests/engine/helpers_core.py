@@ -25,7 +25,11 @@ def make_request(request_id: str, prompt: list[int], max_tokens: int = 4, *, wai
 
 def next_token(request: Request) -> int:
     """The fake model: the next token is a function of every token so far."""
-    return (sum(request.all_token_ids) * 31 + request.num_tokens) % 97
+    return next_token_of(request.all_token_ids)
+
+
+def next_token_of(tokens: list[int]) -> int:
+    return (sum(tokens) * 31 + len(tokens)) % 97
 
 
 def solo_output(prompt: list[int], max_tokens: int) -> list[int]:

@@ -6,10 +6,13 @@ slot by slot: each step writes the scheduled tokens into the slots named by the 
 that every slot a sequence attends to holds that sequence's token. A prefix-cache hit on stale content, two
 requests writing one slot, or a block table that lags its tokens fails there. Its fake model makes each
 request's output a function of its prompt alone, so every finished request must match its solo output.
+With asynchronous scheduling drawn on, each step's tokens reach the scheduler one step late, as in the real
+engine, and the fake runner (like the real worker) fills the decode inputs it sampled itself.
 
 `EngineMachine` drives a real `LLMEngine` with a tiny random Llama on the CPU and checks that every
 sequence's tokens and finish reason equal those of the same request run alone in an engine without prefix
-caching: batching, chunking, prefix hits and preemption must not change what a request generates.
+caching: batching, chunking, prefix hits, preemption and asynchronous scheduling must not change what a
+request generates.
 
 After every rule both check the whole KV state (`assert_kv_consistent`); at teardown they run every request
 to completion and check that the pool is entirely free with every ref count 0.
@@ -33,8 +36,8 @@ from engine.sampling_params import SamplingParams
 from engine.core.scheduler import Scheduler
 from engine.step import SchedulerOutput
 from engine.worker.seq_states import SeqStates
-from tests.engine.helpers_core import (BLOCK_SIZE, assert_all_free, assert_kv_consistent, complete_step,
-                                       make_request, solo_output)
+from tests.engine.helpers_core import (BLOCK_SIZE, assert_all_free, assert_kv_consistent, make_request,
+                                       next_token_of, solo_output)
 
 # Two fixed prefixes: prompts that start alike share leading blocks, so prefix hits are common.
 BASES = ([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0, 4, 5])
@@ -56,8 +59,10 @@ class PagedKVSimulator:
         self.block_size = block_size
         self.slots: list[list[int | None]] = [[None] * block_size for _ in range(num_blocks)]
         self.mirror = SeqStates()
+        self.last_sampled: dict[str, int] = {}  # what the previous step sampled ("on the device")
 
-    def run(self, sched: Scheduler, out: SchedulerOutput) -> None:
+    def run(self, sched: Scheduler, out: SchedulerOutput) -> dict[str, int]:
+        """One step; returns the token each sampling sequence samples."""
         bs = self.block_size
         states = self.mirror.update(out)
         # The step's deltas rebuild exactly the engine's tokens and block tables.
@@ -65,19 +70,37 @@ class PagedKVSimulator:
             assert st.token_ids == sched.requests[st.request_id].all_token_ids
             assert st.block_ids == sched.kv.block_ids(st.request_id)
         assert set(self.mirror.states) <= set(sched.requests), "the worker holds a sequence the engine dropped"
+        # A sequence scheduled one token past what it knows computes the token it sampled last step.
+        full = []
+        for s, st in zip(out.seqs, states):
+            tokens = list(st.token_ids)
+            if s.start + s.num_new == len(tokens) + 1:
+                tokens.append(self.last_sampled[s.request_id])
+            full.append(tokens)
         # Like one forward pass: every sequence writes its new tokens' K/V before any attention reads.
-        for s, st in zip(out.seqs, states):
+        for s, st, tokens in zip(out.seqs, states, full):
             for pos in range(s.start, s.start + s.num_new):
-                self.slots[st.block_ids[pos // bs]][pos % bs] = st.token_ids[pos]
-        for s, st in zip(out.seqs, states):
+                self.slots[st.block_ids[pos // bs]][pos % bs] = tokens[pos]
+        for s, st, tokens in zip(out.seqs, states, full):
             attended = [self.slots[st.block_ids[pos // bs]][pos % bs] for pos in range(s.start + s.num_new)]
-            assert attended == st.token_ids[:s.start + s.num_new], \
-                f"{s.request_id} attends to {attended}, its tokens are {st.token_ids[:s.start + s.num_new]}"
+            assert attended == tokens[:s.start + s.num_new], \
+                f"{s.request_id} attends to {attended}, its tokens are {tokens[:s.start + s.num_new]}"
+        self.last_sampled = {s.request_id: next_token_of(tokens[:s.start + s.num_new])
+                             for s, tokens in zip(out.seqs, full) if s.sample}
+        return self.last_sampled
+
+
+def ends_on_pending_token(req: Request, max_model_len: int) -> bool:
+    """A token in flight will finish the request by length: nothing is left to schedule for it."""
+    pending = req.num_pending_tokens
+    return pending > 0 and (req.num_output_tokens + pending >= req.max_tokens
+                            or req.num_tokens + pending >= max_model_len)
 
 
 def check_step_shape(sched: Scheduler, out: SchedulerOutput, running: list[str], waiting: list[str],
-                     progress: dict[str, tuple[int, int]]) -> None:
-    """What one schedule() must look like, given the queues and progress just before it."""
+                     progress: dict[str, tuple[int, int]], ending: set[str] = frozenset()) -> None:
+    """What one schedule() must look like, given the queues and progress just before it (`ending`: running
+    requests whose in-flight token ends them)."""
     ids = [s.request_id for s in out.seqs]
     assert len(set(ids)) == len(ids)
     assert all(s.num_new >= 1 for s in out.seqs)
@@ -95,7 +118,8 @@ def check_step_shape(sched: Scheduler, out: SchedulerOutput, running: list[str],
 
     # Running requests come first, oldest first; then waiting ones, first come first served (none after a
     # preemption). Siblings waiting for their first sequence may be passed over.
-    survivors = [rid for rid in running if rid not in victims]
+    survivors = [rid for rid in running if rid not in victims and rid not in ending]
+    assert not ending & set(ids), "a request whose last token is in flight was scheduled again"
     from_running = [rid for rid in ids if rid in running]
     assert ids[:len(from_running)] == from_running == survivors[:len(from_running)]
     admitted = ids[len(from_running):]
@@ -108,7 +132,7 @@ def check_step_shape(sched: Scheduler, out: SchedulerOutput, running: list[str],
             assert s.start == computed
         else:
             assert s.start % sched.kv.block_size == 0 and s.start < num_tokens  # a prefix-cache hit, or 0
-        assert s.start + s.num_new <= num_tokens
+        assert s.start + s.num_new <= num_tokens  # num_tokens counts the tokens still in flight
         assert s.sample == (s.start + s.num_new == num_tokens)
 
 
@@ -118,12 +142,14 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.tally = tally  # over every example: proof that preemption happened
 
     @initialize(num_blocks=st.integers(3, 10), budget=st.integers(1, 16), max_num_seqs=st.integers(1, 4),
-                caching=st.booleans())
-    def setup(self, num_blocks, budget, max_num_seqs, caching):
+                caching=st.booleans(), async_=st.booleans())
+    def setup(self, num_blocks, budget, max_num_seqs, caching, async_):
         config = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
                                  max_model_len=num_blocks * BLOCK_SIZE)
         self.sched = Scheduler(config, KVCacheManager(num_blocks, BLOCK_SIZE, caching))
         self.sim = PagedKVSimulator(num_blocks, BLOCK_SIZE)
+        self.async_ = async_
+        self.in_flight: list[tuple[Request, int]] = []  # async: the last step's tokens, not yet appended
         self.all_requests: dict[str, Request] = {}
         self.ended_early: set[str] = set()  # aborted or stopped: output is a prefix of the solo output
         self.num_added = 0
@@ -144,11 +170,29 @@ class SchedulerMachine(RuleBasedStateMachine):
         sched = self.sched
         running = [r.request_id for r in sched.running]
         waiting = [r.request_id for r in sched.waiting]
-        progress = {rid: (r.num_computed_tokens, r.num_tokens) for rid, r in sched.requests.items()}
+        progress = {rid: (r.num_computed_tokens, r.num_tokens + r.num_pending_tokens)
+                    for rid, r in sched.requests.items()}
+        ending = {rid for rid in running if ends_on_pending_token(sched.requests[rid], sched.config.max_model_len)}
         out = sched.schedule()
-        check_step_shape(sched, out, running, waiting, progress)
-        self.sim.run(sched, out)
-        complete_step(sched, out)
+        check_step_shape(sched, out, running, waiting, progress, ending)
+        sampled = self.sim.run(sched, out)
+        sched.on_step_done(out)
+        launched = [(sched.requests[rid], token) for rid, token in sampled.items()]
+        if self.async_:
+            done, self.in_flight = self.in_flight, launched
+        else:
+            done = launched
+        self.tally["async preempted with a token in flight"] += sum(
+            sched.requests[rid].num_pending_tokens > 0 for rid in out.preempted_ids if self.async_)
+        for req, token in done:  # what the engine does with a step's tokens
+            if sched.requests.get(req.request_id) is not req:
+                self.tally["async token dropped"] += 1
+                continue  # finished or aborted while its token was in flight
+            req.append_output_token(token, now=0.0)
+            if req.num_output_tokens >= req.max_tokens:
+                sched.finish_request(req.request_id, RequestStatus.FINISHED_LENGTH)
+        if self.async_ and any(r.num_pending_tokens for r, _ in launched):
+            event("a step launched before the previous step's tokens were known")
         if out.preempted_ids:
             event("preemption")
             self.tally["preemptions"] += len(out.preempted_ids)
@@ -198,6 +242,7 @@ def test_scheduler_state_machine_keeps_kv_state_consistent_and_completes_every_r
     run_state_machine_as_test(lambda: SchedulerMachine(tally),
                               settings=settings(max_examples=150, stateful_step_count=40, deadline=None))
     assert tally["preemptions"] > 0, "no example preempted: the pools are too large to test preemption"
+    assert tally["async preempted with a token in flight"] > 0 and tally["async token dropped"] > 0, tally
 
 
 # ---- the real engine, tiny model ---------------------------------------------------------------------------
@@ -220,12 +265,13 @@ def tiny_llama_dir(tmp_path_factory) -> str:
     return str(path)
 
 
-def make_engine(model_dir: str, num_blocks: int, budget: int = 64, max_num_seqs: int = 8, caching: bool = True):
+def make_engine(model_dir: str, num_blocks: int, budget: int = 64, max_num_seqs: int = 8, caching: bool = True,
+                async_scheduling: bool = False):
     from engine.engine import LLMEngine
 
     return LLMEngine.from_args(model=model_dir, device="cpu", num_kv_blocks=num_blocks, block_size=BLOCK_SIZE,
                                max_num_batched_tokens=budget, max_num_seqs=max_num_seqs,
-                               enable_prefix_caching=caching)
+                               enable_prefix_caching=caching, async_scheduling=async_scheduling)
 
 
 class SoloReference:
@@ -257,9 +303,9 @@ class EngineMachine(RuleBasedStateMachine):
         self.model_dir, self.reference, self.tally = model_dir, reference, tally
 
     @initialize(num_blocks=st.integers(4, 10), budget=st.integers(2, 16), max_num_seqs=st.integers(1, 4),
-                caching=st.booleans())
-    def setup(self, num_blocks, budget, max_num_seqs, caching):
-        self.engine = make_engine(self.model_dir, num_blocks, budget, max_num_seqs, caching)
+                caching=st.booleans(), async_=st.booleans())
+    def setup(self, num_blocks, budget, max_num_seqs, caching, async_):
+        self.engine = make_engine(self.model_dir, num_blocks, budget, max_num_seqs, caching, async_scheduling=async_)
         self.requests: dict[str, tuple[list[int], SamplingParams]] = {}
         self.tokens: dict[tuple[str, int], list[int]] = {}
         self.reasons: dict[tuple[str, int], str] = {}
@@ -287,6 +333,8 @@ class EngineMachine(RuleBasedStateMachine):
         if out.stats.num_preemptions:
             event("preemption")
             self.tally["preemptions"] += out.stats.num_preemptions
+        if self.engine.async_scheduling and out.stats.num_generation_tokens:
+            self.tally["async steps with tokens"] += 1
 
     @precondition(lambda self: self.engine.num_unfinished_requests)
     @rule(data=st.data())
@@ -330,6 +378,7 @@ def test_engine_state_machine_generates_what_each_request_generates_alone(tiny_l
                               settings=settings(max_examples=25, stateful_step_count=30, deadline=None,
                                                 derandomize=True))
     assert tally["preemptions"] > 0, "no example preempted: the pools are too large to test preemption"
+    assert tally["async steps with tokens"] > 0, "no example ran with asynchronous scheduling"
 
 
 # ---- deterministic engine-level checks ----------------------------------------------------------------

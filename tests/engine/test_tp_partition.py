@@ -91,3 +91,14 @@ def test_tensor_parallel_ranks_share_the_cores_unless_told_otherwise(tmp_path):
     assert EngineArgs(model=str(path), device="cpu", tensor_parallel_size=2).resolve().cpu_threads == max(1, cores // 2)
     assert EngineArgs(model=str(path), device="cpu", tensor_parallel_size=2, cpu_threads=3).resolve().cpu_threads == 3
     assert EngineArgs(model=str(path), device="cpu").resolve().cpu_threads is None
+
+
+def test_asynchronous_scheduling_is_off_under_tensor_parallelism_and_refused_if_asked_for(tmp_path):
+    # ranks > 0 never hold rank 0's sampled tokens, so they could not take a pending decode input on the device
+    from engine.models.tiny import save_tiny_llama
+
+    path = save_tiny_llama(tmp_path / "tiny", vocab_size=512, tokenizer=False)
+    assert EngineArgs(model=str(path), device="cpu", tensor_parallel_size=2).resolve().async_scheduling is False
+    with pytest.raises(ValueError, match="async_scheduling: not supported with tensor_parallel_size > 1"):
+        EngineArgs(model=str(path), device="cpu", tensor_parallel_size=2, async_scheduling=True).resolve()
+    assert EngineArgs(model=str(path), device="cpu", async_scheduling=True).resolve().async_scheduling is True

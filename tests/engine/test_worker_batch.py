@@ -9,7 +9,7 @@ import torch
 
 from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from engine.step import CachedSeq, NewSeq, SamplingOptions, SchedulerOutput
-from engine.worker.host_batch import HostBatch, build_host_batch, profile_batch
+from engine.worker.host_batch import HostBatch, HostBatchBuilder, profile_batch
 from engine.worker.kv_sizing import decide_num_blocks, max_useful_blocks
 from engine.worker.seq_states import SeqStates
 
@@ -62,14 +62,15 @@ def test_a_step_batch_is_built_from_the_workers_own_copy_of_each_sequence():
     states = SeqStates()
     first = SchedulerOutput((NewSeq("a", (5, 6, 7, 8, 9), 5, (3, 1), 0, 5, True, opts),
                              NewSeq("b", (1, 2, 3), 3, (0,), 0, 2, False, opts)), (), (), 7, 7, 0, 0)
-    hb = build_host_batch(first.seqs, states.update(first), block_size=4)
+    builder = HostBatchBuilder(block_size=4)
+    hb = builder.build(first.seqs, states.update(first))
     assert hb.input_ids.tolist() == [5, 6, 7, 8, 9, 1, 2]
     assert hb.positions.tolist() == [0, 1, 2, 3, 4, 0, 1]
     assert hb.slot_mapping.tolist() == [12, 13, 14, 15, 4, 0, 1]
-    assert hb.sample_idx == [0] and hb.logits_indices.tolist() == [4]
+    assert hb.sample_idx.tolist() == [0] and hb.logits_indices.tolist() == [4]
     second = SchedulerOutput((CachedSeq("a", (42,), (), 5, 1, True), CachedSeq("b", (), (2,), 2, 1, True)),
                              (), (), 2, 1, 0, 0)
-    hb = build_host_batch(second.seqs, states.update(second), block_size=4)
+    hb = builder.build(second.seqs, states.update(second))
     assert hb.input_ids.tolist() == [42, 3]
     assert hb.block_tables.tolist() == [[3, 1], [0, 2]]
     assert states["a"].token_ids == [5, 6, 7, 8, 9, 42] and states["a"].num_output_tokens == 1
