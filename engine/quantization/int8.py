@@ -20,7 +20,9 @@ import torch.nn.functional as F
 
 from ..models.layers import linear
 
-KERNEL_ROWS = 16  # up to this many rows the weight-only kernel; beyond, dequantize + GEMM (prefill)
+KERNEL_ROWS = 2  # up to this many rows the weight-only kernel; beyond, dequantize + GEMM
+# (its cost grows ~linearly with the rows: 1 row 50 ms, 4 rows 121, 12 rows 338 vs dequantize + GEMM 108 at
+# 4 rows, on the overloaded shared machine: scripts/bench_quant_linear.py, docs/benchmarks.md)
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

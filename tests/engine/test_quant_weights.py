@@ -197,5 +197,5 @@ def test_prefill_sized_batches_take_the_dequantized_gemm_with_the_same_result(cl
     w, b, _ = _weights()
     layer = cls(w, b, *args)
     x = torch.randn(KERNEL_ROWS + 8, 128, generator=torch.Generator().manual_seed(1))
-    kernel = torch.cat([layer(x[i:i + 8]) for i in range(0, len(x), 8)])  # 8-row calls: the kernel
+    kernel = torch.cat([layer(x[i:i + KERNEL_ROWS]) for i in range(0, len(x), KERNEL_ROWS)])  # the kernel
     torch.testing.assert_close(layer(x), kernel, rtol=1e-4, atol=1e-4)  # one call: dequantize + GEMM
