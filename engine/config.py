@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from .quantization.config import KV_CACHE_DTYPES, QUANT_METHODS, KVCacheDtype, WeightQuantConfig, kv_cache_dtype
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16}
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
@@ -49,6 +51,9 @@ class EngineArgs:
     cpu_threads: int | None = None
     tensor_parallel_size: int = 1
     distributed_timeout: float = 120.0
+    quantization: str | None = None
+    quantization_group_size: int | None = None
+    kv_cache_dtype: str = "auto"
     async_scheduling: bool | None = None  # None: on for CUDA with one rank, off on the CPU
 
     def __post_init__(self) -> None:
@@ -83,6 +88,12 @@ class EngineArgs:
             raise ValueError(f"distributed_timeout: must be > 0 seconds, got {self.distributed_timeout}")
         if self.model is not None and self.model_config is not None:
             raise ValueError("model_config: give either model or model_config, not both")
+        if self.quantization is not None:
+            WeightQuantConfig(self.quantization, self.quantization_group_size or 32)  # raises naming the parameter
+        if self.quantization_group_size is not None and self.quantization != "int4":
+            raise ValueError(f"quantization_group_size: only applies with quantization='int4', "
+                             f"got quantization={self.quantization!r}")
+        kv_cache_dtype(self.kv_cache_dtype)
         if self.model_config is not None and self.load_format not in ("auto", "dummy"):
             raise ValueError("load_format: a named model_config has no weights; use load_format='dummy'")
 
@@ -119,6 +130,15 @@ class EngineArgs:
                        help="shard the model over this many worker processes (one per GPU on CUDA)")
         g.add_argument("--distributed-timeout", type=float, default=120.0,
                        help="seconds a tensor-parallel rank waits for the others before the engine fails")
+        g.add_argument("--quantization", "-q", default=None, choices=QUANT_METHODS,
+                       help="quantize the weights at load time: int8 (per output channel), int4 (grouped), "
+                            "fp8 (weights and activations; CUDA sm_89+)")
+        g.add_argument("--quantization-group-size", type=int, default=None,
+                       help="int4: input columns per scale/zero group, 32/64/128/256 (default: the largest of "
+                            "128, 64, 32 that divides every projection's input)")
+        g.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
+                       help="KV-cache storage: auto (the model's dtype), int8, fp8_e4m3 or fp8_e5m2 "
+                            "(8-bit values with one fp32 scale per token and KV head)")
         return parser
 
     @classmethod
@@ -145,7 +165,9 @@ class EngineArgs:
         device = self._resolve_device()
         dtype = self._resolve_dtype(hf_config, device)
         model = ModelConfig.from_hf(hf_config, name=name, path=path, tokenizer=tokenizer_path,
-                                    load_format=load_format, dtype=dtype, max_model_len=self.max_model_len)
+                                    load_format=load_format, dtype=dtype, max_model_len=self.max_model_len,
+                                    kv_cache=kv_cache_dtype(self.kv_cache_dtype))
+        model = dataclasses.replace(model, quantization=self._resolve_quantization(model, device))
         cache = CacheConfig(block_size=self.block_size, num_kv_blocks=self.num_kv_blocks,
                             enable_prefix_caching=self.enable_prefix_caching,
                             gpu_memory_utilization=self.gpu_memory_utilization,
@@ -155,6 +177,9 @@ class EngineArgs:
         backend = self.attention_backend
         if backend == "auto":
             backend = "triton" if device.type == "cuda" else "torch"
+        if model.kv_cache.quantized and backend != "torch":
+            raise ValueError(f"kv_cache_dtype: {self.kv_cache_dtype} is implemented on the torch attention backend "
+                             "only (the Triton kernels do not read an 8-bit cache yet); use attention_backend='torch'")
         parallel = self._resolve_parallel(model, device)
         cpu_threads = self.cpu_threads
         if cpu_threads is None and device.type == "cpu" and parallel.tensor_parallel_size > 1:
@@ -182,6 +207,31 @@ class EngineArgs:
                                  f"torch sees {torch.cuda.device_count()}")
         return ParallelConfig(tensor_parallel_size=tp, distributed_timeout_s=float(self.distributed_timeout))
 
+    def _resolve_quantization(self, model: "ModelConfig", device: torch.device) -> WeightQuantConfig | None:
+        """The weight format, its int4 group size checked against every projection input of every rank."""
+        if self.quantization is None:
+            return None
+        if self.quantization == "fp8":
+            from .quantization.fp8 import check_fp8_device
+
+            check_fp8_device(device)
+        from .distributed.partition import plan_for_model
+
+        shards = plan_for_model(model, self.tensor_parallel_size)
+        inputs = {"hidden size": model.hidden_size}
+        for s in shards:
+            inputs[f"rank {s.rank}'s query heads x head_dim"] = s.num_heads * model.head_dim
+            inputs[f"rank {s.rank}'s MLP width"] = s.intermediate_size
+        if self.tensor_parallel_size == 1:
+            inputs = {"hidden size": model.hidden_size, "query heads x head_dim": model.num_heads * model.head_dim,
+                      "MLP width": shards[0].intermediate_size}
+        group = self.quantization_group_size
+        if group is None:  # the coarsest group (fewest scales) that tiles every input
+            group = next((g for g in (128, 64, 32) if all(k % g == 0 for k in inputs.values())), 32)
+        cfg = WeightQuantConfig(self.quantization, group)
+        cfg.check_shapes(inputs)
+        return cfg
+
     def _resolve_device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -200,6 +250,9 @@ class EngineArgs:
         if device.type == "cpu" and dtype == torch.float16:
             raise ValueError("dtype: float16 is not supported on the CPU; use float32 or bfloat16")
         return dtype
+
+
+EIGHT_BIT_KV_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")  # whose attention passes an 8-bit cache's scales
 
 
 @dataclass(frozen=True)
@@ -221,13 +274,16 @@ class ModelConfig:
     head_dim: int
     max_model_len: int
     eos_token_ids: tuple[int, ...]
+    kv_cache: KVCacheDtype = KVCacheDtype("auto", None, 0.0)  # how the paged cache stores K and V
+    quantization: WeightQuantConfig | None = None  # the weights' format (None: the model's dtype)
 
     # Each layer's sliding window (None = full attention), already normalised against max_model_len: a window
     # at least as long as the context is no window. Empty = every layer full.
     layer_windows: tuple[int | None, ...] = ()
 
     @classmethod
-    def from_hf(cls, hf, *, name, path, tokenizer, load_format, dtype, max_model_len) -> "ModelConfig":
+    def from_hf(cls, hf, *, name, path, tokenizer, load_format, dtype, max_model_len,
+                kv_cache: KVCacheDtype | None = None) -> "ModelConfig":
         from .core.kv_groups import normalize_windows
         from .models.arch import check_supported, layer_windows, text_config
 
@@ -242,12 +298,19 @@ class ModelConfig:
             # what transformers' generate stops on (chat models list their end-of-turn token here)
             gen = json.loads((Path(path) / "generation_config.json").read_text())
             eos_ids += tuple(i for i in _eos_ids(gen.get("eos_token_id")) if i not in eos_ids)
+        windows = normalize_windows(layer_windows(hf), int(max_model_len))
+        if kv_cache is not None and kv_cache.quantized and (model_type not in EIGHT_BIT_KV_ARCHITECTURES
+                                                             or any(w is not None for w in windows)):
+            # the 8-bit torch path has neither sliding windows nor soft-capping, and only these families'
+            # attention passes the scales on
+            raise ValueError(f"kv_cache_dtype: an 8-bit KV cache is supported for {', '.join(EIGHT_BIT_KV_ARCHITECTURES)} "
+                             f"models without sliding windows, not for this {model_type} model")
         return cls(name=name, path=path, tokenizer=tokenizer, load_format=load_format, dtype=dtype, hf_config=hf,
                    architecture=model_type, vocab_size=hf.vocab_size, hidden_size=hf.hidden_size,
                    num_layers=hf.num_hidden_layers, num_heads=hf.num_attention_heads,
                    num_kv_heads=getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
                    head_dim=head_dim, max_model_len=int(max_model_len), eos_token_ids=eos_ids,
-                   layer_windows=normalize_windows(layer_windows(hf), int(max_model_len)))
+                   layer_windows=windows, kv_cache=kv_cache or kv_cache_dtype("auto"))
 
     @functools.cached_property
     def kv_groups(self):
@@ -272,8 +335,8 @@ class ModelConfig:
     @property
     def kv_bytes_per_token(self) -> int:
         """Bytes of one token slot of one block: 2 (K and V) x the layers a block serves (every layer, or one
-        group's) x kv_heads x head_dim x bytes per element."""
-        return 2 * self.num_kv_tensors * self.num_kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
+        group's) x kv_heads x head_dim x bytes per element (+ the 8-bit formats' scales)."""
+        return self.kv_cache.bytes_per_token(self.num_kv_tensors, self.num_kv_heads, self.head_dim, self.dtype)
 
 
 def _eos_ids(eos) -> tuple[int, ...]:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..quantization.config import kv_cache_dtype
+from ..quantization.kv_cache import dequantize_kv, fake_quantize_kv, quantize_kv
 from .metadata import AttentionMetadata
 from .plans import DecodeGroup, PrefillSeq, TorchPlan
 
@@ -114,20 +116,30 @@ class TorchAttentionBackend:
             prefills.append(PrefillSeq(int(cu[s]), int(cu[s + 1]), blocks, len(k_pos), _additive(allowed, device, dtype)))
         return TorchPlan(tuple(groups), tuple(prefills))
 
-    def store_kv(self, key, value, key_cache, value_cache, meta: AttentionMetadata) -> None:
+    def store_kv(self, key, value, key_cache, value_cache, meta: AttentionMetadata, kv_scales=None) -> None:
         _, block_size, kvh, d = key_cache.shape
         slots = meta.slot_mapping
         if len(slots) and int(slots.min()) < 0:  # slot -1 = skip this token (padding)
             keep = slots >= 0
             slots, key, value = slots[keep], key[keep], value[keep]
+        if kv_scales is not None:  # an 8-bit cache: codes in the cache, one scale per (token, head) beside it
+            spec = _spec_of(key_cache)
+            (key, k_scale), (value, v_scale) = quantize_kv(key, spec), quantize_kv(value, spec)
+            kv_scales[0].view(-1, kvh).index_copy_(0, slots, k_scale)
+            kv_scales[1].view(-1, kvh).index_copy_(0, slots, v_scale)
+            if spec.is_float8:  # torch's CPU index_copy_ has no fp8 kernel: copy the same bytes as uint8
+                key_cache, value_cache = key_cache.view(torch.uint8), value_cache.view(torch.uint8)
+                key, value = key.view(torch.uint8), value.view(torch.uint8)
         key_cache.view(-1, kvh, d).index_copy_(0, slots, key)
         value_cache.view(-1, kvh, d).index_copy_(0, slots, value)
 
     def attention(self, query, key, value, key_cache, value_cache, meta: AttentionMetadata, scale: float, *,
-                  logit_softcap: float | None = None):
+                  logit_softcap: float | None = None, kv_scales=None):
         plan: TorchPlan = meta.plan
         kvh, d = key_cache.shape[2], key_cache.shape[3]
         out = torch.empty_like(query)
+        if kv_scales is not None:
+            return self._attention_8bit(query, key, value, key_cache, value_cache, kv_scales, plan, scale, out)
         for g in plan.decodes:
             sd = g.rows.shape[0]
             # The query heads sharing a KV head become that head's "query rows" (they attend to the same
@@ -150,3 +162,40 @@ class TorchAttentionBackend:
             o = _attend(q, k, v, p.mask, scale, logit_softcap, causal=p.mask is None)
             out[p.q_start:p.q_end] = o[0].transpose(0, 1)
         return out
+
+    def _attention_8bit(self, query, key, value, key_cache, value_cache, kv_scales, plan: TorchPlan, scale, out):
+        """The same attention over an 8-bit cache: gathered blocks are dequantized (codes x scales, in fp32,
+        rounded once to the query's dtype) right after the gather; a prefill with no earlier context uses
+        its own K/V quantized and dequantized, exactly what a later read of the cache returns."""
+        kvh, d = key_cache.shape[2], key_cache.shape[3]
+        spec, dtype = _spec_of(key_cache), query.dtype
+        k_scales, v_scales = kv_scales
+
+        def gather(cache, scales, blocks):
+            return dequantize_kv(cache.index_select(0, blocks), scales.index_select(0, blocks), dtype)
+
+        for g in plan.decodes:
+            sd = g.rows.shape[0]
+            q = query.index_select(0, g.rows).view(sd, kvh, -1, d)
+            k = gather(key_cache, k_scales, g.blocks).view(sd, -1, kvh, d).transpose(1, 2)
+            v = gather(value_cache, v_scales, g.blocks).view(sd, -1, kvh, d).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale)
+            out.index_copy_(0, g.rows, o.reshape(sd, -1, d))
+        for p in plan.prefills:
+            q = query[p.q_start:p.q_end].transpose(0, 1).unsqueeze(0)
+            if p.kv_blocks is None:
+                k = fake_quantize_kv(key[p.q_start:p.q_end], spec).transpose(0, 1).unsqueeze(0)
+                v = fake_quantize_kv(value[p.q_start:p.q_end], spec).transpose(0, 1).unsqueeze(0)
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+            else:
+                k = gather(key_cache, k_scales, p.kv_blocks).view(-1, kvh, d)[:p.kv_len].transpose(0, 1).unsqueeze(0)
+                v = gather(value_cache, v_scales, p.kv_blocks).view(-1, kvh, d)[:p.kv_len].transpose(0, 1).unsqueeze(0)
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=p.mask, scale=scale, enable_gqa=True)
+            out[p.q_start:p.q_end] = o[0].transpose(0, 1)
+        return out
+
+
+def _spec_of(cache: torch.Tensor):
+    """The 8-bit format of a cache tensor, from its storage dtype."""
+    return kv_cache_dtype({torch.int8: "int8", torch.float8_e4m3fn: "fp8_e4m3",
+                           torch.float8_e5m2: "fp8_e5m2"}[cache.dtype])

@@ -16,10 +16,12 @@ from typing import Any
 import torch
 
 from .. import config as config_module
+from ..quantization import config as quant_config
 
 _DATACLASSES = {cls.__name__: cls for cls in (config_module.EngineConfig, config_module.ModelConfig,
                                               config_module.CacheConfig, config_module.SchedulerConfig,
-                                              config_module.ParallelConfig)}
+                                              config_module.ParallelConfig, quant_config.WeightQuantConfig,
+                                              quant_config.KVCacheDtype)}
 
 
 def _to_json(v: Any) -> Any:

@@ -39,6 +39,7 @@ class Attention(nn.Module):
         self.scale = head_dim ** -0.5
         self.key_cache: torch.Tensor | None = None
         self.value_cache: torch.Tensor | None = None
+        self.kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None  # an 8-bit cache's K and V scales
 
     def forward(self, rope, x, meta: AttentionMetadata, backend: AttentionBackend):
         t = x.shape[0]
@@ -51,8 +52,12 @@ class Attention(nn.Module):
         q, k = apply_rope_qk(q, k, rope)
         if v.stride(-1) != 1:  # a column-major skinny-GEMM output (CPU); the kernels want rows of D contiguous
             v = v.contiguous()
-        backend.store_kv(k, v, self.key_cache, self.value_cache, meta)
-        o = backend.attention(q, k, v, self.key_cache, self.value_cache, meta, self.scale)
+        if self.kv_scales is None:
+            backend.store_kv(k, v, self.key_cache, self.value_cache, meta)
+            o = backend.attention(q, k, v, self.key_cache, self.value_cache, meta, self.scale)
+        else:
+            backend.store_kv(k, v, self.key_cache, self.value_cache, meta, kv_scales=self.kv_scales)
+            o = backend.attention(q, k, v, self.key_cache, self.value_cache, meta, self.scale, kv_scales=self.kv_scales)
         return self.o_proj(o.reshape(t, self.q_size))
 
 

@@ -21,11 +21,13 @@ def kv_slots(cfg, max_positions: int) -> tuple[tuple[int, int], ...]:
     return layer_slots(kv_cache_groups(windows), cfg.num_hidden_layers)
 
 
-def bind_kv_cache(attentions, caches: list[tuple[torch.Tensor, torch.Tensor]],
-                  slots: tuple[tuple[int, int], ...]) -> None:
-    """Give each attention module (in layer order) the K/V pair of its slot."""
+def bind_kv_cache(attentions, caches: list[tuple[torch.Tensor, ...]], slots: tuple[tuple[int, int], ...]) -> None:
+    """Give each attention module (in layer order) the K/V pair of its slot: (key, value), or for an 8-bit
+    cache (key codes, value codes, key scales, value scales)."""
     for attn, (_, tensor) in zip(attentions, slots, strict=True):
-        attn.key_cache, attn.value_cache = caches[tensor]
+        cache = caches[tensor]
+        attn.key_cache, attn.value_cache = cache[0], cache[1]
+        attn.kv_scales = (cache[2], cache[3]) if len(cache) == 4 else None
 
 
 def group_meta(meta: AttentionMetadata | tuple[AttentionMetadata, ...], group: int) -> AttentionMetadata:

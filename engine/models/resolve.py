@@ -87,6 +87,7 @@ def gguf_to_hf_dir(gguf: Path) -> Path:
     """The cached HF directory for a GGUF file, converting it (with transformers' GGUF reader) if needed."""
     out = _gguf_cache_dir(gguf)
     if (out / _DONE_MARKER).is_file():
+        repair_config(out)  # a directory converted by an older kvserve
         return out
     logger.info("Converting %s to an HF directory under %s (first load only; ~25 s)", gguf.name, out)
     t0 = time.perf_counter()
@@ -103,13 +104,38 @@ def gguf_to_hf_dir(gguf: Path) -> Path:
     if hf_model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(tmp / "model.safetensors"))
+    # The weights were dequantized to fp32: the directory is a plain HF checkpoint. repair_config drops the
+    # GGUF quantization_config transformers leaves on the config (other tools refuse "Unknown quantization
+    # method: gguf") and names the model class, which loaders such as vLLM need.
     hf_model.config.save_pretrained(tmp)
+    repair_config(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / _DONE_MARKER).write_text(json.dumps({"source": str(gguf), "seconds": time.perf_counter() - t0}))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)  # atomic: a concurrent loader sees either nothing or the whole directory
     logger.info("Converted in %.1f s", time.perf_counter() - t0)
     return out
+
+
+def repair_config(model_dir: Path) -> bool:
+    """Make a converted directory's config.json a plain HF one: no GGUF `quantization_config` (the weights are
+    fp32 safetensors), an `architectures` entry. Returns whether it had to change anything."""
+    path = model_dir / "config.json"
+    cfg = json.loads(path.read_text())
+    changed = False
+    if (cfg.get("quantization_config") or {}).get("quant_method") == "gguf":
+        del cfg["quantization_config"]
+        changed = True
+    if not cfg.get("architectures"):
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        cfg["architectures"] = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[cfg["model_type"]]]
+        changed = True
+    if changed:
+        tmp = path.with_name(f"config.json.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    return changed
 
 
 def load_hf_config(model: str | os.PathLike | None):

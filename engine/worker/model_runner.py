@@ -19,6 +19,7 @@ hold rank 0's samples).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -30,6 +31,9 @@ from ..attention import AttentionMetadata, get_attention_backend
 from ..config import EngineConfig
 from ..models.loader import build_model
 from ..models.parallel import TPContext
+from ..quantization import quantize_model
+from ..quantization.kv_cache import allocate_kv_cache
+from ..quantization.sizing import bytes_saved
 from ..sample.sampler import Sampler, SamplingBatch, unpack
 from ..sample.tables import PenaltyCounts, SamplingTable
 from ..step import RunnerOutput, SchedulerOutput
@@ -82,6 +86,8 @@ class ModelRunner:
         t0 = time.perf_counter()
         torch.manual_seed(config.seed)
         self.model = build_model(mc, self.device, seed=config.seed, tp=tp)
+        self.weight_report = quantize_model(self.model, mc.quantization)  # at load time; frees the fp weights
+        logger.info("Model %s", self.weight_report.describe())
         self.num_kv_heads = mc.num_kv_heads if tp is None else tp.shard.num_kv_heads
         if tp is not None:
             tp.comm.wait_for_all()  # ranks load at their own pace; the first forward's collectives must not time out
@@ -102,9 +108,8 @@ class ModelRunner:
         self._prev_rows: dict[str, int] = {}
         self.graphs = None
         self.num_kv_blocks = self._decide_num_blocks()
-        shape = (self.num_kv_blocks, self.block_size, self.num_kv_heads, mc.head_dim)
-        self.kv_caches = [(torch.zeros(shape, dtype=mc.dtype, device=self.device),
-                           torch.zeros(shape, dtype=mc.dtype, device=self.device)) for _ in range(mc.num_kv_tensors)]
+        self.kv_caches = [allocate_kv_cache(self.num_kv_blocks, self.block_size, self.num_kv_heads, mc.head_dim,
+                                            mc.kv_cache, mc.dtype, self.device) for _ in range(mc.num_kv_tensors)]
         self.model.bind_kv_cache(self.kv_caches)
         if not config.enforce_eager and self.device.type == "cuda" and self.backend.name == "triton" \
                 and len(self.group_windows) == 1:  # several KV-cache groups run eagerly
@@ -114,9 +119,10 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self.model, self.backend, config)
             logger.info("Captured %d decode CUDA graphs in %.1f s", len(self.graphs.graphs), time.perf_counter() - t0)
         tokens = self.num_kv_blocks * self.block_size
-        logger.info("KV cache: %d blocks = %d tokens; max concurrency at max_model_len: %.2f (%.1f MiB, %d B/token)",
+        logger.info("KV cache: %d blocks = %d tokens; max concurrency at max_model_len: %.2f (%.1f MiB, %d B/token, %s)",
                     self.num_kv_blocks, tokens, tokens / mc.max_model_len,
-                    self.num_kv_blocks * self.block_bytes / 2**20, mc.kv_bytes_per_token)
+                    self.num_kv_blocks * self.block_bytes / 2**20, mc.kv_bytes_per_token,
+                    str(mc.dtype).removeprefix("torch.") if not mc.kv_cache.quantized else mc.kv_cache.name)
 
     # ---- KV-cache sizing -------------------------------------------------------------------------------------
     @property
@@ -133,7 +139,13 @@ class ModelRunner:
         # computes the same count from the shard plan, no communication needed.
         heads = self.num_kv_heads if self.tp is None else self.tp.kv_heads_all_ranks
         all_ranks = self.block_size * self.config.model.kv_bytes_per_token * heads // self.config.model.num_kv_heads
-        return decide_num_blocks(self.config, all_ranks, None)
+        # Weight bytes freed by quantization go to the cache: the same total memory holds more tokens. The
+        # saving comes from the shapes (not this rank's measurement), so every rank computes the same count.
+        cache = self.config.cache
+        saved = bytes_saved(self.config.model, self.config.model.quantization)
+        config = dataclasses.replace(self.config, cache=dataclasses.replace(
+            cache, cpu_kv_cache_bytes=cache.cpu_kv_cache_bytes + saved))
+        return decide_num_blocks(config, all_ranks, None)
 
     @torch.no_grad()
     def _profile_gpu_blocks(self) -> int:
@@ -142,9 +154,8 @@ class ModelRunner:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
         mc = self.config.model
-        tiny = (1, self.block_size, self.num_kv_heads, mc.head_dim)
-        self.model.bind_kv_cache([(torch.zeros(tiny, dtype=mc.dtype, device=self.device),) * 2
-                                  for _ in range(mc.num_kv_tensors)])
+        tiny = allocate_kv_cache(1, self.block_size, self.num_kv_heads, mc.head_dim, mc.kv_cache, mc.dtype, self.device)
+        self.model.bind_kv_cache([tiny] * mc.num_kv_tensors)
         sc = self.config.scheduler
         hb = profile_batch(sc.max_num_batched_tokens, mc.max_model_len, self.block_size, sc.max_num_seqs,
                            len(mc.group_windows))

@@ -1,0 +1,85 @@
+"""The quantization choices as frozen data, validated where they are made (errors name the parameter).
+
+`WeightQuantConfig`: which weight format (`quantization`) and, for int4, how many input columns share one
+scale and zero point (`quantization_group_size`). `KVCacheDtype`: how the paged cache stores keys and values
+(`kv_cache_dtype`): `auto` keeps the model's dtype; the 8-bit formats store one byte per element plus one fp32
+scale per (token, KV head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+QUANT_METHODS = ("int8", "int4", "fp8")
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel accepts
+KV_CACHE_DTYPES = ("auto", "int8", "fp8_e4m3", "fp8_e5m2")
+
+
+@dataclass(frozen=True)
+class WeightQuantConfig:
+    """Weight-only int8 (one scale per output channel), int4 (asymmetric, one scale and zero per group of
+    `group_size` input columns), or fp8 (weights per output channel, activations per token; CUDA sm_89+)."""
+
+    method: str
+    group_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.method not in QUANT_METHODS:
+            raise ValueError(f"quantization: must be one of {QUANT_METHODS} (or None), got {self.method!r}")
+        if self.group_size not in INT4_GROUP_SIZES:
+            raise ValueError(f"quantization_group_size: must be one of {INT4_GROUP_SIZES}, got {self.group_size!r}")
+
+    def check_shapes(self, in_features: dict[str, int]) -> None:
+        """int4 groups must tile every projection's input (hidden size, head dims, MLP width)."""
+        if self.method != "int4":
+            return
+        for what, k in in_features.items():
+            if k % self.group_size:
+                raise ValueError(f"quantization_group_size: {self.group_size} does not divide the {what} ({k}); "
+                                 f"use one of {[g for g in INT4_GROUP_SIZES if k % g == 0] or 'none: int4 cannot run'}")
+
+
+@dataclass(frozen=True)
+class KVCacheDtype:
+    """How the paged KV cache stores keys and values. `storage` None = the model's dtype, unquantized."""
+
+    name: str
+    storage: torch.dtype | None
+    qmax: float  # the largest magnitude the 8-bit code represents: the scale maps each row's amax onto it
+
+    @property
+    def quantized(self) -> bool:
+        return self.storage is not None
+
+    @property
+    def is_float8(self) -> bool:
+        return self.storage in (torch.float8_e4m3fn, torch.float8_e5m2)
+
+    def bytes_per_token(self, num_layers: int, num_kv_heads: int, head_dim: int, model_dtype: torch.dtype) -> int:
+        """K and V of one token over every layer: one element per head_dim, plus one fp32 scale per KV head."""
+        if self.storage is None:
+            return 2 * num_layers * num_kv_heads * head_dim * _itemsize(model_dtype)
+        return 2 * num_layers * num_kv_heads * (head_dim * _itemsize(self.storage) + SCALE_BYTES)
+
+
+SCALE_DTYPE = torch.float32
+SCALE_BYTES = 4
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def kv_cache_dtype(name: str) -> KVCacheDtype:
+    """The `KVCacheDtype` for a `kv_cache_dtype` value (ValueError naming the parameter otherwise)."""
+    if name == "auto":
+        return KVCacheDtype("auto", None, 0.0)
+    if name == "int8":
+        return KVCacheDtype("int8", torch.int8, 127.0)
+    if name == "fp8_e4m3":
+        return KVCacheDtype("fp8_e4m3", torch.float8_e4m3fn, float(torch.finfo(torch.float8_e4m3fn).max))
+    if name == "fp8_e5m2":
+        return KVCacheDtype("fp8_e5m2", torch.float8_e5m2, float(torch.finfo(torch.float8_e5m2).max))
+    raise ValueError(f"kv_cache_dtype: must be one of {KV_CACHE_DTYPES}, got {name!r}")

@@ -1,0 +1,42 @@
+"""Weight bytes from the model's shape alone: what quantization saves, identically on every rank.
+
+The runner also measures the bytes of the model it built (`apply.WeightReport`); this module predicts the
+same numbers from the config, so tensor-parallel ranks, which each hold a different shard, agree on the
+saving without talking to each other (on the CPU the saving is added to the KV-cache budget), and so
+`kvserve plan` can count quantized weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import WeightQuantConfig
+
+
+def projection_shapes(num_layers: int, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                      intermediate: int) -> list[tuple[int, int]]:
+    """(out_features, in_features) of every quantized projection of the whole (unsharded) model."""
+    q, kv = num_heads * head_dim, num_kv_heads * head_dim
+    per_layer = [(q + 2 * kv, hidden), (hidden, q), (2 * intermediate, hidden), (hidden, intermediate)]
+    return per_layer * num_layers
+
+
+def quantized_bytes(out_features: int, in_features: int, cfg: WeightQuantConfig, dtype: torch.dtype) -> int:
+    """Bytes of one projection's weight in `cfg`'s format (codes + scales; a bias is not counted)."""
+    item = torch.empty((), dtype=dtype).element_size()
+    if cfg.method == "int8":
+        return out_features * in_features + out_features * item  # a scale per output channel, in the model dtype
+    if cfg.method == "int4":
+        groups = in_features // cfg.group_size
+        return out_features * in_features // 2 + out_features * groups * 2 * item  # scale and zero per group
+    return out_features * in_features + out_features * 4  # fp8: fp32 scale per output channel
+
+
+def bytes_saved(mc, cfg: WeightQuantConfig | None) -> int:
+    """Weight bytes `cfg` frees for model config `mc` (an `engine.config.ModelConfig`)."""
+    if cfg is None:
+        return 0
+    inter = mc.hf_config.intermediate_size
+    item = torch.empty((), dtype=mc.dtype).element_size()
+    shapes = projection_shapes(mc.num_layers, mc.hidden_size, mc.num_heads, mc.num_kv_heads, mc.head_dim, inter)
+    return sum(o * i * item - quantized_bytes(o, i, cfg, mc.dtype) for o, i in shapes)
