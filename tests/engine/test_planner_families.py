@@ -85,3 +85,32 @@ def test_cli_shows_the_moe_and_window_lines(capsys):
     assert main(["plan", "--model-config", "gemma-3-4b", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["model"]["layer_windows"].count(1024) == 29
+
+
+@pytest.mark.parametrize("arch", ["mistral", "gemma2", "gemma3"])
+def test_the_plans_kv_bound_is_what_the_engine_holds_at_its_peak(arch, tmp_path):
+    """`kvserve plan`'s blocks per sequence (whole-model blocks: every layer's K and V of block_size tokens) is
+    the most KV the engine holds for one long generation on the same model, to within the rounding up to a
+    whole-model block: window groups release what their windows passed."""
+    from engine.config import EngineArgs
+    from engine.engine import LLMEngine
+    from engine.models.tiny import save_tiny_model
+    from engine.sampling_params import SamplingParams
+
+    bs, prompt, new = 4, 10, 60
+    engine = LLMEngine.from_args(EngineArgs(model=str(save_tiny_model(tmp_path / arch, arch)), block_size=bs,
+                                            num_kv_blocks=256, max_num_batched_tokens=16))
+    mc = engine.config.model
+    engine.add_request("r", list(range(3, 3 + prompt)), SamplingParams(temperature=0, max_tokens=new, ignore_eos=True))
+    peak = 0
+    while engine.has_unfinished_requests():
+        peak = max(peak, engine.step().stats.kv_blocks_used)
+    # an engine block holds one KV-cache group's layers (num_kv_tensors of them); the plan's holds every layer
+    held_layer_blocks = peak * mc.num_kv_tensors
+    # the last step computes position prompt + new - 2 and frees the request as it finishes, so the counts
+    # seen are of contexts up to prompt + new - 2 tokens
+    context = prompt + new - 2
+    plan = plan_capacity(shape_from_hf_config(mc.hf_config, arch), GPU_PRESETS["H100"],
+                         Workload(context_len=context, block_size=bs))
+    assert plan.blocks_per_sequence < -(-context // bs)  # the windows matter at this length
+    assert (plan.blocks_per_sequence - 1) * mc.num_layers < held_layer_blocks <= plan.blocks_per_sequence * mc.num_layers
