@@ -79,6 +79,7 @@ class ServerContext:
         self.model_name = config.served_model_name or ""
         self.max_model_len = 0
         self.vocab_size = 0
+        self.grammars = None  # the engine's GrammarCompiler (thread-safe): structured output compiled off the loop
         self.metrics: ServerMetrics | None = None
         self.stat_logger: StatLogger | None = None
         self.recent = RecentActivity()  # the last minute, for /dashboard
@@ -148,6 +149,7 @@ class ServerContext:
         self.model_name = self.config.served_model_name or mc.name
         self.max_model_len = engine.max_model_len
         self.vocab_size = mc.vocab_size
+        self.grammars = engine.grammars
         try:
             self.peak = peak_for(self.peak_args, engine.config.device)
         except ValueError as e:

@@ -73,7 +73,45 @@ class StreamOptions(StrictModel):
     include_usage: bool = False
 
 
-class SamplingFields(StrictModel):
+_SCHEMA_OBJECT = {"type": "object"}
+_JSON_SPEC = {"anyOf": [{"type": "object"}, {"type": "string"}, {"type": "null"}]}
+
+
+class JsonSchemaFormat(StrictModel):
+    name: str = "response"
+    description: str | None = None
+    schema_: Annotated[dict | None, WithJsonSchema({"anyOf": [_SCHEMA_OBJECT, {"type": "null"}]})] = \
+        Field(None, alias="schema")
+    strict: bool | None = None  # the output always follows the schema; strict or not changes nothing
+
+
+class ResponseFormat(StrictModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputsField(StrictModel):
+    """vLLM's `structured_outputs` object (the subset kvserve implements: the constraint itself)."""
+
+    json_: Annotated[Any, WithJsonSchema(_JSON_SPEC)] = Field(None, alias="json")
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+
+class StructuredFields(StrictModel):
+    """The structured-output fields, shared by /v1/completions and /v1/chat/completions (mapped to one engine
+    constraint by `structured.structured_spec`)."""
+
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsField | None = None
+    guided_json: Annotated[Any, WithJsonSchema(_JSON_SPEC)] = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+
+class SamplingFields(StructuredFields):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: str | None = Field(None, description="the served model's name (optional)", json_schema_extra=_SERVED_MODEL)
