@@ -211,10 +211,10 @@ class ServerContext:
                                 "retry later", code="queue_full",
                            headers={"Retry-After": str(self.config.retry_after_s)})
 
-    def submit(self, stream: RequestStream, prompt_token_ids: list[int], params) -> None:
+    def submit(self, stream: RequestStream, prompt_token_ids: list[int], params, cache_salt: str | None = None) -> None:
         if self._closing or self.phase is Phase.FAILED:
             raise unavailable("the server is shutting down" if self._closing else "the engine has failed")
-        self.engine_loop.submit(stream, prompt_token_ids, params)
+        self.engine_loop.submit(stream, prompt_token_ids, params, cache_salt)
 
     def abort(self, stream: RequestStream) -> None:
         if not stream.finished and self.engine_loop is not None:

@@ -61,19 +61,21 @@ def router(ctx: ServerContext) -> APIRouter:
         await _compile(ctx, req)
         fmt = CompletionFormatter(f"cmpl-{uuid.uuid4().hex}", ctx.model_name, int(time.time()),
                                   req.logprobs is not None, TokenTexts(ctx.tokenizer), req.include_usage)
-        return Generation(fmt.request_id, ids, params, fmt, req.stream, req.include_usage, structured_renames(req))
+        return Generation(fmt.request_id, ids, params, fmt, req.stream, req.include_usage, structured_renames(req),
+                          req.cache_salt)
 
     async def prepare_chat(body: bytes) -> Generation:
         req = await ctx.parse(body, ChatCompletionRequest)
         ctx.check_model(req.model)
         params = apply_model_limits(chat_params(req), ctx.vocab_size)
         ctx.check_queue()
-        ids = await chat_prompt_ids(ctx, req.chat_messages(), req.add_generation_prompt)
+        ids = await chat_prompt_ids(ctx, req.chat_messages(), req.add_generation_prompt, req.chat_template_kwargs)
         check_token_count(ctx, ids, "messages")
         await _compile(ctx, req)
         fmt = ChatFormatter(f"chatcmpl-{uuid.uuid4().hex}", ctx.model_name, int(time.time()), req.logprobs,
                             TokenTexts(ctx.tokenizer), req.include_usage)
-        return Generation(fmt.request_id, ids, params, fmt, req.stream, req.include_usage, chat_renames(req))
+        return Generation(fmt.request_id, ids, params, fmt, req.stream, req.include_usage, chat_renames(req),
+                          req.cache_salt)
 
     @r.post("/v1/completions")
     async def completions(request: Request):

@@ -25,7 +25,7 @@ def _common_kwargs(req: SamplingFields) -> dict:
                 repetition_penalty=req.repetition_penalty, seed=req.seed, stop=req.stop,
                 stop_token_ids=req.stop_token_ids or [], include_stop_str_in_output=req.include_stop_str_in_output,
                 ignore_eos=req.ignore_eos, min_tokens=req.min_tokens, skip_special_tokens=req.skip_special_tokens,
-                structured_outputs=structured_spec(req)[0])
+                structured_outputs=structured_spec(req)[0], logit_bias=req.logit_bias_ids())
 
 
 def structured_renames(req: SamplingFields) -> dict[str, str]:

@@ -28,7 +28,6 @@ NOT_YET_SUPPORTED: dict[str, Unsupported] = {
     # OpenAI
     "echo": Unsupported("echo (returning the prompt with the completion)", (False,)),
     "suffix": Unsupported("suffix (insertion)", ("",)),
-    "logit_bias": Unsupported("logit_bias", ({},)),
     "tools": Unsupported(_TOOLS, ([],)),
     "functions": Unsupported(_TOOLS, ([],)),
     "tool_choice": Unsupported(_TOOLS, ("none",)),
@@ -50,10 +49,8 @@ NOT_YET_SUPPORTED: dict[str, Unsupported] = {
     "guided_whitespace_pattern": Unsupported("guided_whitespace_pattern (JSON is generated without free whitespace)"),
     "prompt_logprobs": Unsupported("prompt_logprobs (log-probabilities of the prompt tokens)"),
     "chat_template": Unsupported("a chat template sent with the request"),
-    "chat_template_kwargs": Unsupported("chat_template_kwargs", ({},)),
     "continue_final_message": Unsupported("continue_final_message", (False,)),
     "documents": Unsupported("documents for the chat template"),
-    "cache_salt": Unsupported("cache_salt (per-tenant prefix-cache isolation)"),
     "use_beam_search": Unsupported("beam search", (False,)),
     "length_penalty": Unsupported("beam search (length_penalty)", (1.0,)),
     "allowed_token_ids": Unsupported("allowed_token_ids"),
