@@ -45,7 +45,7 @@ class StructuredOutputsParams:
         kind = given[0]
         if kind == "json":
             if isinstance(self.json, dict):
-                text = json.dumps(self.json, sort_keys=True, separators=(",", ":"))
+                text = json.dumps(self.json, separators=(",", ":"))  # key order kept: it is the output's order
             elif isinstance(self.json, str):
                 try:
                     if not isinstance(json.loads(self.json), dict):
