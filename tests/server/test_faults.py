@@ -21,7 +21,8 @@ LABEL = (("model_name", "tiny-llama"),)
 
 
 class Faulty:
-    """Wraps `engine.runner.execute` (the forward pass): `fault(call_number)` runs before each call."""
+    """Wraps `engine.runner.execute_async` (the step's launch: what the engine's executor calls) so that
+    `fault(call_number)` runs before each call."""
 
     def __init__(self, fault):
         self.fault = fault
@@ -30,14 +31,14 @@ class Faulty:
 
     def __call__(self, engine):
         self.engine = engine
-        forward = engine.runner.execute
+        forward = engine.runner.execute_async
 
-        def execute(out):
+        def execute_async(out):
             self.calls += 1
             self.fault(self.calls, engine)
             return forward(out)
 
-        engine.runner.execute = execute
+        engine.runner.execute_async = execute_async
         return engine
 
 
