@@ -185,3 +185,19 @@ def test_xgrammar_kernel_matches_the_torch_reference():
         assert torch.equal(apply_token_bitmask(logits.clone(), bitmask), apply_token_bitmask_reference(logits, bitmask))
         strided = torch.randn(vocab, 5, generator=g).t()  # not contiguous, as a one-row matmul's output can be
         assert torch.equal(apply_token_bitmask(strided.clone(), bitmask), apply_token_bitmask_reference(strided, bitmask))
+
+
+def test_noise_is_never_zero_so_a_masked_token_can_never_win():
+    """The draw is argmax(p / noise): a zero noise would turn a masked token's 0 / 0 into NaN, which wins."""
+    from engine.sample import noise
+
+    bits = torch.tensor([0, 2**24 - 1, 2**24 - 2], dtype=torch.int64) << 8  # the extremes of the 24-bit draw
+    original = noise.mix32
+    try:
+        noise.mix32 = lambda x: x  # the hash is a bijection of 32-bit values: feed the extremes straight through
+        out = noise.exponential_noise(torch.zeros(1, dtype=torch.int64), bits)
+    finally:
+        noise.mix32 = original
+    assert (out > 0).all(), out
+    probs = torch.tensor([[0.0, 0.5, 0.5]])
+    assert (probs / out).argmax().item() != 0
