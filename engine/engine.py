@@ -14,6 +14,7 @@ synchronous loop; a token sampled for a sequence that finished meanwhile is drop
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -27,16 +28,21 @@ from .outputs import IterationStats, SequenceDelta, StepOutput, TokenLogprob
 from .core.request import Request, RequestStatus
 from .sampling_params import ParamError, SamplingParams
 from .core.scheduler import Scheduler
+from .step import GrammarRows, SchedulerOutput
 from .step_cost import model_cost, scheduled_cost
+from .structured.compiler import GrammarCompiler
+from .structured.matcher import SequenceGrammar, fill_bitmasks
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
 class _SeqState:
-    """Engine-side companions of a running sequence: its detokenizer."""
+    """Engine-side companions of a running sequence: its detokenizer and, with structured output, its grammar
+    matcher (kept here across preemption: the sequence's tokens do not change, so neither does its state)."""
 
     detok: IncrementalDetokenizer | None
+    grammar: SequenceGrammar | None = None
 
 
 @dataclass(eq=False)
@@ -71,6 +77,9 @@ class LLMEngine:
         self._pending: list[SequenceDelta] = []  # deltas produced between steps (aborts)
         self.async_scheduling = config.async_scheduling
         self._in_flight: _LaunchedStep | None = None  # asynchronous scheduling: the step launched last
+        # structured output: grammars compiled for this vocabulary (thread-safe: the server compiles off-thread)
+        self.grammars = GrammarCompiler(self.tokenizer, config.model.vocab_size, self.eos_token_ids)
+        self._grammar_seqs: set[str] = set()  # live sequences with a grammar
 
     @classmethod
     def from_args(cls, args: EngineArgs | None = None, **kwargs) -> "LLMEngine":
@@ -116,6 +125,9 @@ class LLMEngine:
         taken = next((rid for rid in ids if rid in in_use), None)
         if taken is not None:
             raise ParamError("request_id", f"{request_id!r} clashes with sequence {taken!r} of a request in progress")
+        compiled = None
+        if params.structured_outputs is not None:
+            compiled = self.grammars.compile(params.structured_outputs)  # a cache hit when the server compiled it
         share = params.n > 1 and self.config.cache.enable_prefix_caching and len(prompt_ids) > self.config.cache.block_size
         for i, rid in enumerate(ids):
             req = Request(rid, prompt_ids, params, max_tokens, self.eos_token_ids, parent_id=request_id, index=i,
@@ -125,7 +137,9 @@ class LLMEngine:
             if self.tokenizer is not None:
                 detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop, params.include_stop_str_in_output,
                                                params.skip_special_tokens)
-            self._states[rid] = _SeqState(detok)
+            self._states[rid] = _SeqState(detok, None if compiled is None else SequenceGrammar(compiled))
+            if compiled is not None:
+                self._grammar_seqs.add(rid)
             self.scheduler.add_request(req)
         self._children[request_id] = ids
         return prompt_ids
@@ -142,6 +156,9 @@ class LLMEngine:
         bad = next((t for t in params.stop_token_ids if t >= vocab), None)
         if bad is not None:
             raise ParamError("stop_token_ids", f"token id {bad} is outside the vocabulary [0, {vocab})")
+        bad = next((t for t in params.logit_bias or () if t >= vocab), None)
+        if bad is not None:
+            raise ParamError("logit_bias", f"token id {bad} is outside the vocabulary [0, {vocab})")
         n, limit = len(prompt_ids), self.max_model_len
         if n >= limit:
             raise ParamError("prompt", f"the prompt has {n} tokens, but the context window is {limit} tokens "
@@ -168,7 +185,7 @@ class LLMEngine:
         now = time.time()
         for rid in ids:
             req = self.scheduler.finish_request(rid, RequestStatus.FINISHED_ABORTED)
-            self._states.pop(rid, None)
+            self._drop_state(rid)
             if req is not None:
                 self._pending.append(self._delta(req, [], "", None, now, "abort"))
         return True
@@ -187,10 +204,12 @@ class LLMEngine:
         t0 = time.perf_counter()
         deltas, self._pending = self._pending, []
         num_generated = 0
-        if not self.async_scheduling and self._in_flight is not None:  # switched off with a step in flight
+        # A grammar's next bitmask needs the token sampled last: while any sequence has one, each step's tokens
+        # are processed before the next step is scheduled (asynchronous scheduling pauses, for every sequence).
+        if self._in_flight is not None and (not self.async_scheduling or self._grammar_seqs):
             num_generated += self._process(self._in_flight, deltas)
             self._in_flight = None
-        sched = self.scheduler.schedule()
+        sched = self._with_grammar(self.scheduler.schedule())
         requests = self.scheduler.requests
         launched = _LaunchedStep(self.executor.execute_async(sched),
                                  {s.request_id: requests[s.request_id] for s in sched.seqs if s.sample})
@@ -245,6 +264,12 @@ class LLMEngine:
             text = state.detok.push(token, check_stop=enough)
             if state.detok.stopped_by is not None:
                 reason, req.stop_reason = "stop", state.detok.stopped_by
+        if reason is None and state.grammar is not None:
+            if not state.grammar.accept(token):  # the mask makes this impossible; end rather than go astray
+                logger.error("%s: token %d is outside its grammar; ending the sequence", req.request_id, token)
+                reason = "stop"
+            elif state.grammar.terminated:
+                reason = "stop"
         if reason is None and (num_output >= req.max_tokens or req.num_tokens >= self.max_model_len):
             reason = "length"
         if reason is not None:
@@ -252,9 +277,24 @@ class LLMEngine:
                 text += state.detok.flush()
             status = RequestStatus.FINISHED_STOPPED if reason == "stop" else RequestStatus.FINISHED_LENGTH
             self.scheduler.finish_request(req.request_id, status)
-            self._states.pop(req.request_id, None)
+            self._drop_state(req.request_id)
             self._forget_child(req)
         return self._delta(req, [token], text, [logprob] if logprob is not None else None, now, reason)
+
+    def _drop_state(self, rid: str) -> None:
+        self._states.pop(rid, None)
+        self._grammar_seqs.discard(rid)
+
+    def _with_grammar(self, sched: SchedulerOutput) -> SchedulerOutput:
+        """The step with the bitmasks of its sampling sequences that have a grammar."""
+        if not self._grammar_seqs:
+            return sched
+        ids = [s.request_id for s in sched.seqs if s.sample and s.request_id in self._grammar_seqs]
+        if not ids:
+            return sched
+        grammars = [self._states[rid].grammar for rid in ids]
+        bitmask = fill_bitmasks(grammars, self.model_config.vocab_size)
+        return dataclasses.replace(sched, grammar=GrammarRows(tuple(ids), bitmask))
 
     def _forget_child(self, req: Request) -> None:
         siblings = self._children.get(req.parent_id)

@@ -9,12 +9,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .structured.spec import StructuredOutputsParams
+
 # Upper bounds on size-like parameters: nothing a client sends may make the engine allocate without limit.
 MAX_N = 16
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_STOP_TOKEN_IDS = 64
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 1024  # entries of logit_bias
+MAX_PROMPT_LOGPROBS = 20
 # Below this a temperature is greedy (vLLM's threshold too). Dividing logits by, say, 1e-38 overflows them to
 # inf, and the sampler would then draw from NaN probabilities.
 GREEDY_BELOW_TEMPERATURE = 1e-5
@@ -59,8 +63,12 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None  # the output must match this (JSON schema, regex...)
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit, in [-100, 100]
 
     def __post_init__(self) -> None:
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
@@ -110,6 +118,20 @@ class SamplingParams:
             _int_in("stop_token_ids", t, 0, None)
         if self.logprobs is not None:
             _int_in("logprobs", self.logprobs, 0, MAX_LOGPROBS)
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict) or len(self.logit_bias) > MAX_LOGIT_BIAS:
+                raise ParamError("logit_bias", f"must be a map of at most {MAX_LOGIT_BIAS} token ids to numbers")
+            for t, v in self.logit_bias.items():
+                _int_in("logit_bias", t, 0, None)
+                _finite("logit_bias", v)
+                if not -100.0 <= v <= 100.0:
+                    raise ParamError("logit_bias", f"values must be in [-100, 100], got {v} for token {t}")
+        if self.structured_outputs is not None:
+            if not isinstance(self.structured_outputs, StructuredOutputsParams):
+                raise ParamError("structured_outputs", "must be a StructuredOutputsParams")
+            if self.min_tokens:
+                # the grammar may allow nothing but EOS while min_tokens forbids it: no token would be left
+                raise ParamError("min_tokens", "cannot be combined with structured output")
 
     @property
     def greedy(self) -> bool:

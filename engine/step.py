@@ -19,6 +19,7 @@ ones), so the engine stays the one source of truth for every sequence's tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .outputs import TokenLogprob
 from .sampling_params import SamplingParams
@@ -44,6 +45,7 @@ class SamplingOptions:
     logprobs: int | None = None
     min_tokens: int = 0
     forbidden_ids: tuple[int, ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit); only the sampling rank reads it
 
     @classmethod
     def from_params(cls, params: SamplingParams, seed: int | None = None,
@@ -52,7 +54,8 @@ class SamplingOptions:
         return cls(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
                    presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty,
                    repetition_penalty=params.repetition_penalty, seed=seed, logprobs=params.logprobs,
-                   min_tokens=params.min_tokens, forbidden_ids=forbidden if params.min_tokens else ())
+                   min_tokens=params.min_tokens, forbidden_ids=forbidden if params.min_tokens else (),
+                   logit_bias=tuple(sorted((params.logit_bias or {}).items())))
 
     @property
     def greedy(self) -> bool:
@@ -102,6 +105,17 @@ ScheduledSeq = NewSeq | CachedSeq
 
 
 @dataclass(frozen=True, slots=True)
+class GrammarRows:
+    """The token bitmasks of a step's grammar-constrained sampling sequences (structured output): row i of
+    `bitmask` ([G, ceil(vocab / 32)] int32, bit t of the row = token t allowed) is `request_ids[i]`'s. Made
+    by the engine from each sequence's grammar matcher; only the sampling rank reads it, so the codec does not
+    carry it to tensor-parallel ranks > 0."""
+
+    request_ids: tuple[str, ...]
+    bitmask: Any  # numpy int32 [G, W]
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerOutput:
     """One step: the scheduled sequences in batch order, what the worker must forget, and step statistics.
 
@@ -116,6 +130,7 @@ class SchedulerOutput:
     num_prompt_tokens: int  # tokens of prefill work (prompt or recompute) in this step
     prefix_cache_queries: int  # tokens looked up in the prefix cache this step
     prefix_cache_hits: int  # of those, tokens found
+    grammar: GrammarRows | None = None  # bitmasks of the sampling sequences that have a grammar
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,7 @@ class ServerContext:
         self.model_name = config.served_model_name or ""
         self.max_model_len = 0
         self.vocab_size = 0
+        self.grammars = None  # the engine's GrammarCompiler (thread-safe): structured output compiled off the loop
         self.metrics: ServerMetrics | None = None
         self.stat_logger: StatLogger | None = None
         self.recent = RecentActivity()  # the last minute, for /dashboard
@@ -148,6 +149,7 @@ class ServerContext:
         self.model_name = self.config.served_model_name or mc.name
         self.max_model_len = engine.max_model_len
         self.vocab_size = mc.vocab_size
+        self.grammars = engine.grammars
         try:
             self.peak = peak_for(self.peak_args, engine.config.device)
         except ValueError as e:
@@ -209,10 +211,10 @@ class ServerContext:
                                 "retry later", code="queue_full",
                            headers={"Retry-After": str(self.config.retry_after_s)})
 
-    def submit(self, stream: RequestStream, prompt_token_ids: list[int], params) -> None:
+    def submit(self, stream: RequestStream, prompt_token_ids: list[int], params, cache_salt: str | None = None) -> None:
         if self._closing or self.phase is Phase.FAILED:
             raise unavailable("the server is shutting down" if self._closing else "the engine has failed")
-        self.engine_loop.submit(stream, prompt_token_ids, params)
+        self.engine_loop.submit(stream, prompt_token_ids, params, cache_salt)
 
     def abort(self, stream: RequestStream) -> None:
         if not stream.finished and self.engine_loop is not None:

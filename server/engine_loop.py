@@ -62,6 +62,7 @@ class _Add:
     prompt_token_ids: list[int]
     params: SamplingParams
     arrival: float
+    cache_salt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,14 +99,15 @@ class EngineLoop:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, stream: RequestStream, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def submit(self, stream: RequestStream, prompt_token_ids: list[int], params: SamplingParams,
+               cache_salt: str | None = None) -> None:
         """Hand a request to the engine; `stream.accepted` resolves once the engine took it (or refused)."""
         if self._dead:
             raise unavailable("the engine is not running")
         self._streams[stream.request_id] = stream
         with self._lock:
             self._unapplied += params.n
-        self._inbox.put(_Add(stream.request_id, prompt_token_ids, params, stream.arrival))
+        self._inbox.put(_Add(stream.request_id, prompt_token_ids, params, stream.arrival, cache_salt))
 
     def abort(self, request_id: str) -> None:
         """Stop a request and free its KV blocks; its final (abort) deltas still come back, for the metrics."""
@@ -237,7 +239,8 @@ class EngineLoop:
                     self._post(_resolve, cmd.future, None, e)
                 continue
             try:
-                ids = engine.add_request(cmd.request_id, cmd.prompt_token_ids, cmd.params, arrival_time=cmd.arrival)
+                ids = engine.add_request(cmd.request_id, cmd.prompt_token_ids, cmd.params, arrival_time=cmd.arrival,
+                                         cache_salt=cmd.cache_salt)
                 acks.append((cmd.request_id, ids))
                 added = cmd.params.n
                 self._added[cmd.request_id] = added

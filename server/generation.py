@@ -44,6 +44,7 @@ class Generation:
     stream: bool
     include_usage: bool
     renames: dict[str, str]  # engine parameter names -> this endpoint's field names
+    cache_salt: str | None = None
 
 
 async def run(ctx: ServerContext, http: Request, ticket: Ticket, record: AccessRecord, gen: Generation) -> Response:
@@ -53,7 +54,7 @@ async def run(ctx: ServerContext, http: Request, ticket: Ticket, record: AccessR
     record.prompt_tokens = len(gen.prompt_token_ids)
     handed_off = False
     try:
-        ctx.submit(stream, gen.prompt_token_ids, gen.params)
+        ctx.submit(stream, gen.prompt_token_ids, gen.params, gen.cache_salt)
         try:
             await stream.accepted
         except ParamError as e:
@@ -79,8 +80,10 @@ async def _frames(stream: RequestStream, gen: Generation, record: AccessRecord) 
         for i in range(gen.params.n):
             yield sse_frame(fmt.role_chunk(i))
     output_tokens = [0] * gen.params.n
+    cached = 0
     try:
         async for delta in stream:
+            cached = delta.num_cached_tokens
             if record.first_token_time is None and delta.new_token_ids:
                 record.first_token_time = delta.token_time
             output_tokens[delta.index] = delta.num_output_tokens
@@ -89,7 +92,7 @@ async def _frames(stream: RequestStream, gen: Generation, record: AccessRecord) 
             if chunk is not None:
                 yield sse_frame(chunk)
         if gen.include_usage:
-            yield sse_frame(fmt.usage_chunk(Usage(len(gen.prompt_token_ids), sum(output_tokens))))
+            yield sse_frame(fmt.usage_chunk(Usage(len(gen.prompt_token_ids), sum(output_tokens), cached)))
     except APIError as e:
         yield sse_frame(e.body())
     except Exception:  # noqa: BLE001 - a bug here must still end the stream properly, not cut it
@@ -101,11 +104,13 @@ async def _frames(stream: RequestStream, gen: Generation, record: AccessRecord) 
 async def _collect(stream: RequestStream, gen: Generation, record: AccessRecord) -> dict:
     fmt = gen.formatter
     choices = [ChoiceAccumulator(i) for i in range(gen.params.n)]
+    cached = 0
     async for delta in stream:
+        cached = delta.num_cached_tokens
         if record.first_token_time is None and delta.new_token_ids:
             record.first_token_time = delta.token_time
         choices[delta.index].add(delta, fmt.logprobs(delta))
-    usage = Usage(len(gen.prompt_token_ids), sum(c.num_output_tokens for c in choices))
+    usage = Usage(len(gen.prompt_token_ids), sum(c.num_output_tokens for c in choices), cached)
     record.completion_tokens = usage.completion_tokens
     return fmt.response(choices, usage)
 

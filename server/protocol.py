@@ -73,7 +73,45 @@ class StreamOptions(StrictModel):
     include_usage: bool = False
 
 
-class SamplingFields(StrictModel):
+_SCHEMA_OBJECT = {"type": "object"}
+_JSON_SPEC = {"anyOf": [{"type": "object"}, {"type": "string"}, {"type": "null"}]}
+
+
+class JsonSchemaFormat(StrictModel):
+    name: str = "response"
+    description: str | None = None
+    schema_: Annotated[dict | None, WithJsonSchema({"anyOf": [_SCHEMA_OBJECT, {"type": "null"}]})] = \
+        Field(None, alias="schema")
+    strict: bool | None = None  # the output always follows the schema; strict or not changes nothing
+
+
+class ResponseFormat(StrictModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputsField(StrictModel):
+    """vLLM's `structured_outputs` object (the subset kvserve implements: the constraint itself)."""
+
+    json_: Annotated[Any, WithJsonSchema(_JSON_SPEC)] = Field(None, alias="json")
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+
+class StructuredFields(StrictModel):
+    """The structured-output fields, shared by /v1/completions and /v1/chat/completions (mapped to one engine
+    constraint by `structured.structured_spec`)."""
+
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsField | None = None
+    guided_json: Annotated[Any, WithJsonSchema(_JSON_SPEC)] = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+
+class SamplingFields(StructuredFields):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: str | None = Field(None, description="the served model's name (optional)", json_schema_extra=_SERVED_MODEL)
@@ -97,6 +135,19 @@ class SamplingFields(StrictModel):
         {"anyOf": [{"type": "array", "maxItems": MAX_STOP_TOKEN_IDS, "items": _TOKEN_ID}, _NULL]})] = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    logit_bias: dict[str, float] | None = Field(None, description="token id (as a string) -> bias in [-100, 100]")
+    cache_salt: str | None = Field(None, max_length=256, description="prefix-cache isolation: only requests with "
+                                                                    "the same salt share cached blocks")
+
+    @field_validator("logit_bias", mode="after")
+    @classmethod
+    def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None and not all(k.isascii() and k.isdigit() and len(k) < 12 for k in value):
+            raise ValueError("keys must be token ids written as decimal strings")
+        return value
+
+    def logit_bias_ids(self) -> dict[int, float] | None:
+        return None if self.logit_bias is None else {int(k): v for k, v in self.logit_bias.items()}
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -170,6 +221,8 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = _range(None, "needs logprobs: true", minimum=0, maximum=MAX_LOGPROBS)
     add_generation_prompt: bool = True
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="extra variables for the chat template "
+                                                                         "(e.g. enable_thinking)")
 
     def chat_messages(self) -> list[dict[str, str]]:
         return [m.template_input() for m in self.messages]

@@ -19,10 +19,15 @@ class _Exact(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class PromptTokensDetails(_Exact):
+    cached_tokens: int = Field(description="prompt tokens found in the prefix cache")
+
+
 class Usage(_Exact):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class CompletionLogprobs(_Exact):

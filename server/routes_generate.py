@@ -19,7 +19,8 @@ from .generation import Generation, run
 from .guard import access_record
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .responses import ChatFormatter, CompletionFormatter, TokenTexts
-from .sampling import apply_model_limits, chat_params, chat_renames, completion_params
+from .sampling import apply_model_limits, chat_params, chat_renames, completion_params, structured_renames
+from .structured import compile_constraint, structured_spec
 from .tokenization import chat_prompt_ids, check_token_count, prompt_ids
 
 
@@ -34,6 +35,12 @@ async def _admit_and_run(ctx: ServerContext, request: Request, prepare) -> objec
         ticket.release()
         raise
     return await run(ctx, request, ticket, record, gen)
+
+
+async def _compile(ctx: ServerContext, req) -> None:
+    spec, param = structured_spec(req)
+    if spec is not None:
+        await compile_constraint(ctx, spec, param)
 
 
 def router(ctx: ServerContext) -> APIRouter:
@@ -51,20 +58,24 @@ def router(ctx: ServerContext) -> APIRouter:
         else:
             ids = req.prompt
         check_token_count(ctx, ids, "prompt")
+        await _compile(ctx, req)
         fmt = CompletionFormatter(f"cmpl-{uuid.uuid4().hex}", ctx.model_name, int(time.time()),
                                   req.logprobs is not None, TokenTexts(ctx.tokenizer), req.include_usage)
-        return Generation(fmt.request_id, ids, params, fmt, req.stream, req.include_usage, {})
+        return Generation(fmt.request_id, ids, params, fmt, req.stream, req.include_usage, structured_renames(req),
+                          req.cache_salt)
 
     async def prepare_chat(body: bytes) -> Generation:
         req = await ctx.parse(body, ChatCompletionRequest)
         ctx.check_model(req.model)
         params = apply_model_limits(chat_params(req), ctx.vocab_size)
         ctx.check_queue()
-        ids = await chat_prompt_ids(ctx, req.chat_messages(), req.add_generation_prompt)
+        ids = await chat_prompt_ids(ctx, req.chat_messages(), req.add_generation_prompt, req.chat_template_kwargs)
         check_token_count(ctx, ids, "messages")
+        await _compile(ctx, req)
         fmt = ChatFormatter(f"chatcmpl-{uuid.uuid4().hex}", ctx.model_name, int(time.time()), req.logprobs,
                             TokenTexts(ctx.tokenizer), req.include_usage)
-        return Generation(fmt.request_id, ids, params, fmt, req.stream, req.include_usage, chat_renames(req))
+        return Generation(fmt.request_id, ids, params, fmt, req.stream, req.include_usage, chat_renames(req),
+                          req.cache_salt)
 
     @r.post("/v1/completions")
     async def completions(request: Request):

@@ -12,6 +12,7 @@ from engine.sampling_params import ParamError, SamplingParams
 
 from .errors import APIError, bad_request
 from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from .structured import structured_spec
 
 
 def _unsupported(param: str, what: str) -> APIError:
@@ -23,7 +24,14 @@ def _common_kwargs(req: SamplingFields) -> dict:
                 presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
                 repetition_penalty=req.repetition_penalty, seed=req.seed, stop=req.stop,
                 stop_token_ids=req.stop_token_ids or [], include_stop_str_in_output=req.include_stop_str_in_output,
-                ignore_eos=req.ignore_eos, min_tokens=req.min_tokens, skip_special_tokens=req.skip_special_tokens)
+                ignore_eos=req.ignore_eos, min_tokens=req.min_tokens, skip_special_tokens=req.skip_special_tokens,
+                structured_outputs=structured_spec(req)[0], logit_bias=req.logit_bias_ids())
+
+
+def structured_renames(req: SamplingFields) -> dict[str, str]:
+    """The engine's `structured_outputs` is whichever field the client used."""
+    param = structured_spec(req)[1]
+    return {"structured_outputs": param} if param else {}
 
 
 def _build(kwargs: dict, renames: dict[str, str]) -> SamplingParams:
@@ -58,13 +66,13 @@ def apply_model_limits(params: SamplingParams, vocab_size: int) -> SamplingParam
 def completion_params(req: CompletionRequest) -> SamplingParams:
     if req.best_of is not None and req.best_of != req.n:
         raise _unsupported("best_of", "best_of other than n")
-    return _build(dict(_common_kwargs(req), max_tokens=req.max_tokens, logprobs=req.logprobs), {})
+    return _build(dict(_common_kwargs(req), max_tokens=req.max_tokens, logprobs=req.logprobs), structured_renames(req))
 
 
 def chat_renames(req: ChatCompletionRequest) -> dict[str, str]:
     """Engine names -> chat field names (the prompt is made of messages; logprobs come as top_logprobs)."""
     max_field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    return {"prompt": "messages", "logprobs": "top_logprobs", "max_tokens": max_field}
+    return {"prompt": "messages", "logprobs": "top_logprobs", "max_tokens": max_field, **structured_renames(req)}
 
 
 def chat_params(req: ChatCompletionRequest) -> SamplingParams:

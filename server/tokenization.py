@@ -63,8 +63,11 @@ class ControlTokenInMessage(ValueError):
         self.param = param
 
 
-def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool, plain_text: bool) -> list[int]:
-    """The chat template's prompt as token ids; with `plain_text`, message text never becomes control tokens."""
+def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool, plain_text: bool,
+             template_kwargs: dict | None = None) -> list[int]:
+    """The chat template's prompt as token ids; with `plain_text`, message text never becomes control tokens.
+    `template_kwargs` (the request's chat_template_kwargs) are extra variables for the template."""
+    extra = dict(template_kwargs or {})
     specials = control_tokens(tokenizer) if plain_text else ()
     spelled = {i for i, m in enumerate(messages) if any(s in m["content"] for s in specials)}
     for i, m in enumerate(messages):
@@ -72,12 +75,13 @@ def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool, plain
         if token is not None:
             raise ControlTokenInMessage(f"messages[{i}].name", token)
     if not spelled:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             **extra)
         return tokenizer.encode(text, add_special_tokens=False)
     nonce = secrets.token_hex(8)
     marks = {i: f"zz{nonce}m{i}zz" for i in spelled}  # survives trim, lower() and the like in templates
     masked = [dict(m, content=marks[i]) if i in marks else m for i, m in enumerate(messages)]
-    text = tokenizer.apply_chat_template(masked, tokenize=False, add_generation_prompt=add_generation_prompt)
+    text = tokenizer.apply_chat_template(masked, tokenize=False, add_generation_prompt=add_generation_prompt, **extra)
     ids: list[int] = []
     for i in sorted(spelled, key=lambda i: text.find(marks[i])):
         before, found, text = text.partition(marks[i])
@@ -105,11 +109,16 @@ async def prompt_ids(ctx: ServerContext, text: str, param: str = "prompt", add_s
     return await ctx.run_tokenizer(len(text), encode, text, add_special_tokens)
 
 
-async def chat_prompt_ids(ctx: ServerContext, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+async def chat_prompt_ids(ctx: ServerContext, messages: list[dict], add_generation_prompt: bool,
+                          template_kwargs: dict | None = None) -> list[int]:
     size = check_messages_size(ctx, messages)
     plain_text = not ctx.config.special_tokens_in_messages
+    reserved = {"conversation", "messages", "tokenize", "add_generation_prompt", "chat_template", "tools"}
+    clash = sorted(reserved & set(template_kwargs or {}))
+    if clash:
+        raise bad_request("chat_template_kwargs", f"chat_template_kwargs: {clash[0]!r} is set by the server")
     try:
-        return await ctx.run_tokenizer(size, chat_ids, messages, add_generation_prompt, plain_text)
+        return await ctx.run_tokenizer(size, chat_ids, messages, add_generation_prompt, plain_text, template_kwargs)
     except ControlTokenInMessage as e:
         raise bad_request(e.param, str(e), code="control_token") from None
     except ValueError as e:  # e.g. the template refuses the roles' order, or there is no template

@@ -22,15 +22,12 @@ class Unsupported:
     neutral: tuple[Any, ...] = ()  # values besides null that mean "off"
 
 
-_STRUCTURED = "structured output (guided decoding)"
 _TOOLS = "tool calling"
 
 NOT_YET_SUPPORTED: dict[str, Unsupported] = {
     # OpenAI
     "echo": Unsupported("echo (returning the prompt with the completion)", (False,)),
     "suffix": Unsupported("suffix (insertion)", ("",)),
-    "logit_bias": Unsupported("logit_bias", ({},)),
-    "response_format": Unsupported(_STRUCTURED, ({"type": "text"},)),
     "tools": Unsupported(_TOOLS, ([],)),
     "functions": Unsupported(_TOOLS, ([],)),
     "tool_choice": Unsupported(_TOOLS, ("none",)),
@@ -48,19 +45,12 @@ NOT_YET_SUPPORTED: dict[str, Unsupported] = {
     "metadata": Unsupported("metadata (for stored completions)"),
     "service_tier": Unsupported("service tiers", ("auto", "default")),
     # vLLM extensions
-    "guided_json": Unsupported(_STRUCTURED),
-    "guided_regex": Unsupported(_STRUCTURED),
-    "guided_choice": Unsupported(_STRUCTURED),
-    "guided_grammar": Unsupported(_STRUCTURED),
-    "guided_decoding_backend": Unsupported(_STRUCTURED),
-    "guided_whitespace_pattern": Unsupported(_STRUCTURED),
-    "structured_outputs": Unsupported(_STRUCTURED),
+    "guided_decoding_backend": Unsupported("a structured-output backend other than xgrammar", ("xgrammar", "auto")),
+    "guided_whitespace_pattern": Unsupported("guided_whitespace_pattern (JSON is generated without free whitespace)"),
     "prompt_logprobs": Unsupported("prompt_logprobs (log-probabilities of the prompt tokens)"),
     "chat_template": Unsupported("a chat template sent with the request"),
-    "chat_template_kwargs": Unsupported("chat_template_kwargs", ({},)),
     "continue_final_message": Unsupported("continue_final_message", (False,)),
     "documents": Unsupported("documents for the chat template"),
-    "cache_salt": Unsupported("cache_salt (per-tenant prefix-cache isolation)"),
     "use_beam_search": Unsupported("beam search", (False,)),
     "length_penalty": Unsupported("beam search (length_penalty)", (1.0,)),
     "allowed_token_ids": Unsupported("allowed_token_ids"),

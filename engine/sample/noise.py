@@ -22,6 +22,7 @@ import torch
 
 _M32 = 0xFFFF_FFFF
 _MUL1, _MUL2 = 0x7FEB_352D, 0x68E3_1DA5  # odd, below 2**31
+_MIN_NOISE = 2.0 ** -26  # below every noise value but the one that rounds to 0
 _TOKEN_MUL = 0x9E37_79B9  # the golden-ratio constant: spreads consecutive token ids over the 32-bit range
 
 
@@ -54,4 +55,6 @@ def exponential_noise(keys: torch.Tensor, tok_keys: torch.Tensor) -> torch.Tenso
     x = mix32(keys[:, None] ^ tok_keys[None, :])
     # 24 bits: exactly representable in float32, so u is the same on every device; u in (0, 1)
     u = (x >> 8).to(torch.float32).add_(0.5).mul_(2.0 ** -24)
-    return u.log_().neg_()
+    # The top 24-bit value rounds to u = 1.0 (2**24 - 0.5 is not a float32), whose noise would be 0: a token
+    # with probability 0 (masked by a grammar, top-k, top-p) would then score 0 / 0 = NaN and win the argmax.
+    return u.log_().neg_().clamp_min_(_MIN_NOISE)

@@ -32,6 +32,7 @@ import torch
 
 from ..outputs import TokenLogprob
 from ..step import SamplingOptions
+from .bitmask import apply_token_bitmask
 from .noise import exponential_noise, row_keys, token_keys
 
 
@@ -78,11 +79,16 @@ class SamplingBatch:
     forbid_rows: Any  # [F] int64
     forbid_ids: Any  # [F] int64
     lp_rows: Any  # [W] int64
+    bias_rows: Any = None  # [B] int64: logit_bias (row, token, value) triples
+    bias_ids: Any = None  # [B] int64
+    bias_vals: Any = None  # [B] float32
     use_min_p: bool = False
     lp_k: tuple[int, ...] = ()
+    has_bias: bool = False
 
     ARRAYS = ("temperature", "seeds", "out_pos", "random_rows", "min_p", "kp_rows", "top_k", "top_p", "pen_rows",
-              "pen_slots", "presence", "frequency", "repetition", "forbid_rows", "forbid_ids", "lp_rows")
+              "pen_slots", "presence", "frequency", "repetition", "forbid_rows", "forbid_ids", "lp_rows",
+              "bias_rows", "bias_ids", "bias_vals")
 
     def arrays(self) -> list:
         return [getattr(self, name) for name in self.ARRAYS]
@@ -128,10 +134,15 @@ class Sampler:
 
     @torch.no_grad()
     def sample(self, logits: torch.Tensor, batch: SamplingBatch,
-               penalties: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None) -> SampleResult:
+               penalties: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+               grammar_bitmask: torch.Tensor | None = None) -> SampleResult:
         """Sample one token per row of `logits` [R, V]. `batch` holds device tensors; `penalties(pen_slots)`
-        gives the penalized rows' output-token counts and prompt-token masks."""
-        if not (batch.num_random or batch.num_penalized or len(batch.forbid_rows) or batch.lp_k):
+        gives the penalized rows' output-token counts and prompt-token masks; `grammar_bitmask` [R, W]
+        restricts each row to the tokens its grammar allows (all ones for a row without one), in place and
+        before anything else, so logprobs too are those of the constrained distribution."""
+        if grammar_bitmask is not None:
+            logits = apply_token_bitmask(logits, grammar_bitmask)
+        if not (batch.num_random or batch.num_penalized or len(batch.forbid_rows) or batch.lp_k or batch.has_bias):
             # all greedy: one argmax, on the logits as they are (widening bf16 to fp32 is exact: same argmax)
             tokens = logits.argmax(dim=-1)
             return SampleResult(tokens, tokens.to(torch.int32))
@@ -143,6 +154,8 @@ class Sampler:
             sub = apply_penalties(x.index_select(0, batch.pen_rows), counts, prompt_mask, batch.presence,
                                   batch.frequency, batch.repetition)
             x.index_copy_(0, batch.pen_rows, sub)
+        if batch.has_bias:  # logit_bias: added to the logits (logprobs stay those of the model)
+            x = x.index_put((batch.bias_rows, batch.bias_ids), batch.bias_vals, accumulate=True)
         if len(batch.forbid_rows):
             x = x.clone() if x is raw else x
             x.index_put_((batch.forbid_rows, batch.forbid_ids), self._neg_inf)

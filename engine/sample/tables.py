@@ -28,6 +28,9 @@ _COLUMNS = {
 }
 
 
+_no_bias = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
 def as_int64(seed: int) -> int:
     """A seed of any size (request seed + choice index may pass 2**63) as the int64 with the same low 64 bits."""
     seed &= 0xFFFF_FFFF_FFFF_FFFF
@@ -51,6 +54,7 @@ class SamplingTable:
         if old is not None:
             forbidden[:old.shape[0], :old.shape[1]] = old
         self.forbidden = forbidden  # -1 pads
+        self.bias: dict[int, tuple[np.ndarray, np.ndarray]] = getattr(self, "bias", {})  # slot -> (ids, values)
 
     def set(self, slot: int, options: SamplingOptions, *, forbidden: tuple[int, ...] | None = None,
             min_tokens: int | None = None) -> None:
@@ -75,6 +79,10 @@ class SamplingTable:
         self.logprobs[slot] = -1 if options.logprobs is None else options.logprobs
         self.forbidden[slot] = -1
         self.forbidden[slot, :len(forbidden)] = forbidden
+        self.bias.pop(slot, None)
+        if options.logit_bias:
+            self.bias[slot] = (np.array([t for t, _ in options.logit_bias], np.int64),
+                               np.array([v for _, v in options.logit_bias], np.float32))
 
     def has_penalties(self, slot: int) -> bool:
         return bool(self.presence[slot] != 0 or self.frequency[slot] != 0 or self.repetition[slot] != 1)
@@ -96,13 +104,21 @@ class SamplingTable:
         lp = self.logprobs[slots]
         lp_rows = rows[lp >= 0]
         min_p = self.min_p[rs]
+        bias_rows, bias_ids, bias_vals = _no_bias
+        if self.bias:  # per-row Python only for the rows that have a logit_bias
+            biased = [(row, self.bias[s]) for row, s in enumerate(slots.tolist()) if s in self.bias]
+            if biased:
+                bias_rows = np.concatenate([np.full(len(ids), row, np.int64) for row, (ids, _) in biased])
+                bias_ids = np.concatenate([ids for _, (ids, _) in biased])
+                bias_vals = np.concatenate([vals for _, (_, vals) in biased])
         return SamplingBatch(
             num_rows=len(slots), temperature=self.temperature[rs], seeds=self.seed[rs], out_pos=out_pos[random_rows],
             random_rows=random_rows, min_p=min_p, use_min_p=bool((min_p > 0).any()),
             kp_rows=kp.astype(np.int64), top_k=np.where(top_k[kp] > 0, top_k[kp], self.vocab_size), top_p=top_p[kp],
             pen_rows=pen_rows, pen_slots=slots[pen_rows], presence=pres[pen_rows], frequency=freq[pen_rows],
             repetition=rep[pen_rows], forbid_rows=forbid_rows[keep], forbid_ids=forbid[keep], lp_rows=lp_rows,
-            lp_k=tuple(int(k) for k in lp[lp_rows]))
+            lp_k=tuple(int(k) for k in lp[lp_rows]), bias_rows=bias_rows, bias_ids=bias_ids, bias_vals=bias_vals,
+            has_bias=len(bias_rows) > 0)
 
 
 class PenaltyCounts:

@@ -240,6 +240,13 @@ class ModelRunner:
         if len(hb.sample_idx):
             sb = self.sampling.batch(hb.slots[hb.sample_idx], hb.out_pos)
             arrays += sb.arrays()
+        num_grammar = 0
+        if sb is not None and out.grammar is not None:  # structured output: a bitmask row per sampling row
+            rows = {out.seqs[i].request_id: j for j, i in enumerate(hb.sample_idx.tolist())}
+            bitmask = np.full((len(hb.sample_idx), out.grammar.bitmask.shape[1]), -1, dtype=np.int32)
+            bitmask[[rows[rid] for rid in out.grammar.request_ids]] = out.grammar.bitmask
+            arrays.append(bitmask)
+            num_grammar = 1
         if fresh:
             arrays += PenaltyCounts.init_arrays([st.slot for st in fresh], [st.token_ids for st in fresh],
                                                 [st.num_prompt_tokens for st in fresh], self.config.model.vocab_size)
@@ -255,8 +262,10 @@ class ModelRunner:
         if logits is None:  # a tensor-parallel rank > 0: it sent its logits to rank 0, which samples
             self._prev_tokens, self._prev_rows = None, {}
             return PendingOutput()
-        batch = sb.with_arrays(views[num_model:num_model + len(SamplingBatch.ARRAYS)])
-        result = self.sampler.sample(logits, batch, self.penalties.gather)
+        num_sampling = num_model + len(SamplingBatch.ARRAYS)
+        batch = sb.with_arrays(views[num_model:num_sampling])
+        bitmask = views[num_sampling] if num_grammar else None
+        result = self.sampler.sample(logits, batch, self.penalties.gather, bitmask)
         if sb.num_penalized:
             self.penalties.add(batch.pen_slots, result.tokens.index_select(0, batch.pen_rows))
         request_ids = tuple(out.seqs[i].request_id for i in hb.sample_idx.tolist())
