@@ -32,6 +32,7 @@ from ..models.loader import build_model
 from ..models.parallel import TPContext
 from ..sample.sampler import Sampler, SamplingBatch, unpack
 from ..sample.tables import PenaltyCounts, SamplingTable
+from ..spec_decode.verify import accepted_tokens
 from ..step import RunnerOutput, SchedulerOutput
 from .host_batch import HostBatch, HostBatchBuilder, profile_batch
 from .kv_sizing import decide_num_blocks
@@ -52,8 +53,10 @@ class PendingOutput:
         return pending
 
     def __init__(self, request_ids: tuple[str, ...] = (), batch: SamplingBatch | None = None,
-                 readback: Readback | None = None):
+                 readback: Readback | None = None, drafts: tuple[tuple[int, ...], ...] | None = None):
+        """`drafts`: each sampling sequence's draft tokens (speculative decoding), None when none has any."""
         self._request_ids, self._batch, self._readback = request_ids, batch, readback
+        self._drafts = drafts
         self._result: RunnerOutput | None = None
 
     def result(self) -> RunnerOutput:
@@ -61,11 +64,27 @@ class PendingOutput:
         if self._result is None:
             if not self._request_ids:
                 self._result = RunnerOutput.empty()
-            else:
+            elif self._drafts is None:
                 tokens, logprobs = unpack(self._readback.ready(), self._batch)
                 self._result = RunnerOutput(self._request_ids, tuple((t,) for t in tokens),
                                             tuple(None if lp is None else (lp,) for lp in logprobs))
+            else:
+                self._result = self._verified()
         return self._result
+
+    def _verified(self) -> RunnerOutput:
+        """Speculative decoding: each sequence's rows (one per position) cut to the accepted drafts plus one."""
+        tokens, logprobs = unpack(self._readback.ready(), self._batch)
+        out_tokens, out_logprobs = [], []
+        row = 0
+        for drafts in self._drafts:
+            rows = len(drafts) + 1
+            kept = accepted_tokens(tokens[row:row + rows], drafts)
+            out_tokens.append(tuple(kept))
+            lps = logprobs[row:row + len(kept)]
+            out_logprobs.append(None if lps[0] is None else tuple(lps))
+            row += rows
+        return RunnerOutput(self._request_ids, tuple(out_tokens), tuple(out_logprobs))
 
 
 class ModelRunner:
@@ -214,7 +233,7 @@ class ModelRunner:
         num_model = len(arrays)
         sb = None
         if len(hb.sample_idx):
-            sb = self.sampling.batch(hb.slots[hb.sample_idx], hb.out_pos)
+            sb = self.sampling.batch(hb.row_slots, hb.out_pos)  # one row per position sampled
             arrays += sb.arrays()
         if fresh:
             arrays += PenaltyCounts.init_arrays([st.slot for st in fresh], [st.token_ids for st in fresh],
@@ -235,9 +254,16 @@ class ModelRunner:
         result = self.sampler.sample(logits, batch, self.penalties.gather)
         if sb.num_penalized:
             self.penalties.add(batch.pen_slots, result.tokens.index_select(0, batch.pen_rows))
-        request_ids = tuple(out.seqs[i].request_id for i in hb.sample_idx.tolist())
-        self._prev_tokens, self._prev_rows = result.tokens, {rid: j for j, rid in enumerate(request_ids)}
-        return PendingOutput(request_ids, sb, self.readback.download(result.packed))  # the one device-to-host copy
+        sampled = [out.seqs[i] for i in hb.sample_idx.tolist()]
+        request_ids = tuple(s.request_id for s in sampled)
+        drafts = None
+        if len(hb.row_counts):  # speculative decoding (never with asynchronous scheduling: no pending rows)
+            drafts = tuple(s.draft_token_ids for s in sampled)
+            self._prev_tokens, self._prev_rows = None, {}
+        else:
+            self._prev_tokens, self._prev_rows = result.tokens, {rid: j for j, rid in enumerate(request_ids)}
+        # the one device-to-host copy
+        return PendingOutput(request_ids, sb, self.readback.download(result.packed), drafts)
 
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         """Run one step and wait for its tokens."""

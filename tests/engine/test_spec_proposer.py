@@ -1,0 +1,58 @@
+"""Prompt-lookup (n-gram) proposals and the accepted-prefix rule, on exact values."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.spec_decode import NgramProposer, SpecDecodeStats, SpeculativeConfig
+from engine.spec_decode.verify import accepted_tokens, num_accepted
+
+
+def test_proposes_what_followed_the_latest_earlier_match():
+    p = NgramProposer(num_speculative_tokens=3, min_n=2, max_n=3)
+    #         0  1  2  3  4  5  6  7  8  9 10
+    tokens = [1, 2, 3, 9, 8, 1, 2, 3, 7, 6, 1, 2]
+    # "1 2" occurs at 0 and 5 (and ends the sequence): the latest earlier one (5) is followed by 3 7 6
+    assert p.propose(tokens) == [3, 7, 6]
+
+
+def test_a_longer_match_wins_over_a_later_shorter_one():
+    p = NgramProposer(num_speculative_tokens=2, min_n=1, max_n=3)
+    tokens = [5, 6, 7, 40, 41, 9, 7, 50, 51, 5, 6, 7]
+    # "5 6 7" (n=3) matches at 0 -> 40 41; the later "7" alone (n=1, at 6) would give 50 51
+    assert p.propose(tokens) == [40, 41]
+
+
+def test_no_match_no_drafts_and_limits_respected():
+    p = NgramProposer(num_speculative_tokens=4, min_n=2, max_n=4)
+    assert p.propose([1, 2, 3, 4, 5]) == []
+    assert p.propose([1, 2]) == []  # too short to hold a match and a pattern
+    assert p.propose([1, 2, 3, 4, 1, 2], max_tokens=1) == [3]
+    assert p.propose([1, 2, 3, 4, 1, 2], max_tokens=0) == []
+    # a match near the end proposes only the tokens that exist after it
+    assert p.propose([7, 7, 7]) == [7]
+
+
+def test_accepts_the_longest_predicted_prefix_plus_one():
+    assert num_accepted([4, 5, 6, 7], [4, 5, 6]) == 3
+    assert accepted_tokens([4, 5, 6, 7], [4, 5, 6]) == [4, 5, 6, 7]  # every draft, then the bonus token
+    assert accepted_tokens([4, 9, 6, 7], [4, 5, 6]) == [4, 9]  # the first wrong draft ends the run
+    assert accepted_tokens([8, 5, 6, 7], [4, 5, 6]) == [8]  # later matches do not count
+    assert accepted_tokens([3], []) == [3]
+
+
+def test_stats_count_acceptance_per_position():
+    s = SpecDecodeStats.of([(3, 3), (3, 1), (2, 0)], k=3)
+    assert (s.num_drafts, s.num_draft_tokens, s.num_accepted_tokens, s.accepted_per_pos) == (3, 8, 4, (2, 1, 1))
+
+
+@pytest.mark.parametrize("bad, param", [
+    ({"method": "eagle"}, "speculative_config.method"),
+    ({"num_speculative_tokens": 4}, "speculative_config.method"),
+    ({"method": "ngram", "num_speculative_tokens": 0}, "speculative_config.num_speculative_tokens"),
+    ({"method": "ngram", "prompt_lookup_min": 3, "prompt_lookup_max": 2}, "speculative_config.prompt_lookup_min"),
+    ({"method": "ngram", "k": 2}, "speculative_config: unknown keys"),
+])
+def test_bad_configs_are_refused_naming_the_parameter(bad, param):
+    with pytest.raises(ValueError, match=param):
+        SpeculativeConfig.from_value(bad)
