@@ -48,17 +48,22 @@ def repetitive_prompts(n: int, vocab: int, seed: int = 0, length: int = 24) -> l
     return out
 
 
-def save_loopy_model(path, arch: str = "llama", layer_scale: float = 0.08) -> str:
+def save_loopy_model(path, arch: str = "llama", layer_scale: float = 0.08, with_tokenizer: bool = False) -> str:
     """A random tiny model (tied embeddings) whose layers' output projections are scaled down, so its
     residual stream is mostly the input token's embedding: greedy output runs of one token broken by jumps
     (like `148 148 148 143 22 22 ...`). Prompt lookup then proposes drafts that are often right and sometimes
-    wrong, which is what these tests need; a plain random tiny model almost never repeats itself."""
+    wrong, which is what these tests need; a plain random tiny model almost never repeats itself.
+    `with_tokenizer`: the default model's tokenizer and vocabulary (llama only), for a server with text."""
     from transformers import AutoModelForCausalLM
 
     from tests.engine.conftest import tiny_hf_config
 
     cfg = tiny_hf_config(arch)
     cfg.tie_word_embeddings = True
+    if with_tokenizer:
+        from engine.models.tiny import DEFAULT_VOCAB
+
+        cfg.vocab_size = DEFAULT_VOCAB
     torch.manual_seed(1234)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     with torch.no_grad():
@@ -66,4 +71,13 @@ def save_loopy_model(path, arch: str = "llama", layer_scale: float = 0.08) -> st
             layer.self_attn.o_proj.weight.mul_(layer_scale)
             layer.mlp.down_proj.weight.mul_(layer_scale)
     model.save_pretrained(path)
+    if with_tokenizer:
+        import shutil
+
+        from engine.models.resolve import resolve_model
+
+        src = resolve_model(None).path
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (src / name).is_file():
+                shutil.copy(src / name, path / name)
     return str(path)

@@ -119,12 +119,11 @@ def default_engines():
     return engines(None, max_model_len=512)
 
 
-COPY_PROMPT = ("Repeat this text exactly: The quick brown fox jumps over the lazy dog. The quick brown fox jumps "
-               "over the lazy dog again.\n")
-
-
 def test_the_default_model_stop_strings_logprobs_and_n_inside_accepted_runs(default_engines):
+    from engine.tools.spec_workload import repetitive_prompts as shipped
+
     plain, spec = default_engines
+    COPY_PROMPT = shipped(plain.tokenizer)[4]  # "Correct the spelling mistakes in this email ..."
     base = SamplingParams(temperature=0, max_tokens=24, logprobs=2)
     want, _, want_x = run_all(plain, [COPY_PROMPT], base)
     got, stats, got_x = run_all(spec, [COPY_PROMPT], base)
@@ -135,7 +134,7 @@ def test_the_default_model_stop_strings_logprobs_and_n_inside_accepted_runs(defa
         assert a.logprob == pytest.approx(b.logprob, abs=1e-4) and a.top.keys() == b.top.keys()
     # a stop string from the middle of the output ends the text wherever it falls in an accepted run
     text = want_x["r0"][0][1]
-    stop = "lazy"
+    stop = "confirm"
     assert stop in text
     p = SamplingParams(temperature=0, max_tokens=24, stop=[stop], n=2)
     want, _, want_x = run_all(plain, [COPY_PROMPT], p)
