@@ -56,3 +56,17 @@ def test_stats_count_acceptance_per_position():
 def test_bad_configs_are_refused_naming_the_parameter(bad, param):
     with pytest.raises(ValueError, match=param):
         SpeculativeConfig.from_value(bad)
+
+
+def test_cli_flags_build_the_config_and_a_tuning_flag_alone_is_refused():
+    import argparse
+
+    from engine.config import EngineArgs
+
+    parser = EngineArgs.add_cli_args(argparse.ArgumentParser())
+    args = EngineArgs.from_cli_args(parser.parse_args(["--speculative-method", "ngram", "--num-speculative-tokens", "6",
+                                                       "--ngram-prompt-lookup-max", "5"]))
+    assert args.speculative_config == SpeculativeConfig("ngram", 6, 2, 5)
+    assert EngineArgs.from_cli_args(parser.parse_args([])).speculative_config is None
+    with pytest.raises(ValueError, match="num_speculative_tokens: needs --speculative-method"):
+        EngineArgs.from_cli_args(parser.parse_args(["--num-speculative-tokens", "3"]))
