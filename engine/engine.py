@@ -231,8 +231,6 @@ class LLMEngine:
         for req in running:
             if req.num_computed_tokens != req.num_tokens - 1 or req.num_pending_tokens:
                 continue  # prefilling: drafts follow the last known token only
-            if req.sampling.has_penalties:
-                continue  # the device's penalty counts hold the output so far, not a draft's prefix
             limit = min(req.max_tokens - req.num_output_tokens, self.max_model_len - req.num_tokens) - 1
             if limit > 0:
                 req.draft_token_ids = self.proposer.propose(req.all_token_ids, limit)

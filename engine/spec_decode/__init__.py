@@ -4,6 +4,7 @@
     ngram.py   `NgramProposer`: prompt lookup (the tokens that followed the latest earlier match of the
                sequence's last n tokens)
     verify.py  the worker's rows per sequence and the accepted-prefix rule (exact for greedy and sampling)
+    penalties.py  penalties at draft positions: prior drafts counted, only kept tokens recorded
     stats.py   `SpecDecodeStats`: drafts, draft tokens, accepted tokens (in total and per position)
 
 Where the pieces sit: the engine proposes drafts for its decoding requests before each step

@@ -32,6 +32,7 @@ from ..models.loader import build_model
 from ..models.parallel import TPContext
 from ..sample.sampler import Sampler, SamplingBatch, unpack
 from ..sample.tables import PenaltyCounts, SamplingTable
+from ..spec_decode.penalties import draft_penalty_arrays, kept_rows, with_prior_drafts
 from ..spec_decode.verify import accepted_tokens
 from ..step import RunnerOutput, SchedulerOutput
 from .host_batch import HostBatch, HostBatchBuilder, profile_batch
@@ -235,6 +236,10 @@ class ModelRunner:
         if len(hb.sample_idx):
             sb = self.sampling.batch(hb.row_slots, hb.out_pos)  # one row per position sampled
             arrays += sb.arrays()
+        spec_pen = sb is not None and sb.num_penalized and len(hb.row_counts)
+        if spec_pen:  # penalties at draft positions (engine.spec_decode.penalties)
+            drafts = tuple(out.seqs[i].draft_token_ids for i in hb.sample_idx.tolist())
+            arrays += draft_penalty_arrays(hb.row_counts, drafts, sb.pen_rows)
         if fresh:
             arrays += PenaltyCounts.init_arrays([st.slot for st in fresh], [st.token_ids for st in fresh],
                                                 [st.num_prompt_tokens for st in fresh], self.config.model.vocab_size)
@@ -250,9 +255,17 @@ class ModelRunner:
         if logits is None:  # a tensor-parallel rank > 0: it sent its logits to rank 0, which samples
             self._prev_tokens, self._prev_rows = None, {}
             return PendingOutput()
-        batch = sb.with_arrays(views[num_model:num_model + len(SamplingBatch.ARRAYS)])
-        result = self.sampler.sample(logits, batch, self.penalties.gather)
-        if sb.num_penalized:
+        num_sampling = num_model + len(SamplingBatch.ARRAYS)
+        batch = sb.with_arrays(views[num_model:num_sampling])
+        gather = self.penalties.gather
+        if spec_pen:
+            next_draft, row_first, extra_idx, extra_tok = views[num_sampling:num_sampling + 4]
+            gather = with_prior_drafts(gather, extra_idx, extra_tok)
+        result = self.sampler.sample(logits, batch, gather)
+        if spec_pen:  # count only the tokens verification keeps
+            kept = kept_rows(result.tokens, next_draft, row_first).index_select(0, batch.pen_rows)
+            self.penalties.add(batch.pen_slots[kept], result.tokens.index_select(0, batch.pen_rows)[kept])
+        elif sb.num_penalized:
             self.penalties.add(batch.pen_slots, result.tokens.index_select(0, batch.pen_rows))
         sampled = [out.seqs[i] for i in hb.sample_idx.tolist()]
         request_ids = tuple(s.request_id for s in sampled)

@@ -70,3 +70,23 @@ def test_cli_flags_build_the_config_and_a_tuning_flag_alone_is_refused():
     assert EngineArgs.from_cli_args(parser.parse_args([])).speculative_config is None
     with pytest.raises(ValueError, match="num_speculative_tokens: needs --speculative-method"):
         EngineArgs.from_cli_args(parser.parse_args(["--num-speculative-tokens", "3"]))
+
+
+def test_penalty_rows_count_the_drafts_before_them_and_only_kept_tokens_are_counted_after():
+    import numpy as np
+    import torch
+
+    from engine.spec_decode.penalties import draft_penalty_arrays, kept_rows
+
+    # sequence 0: drafts (7, 8) -> rows 0..2; sequence 1: no drafts -> row 3; sequence 2: draft (9,) -> rows 4..5
+    counts = np.array([3, 1, 2])
+    drafts = ((7, 8), (), (9,))
+    pen_rows = np.array([1, 2, 3, 5])  # penalized rows (sequences 0, 1 and 2)
+    next_draft, row_first, extra_idx, extra_tok = draft_penalty_arrays(counts, drafts, pen_rows)
+    assert next_draft.tolist() == [7, 8, -1, -1, 9, -1]
+    assert row_first.tolist() == [0, 0, 0, 3, 4, 4]
+    # row 1 (after draft 7) counts 7; row 2 counts 7 and 8; row 3 nothing; row 5 counts 9
+    assert list(zip(extra_idx.tolist(), extra_tok.tolist())) == [(0, 7), (1, 7), (1, 8), (3, 9)]
+    tokens = torch.tensor([7, 5, 4, 6, 1, 2])  # seq 0 keeps 7, 5 (8 was wrong); seq 1 keeps 6; seq 2 keeps 1
+    kept = kept_rows(tokens, torch.from_numpy(next_draft), torch.from_numpy(row_first))
+    assert kept.tolist() == [True, True, False, True, True, False]

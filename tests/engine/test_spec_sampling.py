@@ -88,3 +88,20 @@ def test_seeded_sampling_draws_the_same_tokens_with_and_without_speculation(tmp_
     got, stats, _ = run_all(spec, prompts, params)
     assert got == want
     assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.5])
+def test_penalties_apply_at_draft_positions_as_if_the_drafts_were_output(tmp_path, temperature):
+    # penalties weak enough that the model still repeats itself (drafts are proposed and some accepted)
+    model = save_loopy_model(tmp_path)
+    prompts = repetitive_prompts(4, 512, seed=8)
+    spec_cfg = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1, "disable_by_batch_size": 64}
+    plain = LLMEngine.from_args(model=model, device="cpu")
+    spec = LLMEngine.from_args(model=model, device="cpu", speculative_config=spec_cfg)
+    params = [SamplingParams(temperature=temperature, seed=i, max_tokens=24, ignore_eos=True, **pen)
+              for i, pen in enumerate([{"repetition_penalty": 1.3}, {"frequency_penalty": 0.6},
+                                       {"presence_penalty": 0.8}, {"frequency_penalty": 1.5}])]
+    want, _, _ = run_all(plain, prompts, params)
+    got, stats, _ = run_all(spec, prompts, params)
+    assert got == want
+    assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens
