@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv serve generate test prometheus-check clean-venv
+.PHONY: venv serve generate test prometheus-check soak bench-busy-core bench-health clean-venv
 
 venv: $(STAMP)
 
@@ -31,6 +31,18 @@ test: $(STAMP)
 # A real Prometheus scraping a real kvserve (needs the Debian package `prometheus`).
 prometheus-check: $(STAMP)
 	$(PY) scripts/prometheus_check.py
+
+# The soak test (not in CI): ~80% of measured capacity for 30 minutes by default; ARGS="--duration 300".
+soak: $(STAMP)
+	$(PY) scripts/soak.py $(ARGS)
+
+# Throughput with a competing CPU-bound process, for each thread/OpenMP setting (docs/benchmarks.md).
+bench-busy-core: $(STAMP)
+	$(PY) -m engine.tools.busy_core_bench $(ARGS)
+
+# /health latency while other clients make the server tokenize and parse as much as it allows.
+bench-health: $(STAMP)
+	$(PY) -m server.bench_health $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

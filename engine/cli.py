@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.parse_args(argv)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     name = argv[0]
+    # Before torch is imported: the OpenMP runtime reads its settings once, when it is loaded.
+    from .worker.cpu_threads import openmp_env_defaults
+
+    openmp_env_defaults(os.environ)
     module = importlib.import_module(SUBCOMMANDS[name][0])
     sub_parser = argparse.ArgumentParser(prog=f"kvserve {name}", description=SUBCOMMANDS[name][1])
     module.add_arguments(sub_parser)

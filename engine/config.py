@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,27 +254,62 @@ class ModelConfig:
     max_model_len: int
     eos_token_ids: tuple[int, ...]
 
+    # Each layer's sliding window (None = full attention), already normalised against max_model_len: a window
+    # at least as long as the context is no window. Empty = every layer full.
+    layer_windows: tuple[int | None, ...] = ()
+
     @classmethod
     def from_hf(cls, hf, *, name, path, tokenizer, load_format, dtype, max_model_len) -> "ModelConfig":
-        model_type = getattr(hf, "model_type", "")
-        if model_type not in ("llama", "mistral", "qwen2", "qwen3"):
-            raise ValueError(f"model: architecture {model_type!r} is not supported (llama, mistral, qwen2, qwen3)")
+        from .core.kv_groups import normalize_windows
+        from .models.arch import check_supported, layer_windows, text_config
+
+        outer, hf = hf, text_config(hf)
+        model_type = check_supported(hf)
         head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
         limit = int(getattr(hf, "max_position_embeddings", 0) or 2048)
         if max_model_len is None:
             max_model_len = limit
-        eos = hf.eos_token_id
-        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
+        eos_ids = _eos_ids(outer.eos_token_id if getattr(outer, "eos_token_id", None) is not None else hf.eos_token_id)
+        if path is not None and (Path(path) / "generation_config.json").is_file():
+            # what transformers' generate stops on (chat models list their end-of-turn token here)
+            gen = json.loads((Path(path) / "generation_config.json").read_text())
+            eos_ids += tuple(i for i in _eos_ids(gen.get("eos_token_id")) if i not in eos_ids)
         return cls(name=name, path=path, tokenizer=tokenizer, load_format=load_format, dtype=dtype, hf_config=hf,
                    architecture=model_type, vocab_size=hf.vocab_size, hidden_size=hf.hidden_size,
                    num_layers=hf.num_hidden_layers, num_heads=hf.num_attention_heads,
                    num_kv_heads=getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
-                   head_dim=head_dim, max_model_len=int(max_model_len), eos_token_ids=eos_ids)
+                   head_dim=head_dim, max_model_len=int(max_model_len), eos_token_ids=eos_ids,
+                   layer_windows=normalize_windows(layer_windows(hf), int(max_model_len)))
+
+    @functools.cached_property
+    def kv_groups(self):
+        """The KV-cache groups (`engine.core.kv_groups`): one for a model whose layers all share one window."""
+        from .core.kv_groups import kv_cache_groups
+
+        return kv_cache_groups(self.layer_windows or (None,) * self.num_layers)
+
+    @property
+    def group_windows(self) -> tuple[int | None, ...]:
+        """Each KV-cache group's window, in group order (what the KV-cache manager needs)."""
+        return tuple(g.window for g in self.kv_groups)
+
+    @property
+    def num_kv_tensors(self) -> int:
+        """K/V tensor pairs the runner allocates: one per layer, or one per layer of a group when layers are
+        grouped by window (a block then holds that many layers of one group)."""
+        from .core.kv_groups import group_size
+
+        return group_size(self.kv_groups)
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """2 (K and V) x layers x kv_heads x head_dim x bytes per element."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
+        """Bytes of one token slot of one block: 2 (K and V) x the layers a block serves (every layer, or one
+        group's) x kv_heads x head_dim x bytes per element."""
+        return 2 * self.num_kv_tensors * self.num_kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
+
+
+def _eos_ids(eos) -> tuple[int, ...]:
+    return tuple(int(i) for i in eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,9 @@ class LLMEngine:
 
             self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer)
         self.executor = build_executor(config)  # one ModelRunner in-process, or tensor-parallel ranks
-        self.kv = KVCacheManager(self.executor.num_kv_blocks, config.cache.block_size, config.cache.enable_prefix_caching)
+        self.kv = KVCacheManager(self.executor.num_kv_blocks, config.cache.block_size,
+                                 config.cache.enable_prefix_caching, windows=config.model.group_windows,
+                                 max_chunk_tokens=config.scheduler.max_num_batched_tokens)
         self.scheduler = Scheduler(config.scheduler, self.kv)
         self.cost_model = model_cost(config.model)  # for each step's FLOPs and bytes (IterationStats.cost)
         eos = set(config.model.eos_token_ids)
@@ -154,6 +156,9 @@ class LLMEngine:
             raise ParamError("prompt", f"the prompt has {n} tokens, but the context window is {limit} tokens "
                                        "(at least one must be left to generate)")
         max_tokens = params.max_tokens if params.max_tokens is not None else limit - n
+        if params.min_tokens > max_tokens:  # only possible when max_tokens is None: checked against the context
+            raise ParamError("min_tokens", f"the prompt ({n} tokens) leaves {max_tokens} tokens of the context "
+                                           f"window of {limit}, fewer than min_tokens ({params.min_tokens})")
         if n + max_tokens > limit:
             raise ParamError("max_tokens", f"the prompt ({n} tokens) plus max_tokens ({max_tokens}) is "
                                            f"{n + max_tokens} tokens, over the context window of {limit} tokens")

@@ -15,6 +15,9 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_STOP_TOKEN_IDS = 64
 MAX_LOGPROBS = 20
+# Below this a temperature is greedy (vLLM's threshold too). Dividing logits by, say, 1e-38 overflows them to
+# inf, and the sampler would then draw from NaN probabilities.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 class ParamError(ValueError):
@@ -34,7 +37,7 @@ def _finite(name: str, value: float) -> None:
 class SamplingParams:
     """How to turn logits into tokens and when to stop.
 
-    temperature 0 means greedy. top_k <= 0 (or -1) disables top-k; top_p 1 and min_p 0 disable those.
+    temperature 0 (or anything below GREEDY_BELOW_TEMPERATURE) means greedy. top_k <= 0 (or -1) disables top-k; top_p 1 and min_p 0 disable those.
     Penalties follow the OpenAI/vLLM definitions: presence and frequency apply to generated tokens,
     repetition (multiplicative, > 1 discourages) to prompt and generated tokens.
     """
@@ -63,6 +66,8 @@ class SamplingParams:
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
         self.validate()
+        if self.temperature < GREEDY_BELOW_TEMPERATURE:
+            self.temperature = 0.0
 
     def validate(self) -> None:
         _int_in("n", self.n, 1, MAX_N)

@@ -19,8 +19,9 @@ from .step import NewSeq, ScheduledSeq, SchedulerOutput
 
 def model_cost(mc: ModelConfig) -> ModelCost:
     """The model as the formulas see it, at the dtype it runs in (weights and KV cache share it here)."""
-    elem = mc.kv_bytes_per_token // (2 * mc.num_layers * mc.num_kv_heads * mc.head_dim)
-    return ModelCost.from_hf_config(mc.hf_config, weight_bytes_per_param=elem, kv_bytes_per_element=elem)
+    elem = mc.dtype.itemsize
+    return ModelCost.from_hf_config(mc.hf_config, weight_bytes_per_param=elem, kv_bytes_per_element=elem,
+                                    windows=mc.layer_windows or (None,) * mc.num_layers)
 
 
 def is_decode(seq: ScheduledSeq) -> bool:

@@ -3,8 +3,11 @@ element-wise kernels for the model (RMSNorm with the residual add, RoPE, SiLU-an
 
 Public API (the engine codes against these):
     paged_attention(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out=None,
-                    *, max_query_len=None, max_seq_len=None, num_splits=None) -> out
+                    *, max_query_len=None, max_seq_len=None, num_splits=None, sliding_window=None,
+                    softcap=None) -> out
     store_kv(key, value, key_cache, value_cache, slot_mapping) -> None
+    fused_moe(x, gate_up, down, topk_weights, topk_ids) -> out
+        a sparse MoE MLP: tokens sorted by expert, one grouped GEMM per projection (kernels.fused_moe)
     decode_num_splits(num_seqs, num_heads, num_kv_heads, head_dim, max_seq_len, dtype, device=None) -> int
         the split count paged_attention would choose for a decode batch (to fix one for CUDA graphs)
     rms_norm(x, weight, eps, out=None) -> out
@@ -19,7 +22,8 @@ Module map: planning (path, tiles, splits; no triton), validation (argument chec
 kv_store (store kernel), norm / rotary / activation (the element-wise kernels), launch (a launch as data),
 reference (pure-torch oracle), batch (random paged batches), bench and bench_elementwise (GPU benchmark),
 compile_report (sm_90 ahead-of-time compile report) and specialization (compiled variants per launch; both
-need no GPU).
+need no GPU); moe_kernel (the fused MoE kernel, its expert sort and launch), moe_reference (its pure-torch
+oracle), moe_validation (its argument checks).
 """
 
 from __future__ import annotations
@@ -31,15 +35,17 @@ import torch
 
 from kernels.planning import DEFAULT_NUM_SMS, choose_num_splits, decode_tiles, plan_paged_attention
 from kernels.validation import (check_paged_attention_args, check_rms_norm_args, check_rope_args,
-                                check_silu_and_mul_args, check_store_kv_args)
+                                check_silu_and_mul_args, check_store_kv_args, check_window_and_softcap)
 
-__all__ = ["paged_attention", "store_kv", "decode_num_splits", "rms_norm", "add_rms_norm", "rope_", "silu_and_mul"]
+__all__ = ["paged_attention", "store_kv", "decode_num_splits", "fused_moe", "rms_norm", "add_rms_norm", "rope_",
+           "silu_and_mul"]
 
 
 def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                     block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
                     scale: float, out: torch.Tensor | None = None, *, max_query_len: int | None = None,
-                    max_seq_len: int | None = None, num_splits: int | None = None) -> torch.Tensor:
+                    max_seq_len: int | None = None, num_splits: int | None = None,
+                    sliding_window: int | None = None, softcap: float | None = None) -> torch.Tensor:
     """Causal attention of a flattened batch of new query tokens over each sequence's paged KV cache.
 
     query [T, H, D]; key_cache, value_cache [num_blocks, block_size, KVH, D] (H a multiple of KVH);
@@ -47,26 +53,33 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
     context length including its new tokens. Query token i of sequence s sits at position
     seq_lens[s] - q_len_s + i and sees keys 0..that position. Returns out [T, H, D] in query's dtype.
 
+    sliding_window W: query position p sees only keys p - W + 1 .. p, and block-table entries of pages wholly
+    before the first query's window are never read (they may name released blocks). softcap c: each score s
+    becomes c * tanh(s / c) before masking (Gemma 2).
+
     Hints: with max_query_len given (and max_seq_len or num_splits when max_query_len <= 1) nothing here
     synchronizes with the device. num_splits only affects decode batches (every q_len <= 1).
     """
     check_paged_attention_args(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out,
                                max_query_len, max_seq_len, num_splits)
+    check_window_and_softcap(sliding_window, softcap)
     _check_runnable("query", query.device, query.dtype)
     if out is None:
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    if sliding_window is not None and max_seq_len is not None:
+        max_seq_len = min(max_seq_len, sliding_window)  # the most keys a decode query reads: what splits share
     plan = plan_paged_attention(query, key_cache.shape[2], cu_seqlens_q, seq_lens, max_query_len, max_seq_len,
                                 num_splits, _num_sms(query.device))
     if plan.kind == "decode":
         from kernels.decode_attention import decode_attention
 
         decode_attention(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, float(scale), out,
-                         plan.tiles, plan.num_splits)
+                         plan.tiles, plan.num_splits, sliding_window, softcap)
     elif plan.kind == "unified":
         from kernels.unified_attention import unified_attention
 
         unified_attention(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, float(scale), out,
-                          plan.tiles)
+                          plan.tiles, sliding_window, softcap)
     return out
 
 
@@ -81,6 +94,22 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, va
     from kernels.kv_store import store_kv as launch_store_kv
 
     launch_store_kv(key, value, key_cache, value_cache, slot_mapping)
+
+
+def fused_moe(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_weights: torch.Tensor,
+              topk_ids: torch.Tensor) -> torch.Tensor:
+    """sum over k of topk_weights[t, k] * down[e] @ silu_and_mul(gate_up[e] @ x[t]), e = topk_ids[t, k].
+
+    x [T, H]; gate_up [E, 2I, H] (each expert's gate rows, then its up rows); down [E, H, I]; topk_weights [T, k]
+    (any float dtype; applied in fp32); topk_ids [T, k] integer expert ids. Returns [T, H] in x's dtype.
+    """
+    from kernels.moe_validation import check_fused_moe_args
+
+    check_fused_moe_args(x, gate_up, down, topk_weights, topk_ids)
+    _check_runnable("x", x.device, x.dtype)
+    from kernels.moe_kernel import fused_moe as launch_fused_moe
+
+    return launch_fused_moe(x, gate_up, down, topk_weights, topk_ids)
 
 
 def decode_num_splits(num_seqs: int, num_heads: int, num_kv_heads: int, head_dim: int, max_seq_len: int,

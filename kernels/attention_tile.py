@@ -9,6 +9,11 @@ Rows are (query token, query head) pairs that read the same KV head. One step
 Scores are kept in base 2 (`qk_scale` = scale * log2(e)) so the exponentials are exp2. A row that has seen
 no visible key yet keeps m = -inf, l = 0, acc = 0: the exponentials are taken against 0 instead of -inf,
 which keeps every value finite (exp2(-inf) = 0, never -inf - -inf).
+
+Sliding windows: a row at q_pos sees keys q_pos - window + 1 .. q_pos (`window` is huge when there is none);
+keys below `kv_lo` (the tile's oldest visible key) are neither looked up nor loaded, so table entries of
+released blocks are never touched. Soft-capping (SOFTCAP): score' = cap * tanh(score / cap), computed in the
+base-2 domain as c2 * tanh(qk / c2) with c2 = cap * log2(e), before the mask.
 """
 
 from __future__ import annotations
@@ -20,17 +25,17 @@ import triton.language as tl
 @triton.jit
 def attend_kv_tile(acc, m_i, l_i, q, tile_start, bt_row_ptr, k_cache_ptr, v_cache_ptr,
                    k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                   q_pos, kv_len, qk_scale, offs_d, d_ok,
+                   q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
                    BLOCK_N: tl.constexpr, PAGE: tl.constexpr, MASKED: tl.constexpr,
-                   DOT_PRECISION: tl.constexpr):
+                   DOT_PRECISION: tl.constexpr, SOFTCAP: tl.constexpr):
     """One online-softmax step over keys [tile_start, tile_start + BLOCK_N).
 
-    MASKED=False promises that every key of the tile exists (< kv_len) and is visible to every row that
-    matters (key <= q_pos), so neither the bounds nor the causal mask is applied.
+    MASKED=False promises that every key of the tile exists (kv_lo <= key < kv_len) and is visible to every
+    row that matters (q_pos - window < key <= q_pos), so neither the bounds nor the masks are applied.
     """
     offs_n = tile_start + tl.arange(0, BLOCK_N)
     if MASKED:
-        n_ok = offs_n < kv_len
+        n_ok = (offs_n < kv_len) & (offs_n >= kv_lo)
         page = tl.load(bt_row_ptr + offs_n // PAGE, mask=n_ok, other=0)
     else:
         page = tl.load(bt_row_ptr + offs_n // PAGE)
@@ -44,9 +49,15 @@ def attend_kv_tile(acc, m_i, l_i, q, tile_start, bt_row_ptr, k_cache_ptr, v_cach
         k = tl.load(k_cache_ptr + k_off[None, :] + offs_d[:, None], mask=d_ok[:, None], other=0.0)
 
     qk = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
+    if SOFTCAP:
+        # tanh(x) = 1 - 2 / (exp(2x) + 1), with 2x log2(e) clamped below 126 (tanh is 1 in fp32 long before)
+        t = tl.minimum(qk / softcap_log2 * 2.8853900817779268, 126.0)
+        qk = softcap_log2 * (1.0 - 2.0 / (tl.math.exp2(t) + 1.0))
     if MASKED:
-        # Keys past kv_len sit right of every valid row's position, so the causal test also drops them.
-        qk = tl.where(offs_n[None, :] <= q_pos[:, None], qk, float("-inf"))
+        # Keys past kv_len sit right of every valid row's position, so the causal test also drops them; keys
+        # below kv_lo sit left of every row's window, so the window test drops them.
+        visible = (offs_n[None, :] <= q_pos[:, None]) & (offs_n[None, :] > q_pos[:, None] - window)
+        qk = tl.where(visible, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
     p = tl.math.exp2(qk - m_ref[:, None])
@@ -63,19 +74,28 @@ def attend_kv_tile(acc, m_i, l_i, q, tile_start, bt_row_ptr, k_cache_ptr, v_cach
 
 
 @triton.jit
-def attend_kv_range(acc, m_i, l_i, q, tile_begin, full_end, tile_end, bt_row_ptr, k_cache_ptr, v_cache_ptr,
-                    k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                    q_pos, kv_len, qk_scale, offs_d, d_ok,
-                    BLOCK_N: tl.constexpr, PAGE: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """KV tiles [tile_begin, tile_end): those before full_end unmasked (every key exists and every row that
-    matters sees it), the rest with the bounds and causal masks. Two loops, so the common unmasked tiles
-    carry no mask arithmetic and each loop is software-pipelined on its own."""
-    for j in range(tile_begin, full_end):
+def attend_kv_range(acc, m_i, l_i, q, tile_begin, full_begin, full_end, tile_end, bt_row_ptr, k_cache_ptr,
+                    v_cache_ptr, k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
+                    q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
+                    BLOCK_N: tl.constexpr, PAGE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                    SOFTCAP: tl.constexpr):
+    """KV tiles [tile_begin, tile_end): [full_begin, full_end) unmasked (every key exists and every row that
+    matters sees it), the tiles before (the window's edge) and after (the causal edge) with the masks. Without
+    a window full_begin == tile_begin. Separate loops, so the common unmasked tiles carry no mask arithmetic
+    and each loop is software-pipelined on its own."""
+    for j in range(tile_begin, full_begin):
         acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
                                        k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, kv_len, qk_scale, offs_d, d_ok, BLOCK_N, PAGE, False, DOT_PRECISION)
+                                       q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
+                                       BLOCK_N, PAGE, True, DOT_PRECISION, SOFTCAP)
+    for j in range(full_begin, full_end):
+        acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
+                                       k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
+                                       q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
+                                       BLOCK_N, PAGE, False, DOT_PRECISION, SOFTCAP)
     for j in range(full_end, tile_end):
         acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
                                        k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                       q_pos, kv_len, qk_scale, offs_d, d_ok, BLOCK_N, PAGE, True, DOT_PRECISION)
+                                       q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
+                                       BLOCK_N, PAGE, True, DOT_PRECISION, SOFTCAP)
     return acc, m_i, l_i

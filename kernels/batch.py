@@ -25,6 +25,7 @@ class PagedBatch:
     scale: float
     q_lens: list[int]
     context_lens: list[int]  # seq_lens as Python ints
+    sliding_window: int | None = None
 
     def args(self) -> tuple:
         """Positional arguments of paged_attention / paged_attention_ref."""
@@ -42,10 +43,13 @@ class PagedBatch:
 
 def make_paged_batch(q_lens: list[int], seq_lens: list[int], *, num_heads: int, num_kv_heads: int, head_dim: int,
                      block_size: int = 16, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                     seed: int = 0, table_padding: int | None = None, extra_table_cols: int = 2) -> PagedBatch:
+                     seed: int = 0, table_padding: int | None = None, extra_table_cols: int = 2,
+                     sliding_window: int | None = None) -> PagedBatch:
     """A batch whose sequence s has q_lens[s] new tokens at the end of a seq_lens[s]-token context.
 
     table_padding: value of block-table entries past each sequence's last page; None = a NaN-filled block.
+    sliding_window: pages wholly before the first query's window (older than seq_len - q_len - W + 1) are
+    released, as the engine releases them: their table entries point at the NaN-filled block.
     """
     if len(q_lens) != len(seq_lens) or any(not 0 <= q <= s for q, s in zip(q_lens, seq_lens)):
         raise ValueError(f"q_lens: need 0 <= q_len <= seq_len per sequence, got {q_lens} vs {seq_lens}")
@@ -72,6 +76,10 @@ def make_paged_batch(q_lens: list[int], seq_lens: list[int], *, num_heads: int, 
         block_tables[s, :n_pages] = pages
         slots = torch.arange(seq_len, device=device)
         owned[pages.long()[slots // block_size], slots % block_size] = True
+        if sliding_window is not None:
+            released = max(0, seq_len - q_lens[s] - sliding_window + 1) // block_size
+            owned[pages[:released].long()] = False
+            block_tables[s, :released] = poison_block
     key_cache[~owned] = float("nan")
     value_cache[~owned] = float("nan")
 
@@ -84,5 +92,5 @@ def make_paged_batch(q_lens: list[int], seq_lens: list[int], *, num_heads: int, 
         query=query, key_cache=key_cache, value_cache=value_cache, block_tables=block_tables,
         cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=device),
         seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
-        scale=head_dim ** -0.5, q_lens=list(q_lens), context_lens=list(seq_lens),
+        scale=head_dim ** -0.5, q_lens=list(q_lens), context_lens=list(seq_lens), sliding_window=sliding_window,
     )

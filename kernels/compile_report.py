@@ -9,7 +9,8 @@ Hopper wgmma, and ptxas's register and spill counts. Pointer and stride argument
 specialization the JIT applies at launch for such values (the engine's strides are multiples of 16 elements),
 except those a kernel marks do_not_specialize / do_not_specialize_on_alignment (the JIT skips them too).
 The element-wise kernels (RMSNorm with and without the residual add, RoPE, SiLU-and-mul) are compiled at
-Llama-3.1-8B's widths; for them only registers and spills matter.
+Llama-3.1-8B's widths; for them only registers and spills matter. The fused MoE kernel is compiled for both
+projections with decode and prefill tiles, and the varlen kernel once more with soft-capping (Gemma 2).
 Uses triton's compiler internals (ASTSource, GPUTarget), present from triton 3.2 on. TRITON_INTERPRET must be
 unset: the interpreter replaces @triton.jit functions.
 """
@@ -31,7 +32,12 @@ from kernels.planning import decode_tiles, unified_tiles
 HOPPER_SHARED_LIMIT = 227 * 1024  # bytes of shared memory one block may use on sm_90
 TRITON_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 INDEX_POINTERS = {"block_tables_ptr": "*i32", "cu_seqlens_q_ptr": "*i32", "seq_lens_ptr": "*i32",
-                  "slot_mapping_ptr": "*i64", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32"}
+                  "slot_mapping_ptr": "*i64", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
+                  "sorted_token_ids_ptr": "*i32", "expert_ids_ptr": "*i32", "num_tokens_post_padded_ptr": "*i32",
+                  "topk_weights_ptr": "*fp32"}
+# Integer arguments the JIT specialises as divisible by 16 at launch for real models (the MoE GEMMs' N and K:
+# hidden and intermediate sizes), like pointers and strides
+DIVISIBLE_INTS = ("N", "K")
 
 
 @dataclass
@@ -49,7 +55,7 @@ class KernelReport:
         return self.shared_bytes <= HOPPER_SHARED_LIMIT
 
 
-FLOAT_ARGS = ("qk_scale", "eps")
+FLOAT_ARGS = ("qk_scale", "softcap_log2", "eps")
 
 
 def _compile(fn, constants: dict, dtype: torch.dtype, num_warps: int, num_stages: int, arch: int,
@@ -67,7 +73,8 @@ def _compile(fn, constants: dict, dtype: torch.dtype, num_warps: int, num_stages
         else:
             signature[name] = "fp32" if name in FLOAT_ARGS else "i32"
         specialized = not (param.do_not_specialize or param.do_not_specialize_on_alignment)
-        if (name.endswith("_ptr") or name.startswith("stride")) and specialized:
+        runtime = name not in constants
+        if runtime and specialized and (name.endswith("_ptr") or name.startswith("stride") or name in DIVISIBLE_INTS):
             attrs[(i,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn, signature, constants, attrs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32),
@@ -133,7 +140,30 @@ def configurations(quick: bool) -> list[tuple]:
     constants = kv_store.launch_constants(8, 128, block_size)
     out.append((kv_store._store_kv_kernel, "bf16 KVH=8 D=128", constants, torch.bfloat16,
                 kv_store.store_num_warps(constants), 1))
-    return out + elementwise_configurations()
+    return out + moe_configurations(quick) + elementwise_configurations()
+
+
+def moe_configurations(quick: bool) -> list[tuple]:
+    """The fused MoE kernel (both projections: gate_up without, down with the routing weights) with decode
+    tiles (a few pairs per expert: Qwen3-30B-A3B's top 8 of 128) and, in the full report, prefill tiles
+    (Mixtral's top 2 of 8 on a 2048-token chunk), plus Gemma 2's soft-capped varlen attention (D=256)."""
+    from kernels import moe_kernel, unified_attention
+
+    out = []
+    cases = [("decode top8/128", 8, 128, 8)] if quick else [("decode top8/128", 8, 128, 8),
+                                                             ("prefill top2/8", 2 * 2048, 8, 2)]
+    for label, pairs, experts, top_k in cases:
+        tiles = moe_kernel.moe_tiles(pairs, experts, torch.bfloat16)
+        for proj, k, mul in (("gate_up", top_k, False), ("down", 1, True)):
+            out.append((moe_kernel._fused_moe_kernel, f"bf16 {label} {proj} tiles={tiles.block_m}x{tiles.block_n}x"
+                        f"{tiles.block_k}", moe_kernel.launch_constants(tiles, k, mul, torch.bfloat16),
+                        torch.bfloat16, tiles.num_warps, tiles.num_stages))
+    if not quick:
+        tiles = unified_tiles(256, 2, torch.bfloat16)
+        out.append((unified_attention._unified_attention_kernel, "bf16 D=256 group=2 softcap (Gemma 2)",
+                    unified_attention.launch_constants(256, 2, 16, torch.bfloat16, tiles, softcap=True),
+                    torch.bfloat16, tiles.num_warps, tiles.num_stages))
+    return out
 
 
 def elementwise_configurations() -> list[tuple]:

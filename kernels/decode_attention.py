@@ -16,6 +16,9 @@ for an empty split), and the reduce kernel combines them per (sequence, head):
     out = sum_j 2^(lse_j - M) o_j / sum_j 2^(lse_j - M),   M = max_j lse_j,
 where empty splits get weight 0 and a sequence with no keys at all (seq_len 0, e.g. CUDA-graph padding)
 gets zeros.
+
+With a sliding window W the query at seq_len - 1 reads keys from kv_lo = seq_len - W on: the splits share the
+tiles from the one holding kv_lo, and the first of them gets the window mask (see kernels.attention_tile).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import triton.language as tl
 from kernels.attention_tile import attend_kv_range
 from kernels.launch import Launch
 from kernels.planning import AttentionTiles, next_power_of_2
-from kernels.unified_attention import dot_precision
+from kernels.unified_attention import dot_precision, window_args
 
 
 # The block-table width and the index tensors' offsets in a packed buffer change from step to step.
@@ -38,9 +41,10 @@ def _decode_kernel(
     cu_seqlens_q_ptr, seq_lens_ptr, qk_scale,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+    window, softcap_log2,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr, SPLIT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, SOFTCAP: tl.constexpr = False,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -52,11 +56,14 @@ def _decode_kernel(
         return  # no query token: nothing to write (the reduce kernel skips it too)
     seq_len = tl.load(seq_lens_ptr + seq)
     num_tiles = tl.cdiv(seq_len, BLOCK_N)
-    per_split = tl.cdiv(num_tiles, num_splits)
-    tile_begin = split * per_split
+    kv_lo = tl.maximum(seq_len - window, 0)  # the oldest key the query at seq_len - 1 reads
+    first_tile = kv_lo // BLOCK_N
+    per_split = tl.cdiv(num_tiles - first_tile, num_splits)
+    tile_begin = first_tile + split * per_split
     tile_end = tl.minimum(tile_begin + per_split, num_tiles)
-    # Tiles before this one hold only existing keys, all visible to the single query at seq_len - 1.
-    full_end = tl.maximum(tl.minimum(tile_end, seq_len // BLOCK_N), tile_begin)
+    # Tiles wholly inside [kv_lo, seq_len) hold only existing keys, all visible to the single query.
+    full_begin = tl.minimum(tl.maximum(tl.cdiv(kv_lo, BLOCK_N), tile_begin), tl.maximum(tile_end, tile_begin))
+    full_end = tl.maximum(tl.minimum(tile_end, seq_len // BLOCK_N), full_begin)
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
@@ -74,9 +81,10 @@ def _decode_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
-    acc, m_i, l_i = attend_kv_range(acc, m_i, l_i, q, tile_begin, full_end, tile_end, bt_row_ptr, k_cache_ptr,
-                                    v_cache_ptr, k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                    q_pos, seq_len, qk_scale, offs_d, d_ok, BLOCK_N, PAGE, DOT_PRECISION)
+    acc, m_i, l_i = attend_kv_range(acc, m_i, l_i, q, tile_begin, full_begin, full_end, tile_end, bt_row_ptr,
+                                    k_cache_ptr, v_cache_ptr, k_head_off, v_head_off, stride_kb, stride_ks,
+                                    stride_vb, stride_vs, q_pos, seq_len, qk_scale, offs_d, d_ok, kv_lo, window,
+                                    softcap_log2, BLOCK_N, PAGE, DOT_PRECISION, SOFTCAP)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
@@ -122,16 +130,18 @@ def _reduce_splits_kernel(
 
 def decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                      block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
-                     scale: float, out: torch.Tensor, tiles: AttentionTiles, num_splits: int) -> None:
+                     scale: float, out: torch.Tensor, tiles: AttentionTiles, num_splits: int,
+                     sliding_window: int | None = None, softcap: float | None = None) -> None:
     """Launch the decode kernel (and the reduce when num_splits > 1). Arguments are already validated."""
     for launch in decode_launches(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out,
-                                  tiles, num_splits):
+                                  tiles, num_splits, sliding_window, softcap):
         launch.run()
 
 
 def decode_launches(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                     block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
-                    scale: float, out: torch.Tensor, tiles: AttentionTiles, num_splits: int) -> list[Launch]:
+                    scale: float, out: torch.Tensor, tiles: AttentionTiles, num_splits: int,
+                    sliding_window: int | None = None, softcap: float | None = None) -> list[Launch]:
     """The decode launch, then the reduce launch when num_splits > 1 (allocates the split partials)."""
     _, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
@@ -148,8 +158,10 @@ def decode_launches(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
             scale * 1.4426950408889634,
             query.stride(0), query.stride(1), out.stride(0), out.stride(1),
             key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
-            value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0))
-    kwargs = dict(launch_constants(num_heads, head_dim, group, key_cache.shape[1], query.dtype, tiles, num_splits),
+            value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0),
+            *window_args(sliding_window, softcap))
+    kwargs = dict(launch_constants(num_heads, head_dim, group, key_cache.shape[1], query.dtype, tiles, num_splits,
+                                   softcap is not None),
                   num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     launches = [Launch(_decode_kernel, (num_seqs, num_kv_heads, num_splits), args, kwargs)]
     if num_splits > 1:
@@ -160,11 +172,11 @@ def decode_launches(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
 
 
 def launch_constants(num_heads: int, head_dim: int, group: int, block_size: int, dtype: torch.dtype,
-                     tiles: AttentionTiles, num_splits: int) -> dict:
+                     tiles: AttentionTiles, num_splits: int, softcap: bool = False) -> dict:
     """The decode kernel's constexpr arguments (shared with kernels.compile_report)."""
     return dict(NUM_HEADS=num_heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, next_power_of_2(head_dim)), GROUP=group,
                 BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, PAGE=block_size, SPLIT=num_splits > 1,
-                DOT_PRECISION=dot_precision(dtype))
+                DOT_PRECISION=dot_precision(dtype), SOFTCAP=softcap)
 
 
 def reduce_constants(num_heads: int, head_dim: int, num_splits: int) -> dict:

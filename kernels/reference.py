@@ -15,11 +15,15 @@ import torch
 def paged_attention_ref(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                         block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
                         scale: float, out: torch.Tensor | None = None, *, max_query_len: int | None = None,
-                        max_seq_len: int | None = None, num_splits: int | None = None) -> torch.Tensor:
+                        max_seq_len: int | None = None, num_splits: int | None = None,
+                        sliding_window: int | None = None, softcap: float | None = None) -> torch.Tensor:
     """Causal attention of each sequence's new query tokens over its whole paged context.
 
-    Query token i of sequence s sits at position seq_lens[s] - q_len + i and sees keys 0..that position.
-    A query that sees no key at all (only when seq_len is 0) gets a zero output.
+    Query token i of sequence s sits at position seq_lens[s] - q_len + i and sees keys 0..that position, or
+    with `sliding_window` W only keys position - W + 1 .. position (pages wholly before the first query's window
+    are never read: their table entries may name released blocks). `softcap` caps each score as
+    softcap * tanh(score / softcap) before masking. A query that sees no key at all (only when seq_len is 0)
+    gets a zero output.
     """
     del max_query_len, max_seq_len, num_splits  # launch hints of the kernels; the reference needs none
     num_heads = query.shape[1]
@@ -33,18 +37,23 @@ def paged_attention_ref(query: torch.Tensor, key_cache: torch.Tensor, value_cach
         q_len = q_end - q_start
         if q_len == 0:
             continue
-        num_pages = -(-seq_len // block_size)
-        pages = block_tables[s, :num_pages].long()
-        k = key_cache[pages].reshape(-1, num_kv_heads, key_cache.shape[3])[:seq_len]  # [seq_len, KVH, D]
-        v = value_cache[pages].reshape(-1, num_kv_heads, value_cache.shape[3])[:seq_len]
-        k = k.float().repeat_interleave(group, dim=1)  # [seq_len, H, D]
+        first_key = 0 if sliding_window is None else max(0, seq_len - q_len - sliding_window + 1)
+        first_page, num_pages = first_key // block_size, -(-seq_len // block_size)
+        pages = block_tables[s, first_page:num_pages].long()
+        k_pos = torch.arange(first_page * block_size, seq_len, device=query.device)
+        k = key_cache[pages].reshape(-1, num_kv_heads, key_cache.shape[3])[:len(k_pos)]  # [keys, KVH, D]
+        v = value_cache[pages].reshape(-1, num_kv_heads, value_cache.shape[3])[:len(k_pos)]
+        k = k.float().repeat_interleave(group, dim=1)  # [keys, H, D]
         v = v.float().repeat_interleave(group, dim=1)
         q = query[q_start:q_end].float()  # [q_len, H, D]
 
         scores = torch.einsum("qhd,khd->hqk", q, k) * scale
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
         q_pos = torch.arange(q_len, device=query.device) + (seq_len - q_len)
-        k_pos = torch.arange(seq_len, device=query.device)
-        visible = k_pos[None, :] <= q_pos[:, None]  # [q_len, seq_len]
+        visible = k_pos[None, :] <= q_pos[:, None]  # [q_len, keys]
+        if sliding_window is not None:
+            visible &= k_pos[None, :] > q_pos[:, None] - sliding_window
         scores = scores.masked_fill(~visible, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         probs = torch.where(visible.any(dim=-1)[None, :, None], probs, 0.0)  # no visible key: 0, not NaN

@@ -14,6 +14,12 @@ counting the sequences whose first_tile is <= its id, and exits when its tile st
                  |<--- ctx = seq_len - q_len --->|<q_len>|   query token i sits at position ctx + i
     tile rows at positions [p0, p1] attend to keys [0, p1]: keys <= p0 need no mask (unmasked loop),
     keys in (p0, p1] get the causal mask (masked loop); keys past p1 are never loaded.
+
+With a sliding window W the rows attend to keys [p0 - W + 1, p1] only: KV tiles before the one holding
+p0 - W + 1 are skipped, and keys below p1 - W + 1 (some row's window starts later) get the masked step too:
+
+    keys:  | skipped |  masked (window edge)  |  unmasked  |  masked (causal edge)  |
+           0     p0 - W + 1             p1 - W + 1      p0                      p1
 """
 
 from __future__ import annotations
@@ -38,9 +44,10 @@ def _unified_attention_kernel(
     qk_scale, num_seqs,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+    window, softcap_log2,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, SEQ_CHUNK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, SEQ_CHUNK: tl.constexpr, SOFTCAP: tl.constexpr = False,
 ):
     # Highest tile ids first: the last tiles of a sequence see the most keys, so start them early (less tail).
     tile_id = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -81,6 +88,10 @@ def _unified_attention_kernel(
     kv_len = tl.maximum(last_pos + 1, 0)
     num_full = tl.maximum(first_pos + 1, 0) // BLOCK_N
     num_tiles = tl.cdiv(kv_len, BLOCK_N)
+    # The window: the first row reads from kv_lo on; tiles from full_lo on lie in every row's window.
+    kv_lo = tl.maximum(first_pos - window + 1, 0)
+    first_tile = kv_lo // BLOCK_N
+    full_lo = tl.cdiv(tl.maximum(last_pos - window + 1, 0), BLOCK_N)
 
     bt_row_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
     k_head_off = kv_head.to(tl.int64) * stride_kh
@@ -88,9 +99,13 @@ def _unified_attention_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
-    acc, m_i, l_i = attend_kv_range(acc, m_i, l_i, q, 0, num_full, num_tiles, bt_row_ptr, k_cache_ptr, v_cache_ptr,
-                                    k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
-                                    q_pos, kv_len, qk_scale, offs_d, d_ok, BLOCK_N, PAGE, DOT_PRECISION)
+    # masked [first_tile, full_begin), unmasked [full_begin, full_end), masked [full_end, num_tiles)
+    full_begin = tl.minimum(full_lo, num_tiles)
+    full_end = tl.maximum(num_full, full_begin)
+    acc, m_i, l_i = attend_kv_range(acc, m_i, l_i, q, first_tile, full_begin, full_end, num_tiles, bt_row_ptr,
+                                    k_cache_ptr, v_cache_ptr, k_head_off, v_head_off, stride_kb, stride_ks,
+                                    stride_vb, stride_vs, q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window,
+                                    softcap_log2, BLOCK_N, PAGE, DOT_PRECISION, SOFTCAP)
 
     # A row with no visible key (only possible for a misused position < 0) is written as zeros, not NaN.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -106,15 +121,17 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 def unified_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                       block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
-                      scale: float, out: torch.Tensor, tiles: AttentionTiles) -> None:
+                      scale: float, out: torch.Tensor, tiles: AttentionTiles, sliding_window: int | None = None,
+                      softcap: float | None = None) -> None:
     """Launch the varlen kernel. Arguments are already validated; the grid depends on shapes only."""
     unified_attention_launch(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out,
-                             tiles).run()
+                             tiles, sliding_window, softcap).run()
 
 
 def unified_attention_launch(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                              block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
-                             scale: float, out: torch.Tensor, tiles: AttentionTiles) -> Launch:
+                             scale: float, out: torch.Tensor, tiles: AttentionTiles,
+                             sliding_window: int | None = None, softcap: float | None = None) -> Launch:
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -125,14 +142,25 @@ def unified_attention_launch(query: torch.Tensor, key_cache: torch.Tensor, value
             scale * 1.4426950408889634, num_seqs,
             query.stride(0), query.stride(1), out.stride(0), out.stride(1),
             key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
-            value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0))
-    kwargs = dict(launch_constants(head_dim, group, key_cache.shape[1], query.dtype, tiles),
+            value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0),
+            *window_args(sliding_window, softcap))
+    kwargs = dict(launch_constants(head_dim, group, key_cache.shape[1], query.dtype, tiles, softcap is not None),
                   num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     return Launch(_unified_attention_kernel, (num_tokens // block_q + num_seqs, num_kv_heads), args, kwargs)
 
 
-def launch_constants(head_dim: int, group: int, block_size: int, dtype: torch.dtype, tiles: AttentionTiles) -> dict:
+NO_WINDOW = 1 << 30  # "window" of a layer without one: larger than any position, so the window test always passes
+
+
+def window_args(sliding_window: int | None, softcap: float | None) -> tuple[int, float]:
+    """The kernels' runtime (window, softcap_log2) arguments; softcap_log2 is unused when SOFTCAP is False."""
+    return (NO_WINDOW if sliding_window is None else int(sliding_window),
+            1.0 if softcap is None else float(softcap) * 1.4426950408889634)
+
+
+def launch_constants(head_dim: int, group: int, block_size: int, dtype: torch.dtype, tiles: AttentionTiles,
+                     softcap: bool = False) -> dict:
     """The kernel's constexpr arguments for one configuration (shared with kernels.compile_report)."""
     return dict(HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, next_power_of_2(head_dim)), GROUP=group,
                 BLOCK_M=tiles.block_m, BLOCK_Q=tiles.tokens_per_tile(group), BLOCK_N=tiles.block_n, PAGE=block_size,
-                DOT_PRECISION=dot_precision(dtype), SEQ_CHUNK=SEQ_CHUNK)
+                DOT_PRECISION=dot_precision(dtype), SEQ_CHUNK=SEQ_CHUNK, SOFTCAP=softcap)

@@ -100,6 +100,14 @@ def check_paged_attention_args(query, key_cache, value_cache, block_tables, cu_s
                          f"{block_tables.shape[1] * block_size} keys, but max_seq_len is {max_seq_len}")
 
 
+def check_window_and_softcap(sliding_window, softcap) -> None:
+    """sliding_window: None or a Python int >= 1; softcap: None or a finite Python float > 0."""
+    _optional_int("sliding_window", sliding_window, 1)
+    if softcap is not None and (isinstance(softcap, bool) or not isinstance(softcap, (int, float))
+                                or not math.isfinite(softcap) or softcap <= 0):
+        raise ValueError(f"softcap: expected None or a finite Python float > 0, got {softcap!r}")
+
+
 def check_store_kv_args(key, value, key_cache, value_cache, slot_mapping) -> None:
     _tensor("key", key, 3, FLOAT_DTYPES)
     _tensor("value", value, 3, FLOAT_DTYPES)

@@ -25,8 +25,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,6 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # check_processes, also when loaded by path
+from check_processes import CheckFailed, start, stop, tail, wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "dashboard-check-key"
@@ -58,59 +59,10 @@ READ_DOM = """(() => {
 })()"""
 
 
-class CheckFailed(AssertionError):
-    pass
-
-
 @dataclass
 class Result:
     dom: dict  # what READ_DOM returned
     seconds: dict[str, float]
-
-
-# ---- processes --------------------------------------------------------------------------------------------
-def start(cmd: list[str], log: Path, stack: ExitStack, **kwargs) -> subprocess.Popen:
-    out = open(log, "wb")
-    stack.callback(out.close)
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, **kwargs)
-    stack.callback(stop, proc)
-    return proc
-
-
-def stop(proc: subprocess.Popen, grace_s: float = 20) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(5)
-
-
-def wait_for(what: str, predicate, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None,
-             interval_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise CheckFailed(f"{what}: the process exited with status {proc.returncode}\n{tail(log)}")
-        if time.monotonic() > deadline:
-            raise CheckFailed(f"{what}: not within {timeout_s:.0f} s\n{tail(log)}")
-        time.sleep(interval_s)
-
-
-def tail(log: Path | None, lines: int = 30) -> str:
-    if log is None or not log.is_file():
-        return ""
-    return f"--- last lines of {log.name} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def chromium_binary() -> str | None:

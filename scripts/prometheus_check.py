@@ -24,7 +24,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,15 +36,14 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # check_processes, also when loaded by path
+from check_processes import CheckFailed, start, stop, tail, wait_for  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "deploy" / "grafana-dashboard.json"
 PROMETHEUS_YML = REPO / "deploy" / "prometheus.yml"
 API_KEY = "prometheus-check-key"
 SHARED_PREFIX = "The history of the printing press begins in the fifteenth century, when movable type " * 4
-
-
-class CheckFailed(AssertionError):
-    pass
 
 
 @dataclass
@@ -56,55 +54,6 @@ class Result:
     prefix_cache_hits: float
     expressions: dict[str, list[float]] = field(default_factory=dict)  # dashboard expression -> sample values
     seconds: dict[str, float] = field(default_factory=dict)  # phase -> wall time
-
-
-# ---- processes ------------------------------------------------------------------------------------------
-
-def start(cmd: list[str], log: Path, stack: ExitStack, **kwargs) -> subprocess.Popen:
-    """Start `cmd` in a new session, output to `log`; the stack stops it (and its children) on exit."""
-    out = open(log, "wb")
-    stack.callback(out.close)
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, **kwargs)
-    stack.callback(stop, proc)
-    return proc
-
-
-def stop(proc: subprocess.Popen, grace_s: float = 20) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-    try:  # the leader has exited or ignored SIGTERM: make sure nothing of its session is left
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(5)
-
-
-def wait_for(what: str, predicate, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None,
-             interval_s: float = 0.25):
-    """Poll `predicate` until it returns a truthy value; fail after `timeout_s` or when `proc` exits."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise CheckFailed(f"{what}: the process exited with status {proc.returncode}\n{tail(log)}")
-        if time.monotonic() > deadline:
-            raise CheckFailed(f"{what}: not within {timeout_s:.0f} s\n{tail(log)}")
-        time.sleep(interval_s)
-
-
-def tail(log: Path | None, lines: int = 30) -> str:
-    if log is None or not log.is_file():
-        return ""
-    text = log.read_text(errors="replace").splitlines()[-lines:]
-    return f"--- last lines of {log.name} ---\n" + "\n".join(text)
 
 
 def free_port() -> int:

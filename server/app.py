@@ -1,7 +1,9 @@
 """The FastAPI application: lifespan (start/stop the engine thread), error handlers, routes, middleware.
 
 Every error leaves in the OpenAI envelope: our `APIError`s, FastAPI's request validation (400, never 422),
-Starlette's 404/405, and anything unexpected (500, details only in the server log).
+Starlette's 404/405 (with its `Allow` header), and anything unexpected (500, details only in the server
+log; `guard.Guard` answers those itself so that the connection stays usable). uvicorn's own errors, for
+requests that never reach the app, are enveloped by `http_protocol`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from . import routes_admin, routes_dashboard, routes_generate
+from . import openapi, routes_admin, routes_dashboard, routes_generate
 from .context import ServerContext
 from .errors import APIError
-from .guard import Guard
+from .guard import Guard, GuardLimits
 from .parsing import validation_error
 
 logger = logging.getLogger(__name__)
@@ -26,6 +28,15 @@ logger = logging.getLogger(__name__)
 
 def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers or None)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kvserve")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def build_app(ctx: ServerContext) -> FastAPI:
@@ -51,7 +62,8 @@ def build_app(ctx: ServerContext) -> FastAPI:
     async def on_http_error(request: Request, exc: StarletteHTTPException):
         message = {404: f"no route {request.url.path[:200]!r}",
                    405: f"method {request.method} is not allowed on {request.url.path[:200]!r}"}
-        return error_response(APIError(exc.status_code, message.get(exc.status_code, str(exc.detail))))
+        return error_response(APIError(exc.status_code, message.get(exc.status_code, str(exc.detail)),
+                                       headers=dict(exc.headers or {})))
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception):
@@ -61,7 +73,7 @@ def build_app(ctx: ServerContext) -> FastAPI:
     app.include_router(routes_admin.router(ctx))
     app.include_router(routes_generate.router(ctx))
     app.include_router(routes_dashboard.router(ctx))
-    app.add_middleware(Guard, api_key=ctx.config.api_key, max_body_bytes=ctx.config.max_body_bytes,
-                       access_log=ctx.config.access_log)
+    app.include_router(openapi.router(ctx, version=_version()))
+    app.add_middleware(Guard, limits=GuardLimits.of(ctx.config))
     app.state.ctx = ctx
     return app

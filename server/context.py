@@ -1,12 +1,14 @@
 """`ServerContext`: everything one server owns, passed explicitly to the routes (no module globals).
 
-It holds the server's phase (the truth behind /health), the engine loop, the server's own tokenizer with
-the one worker thread that runs it (tokenization and chat templating never run on the event loop), the
-metrics, and the count of in-flight generation requests that a graceful shutdown waits for.
+It holds the server's phase (the truth behind /health), the engine loop and the watchdog of its steps,
+the server's own tokenizers (copies of the engine's, so both always agree) in their worker threads
+(tokenization and chat templating never run on the event loop; see `tokenizer_lanes`), a small pool for
+other CPU work (parsing and serializing large bodies), the metrics, and the count of in-flight generation
+requests that a graceful shutdown waits for.
 
     LOADING --engine built--> READY --SIGTERM--> DRAINING --(idle or timeout)--> process exits
        |                        |                    |
-       +--load failed--> FAILED <--engine failure----+
+       +--load failed--> FAILED <--engine failure----+   (a step raised, or ran past --step-timeout)
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from engine.outputs import StepOutput
 from engine.roofline import Peak
@@ -27,11 +32,16 @@ from .config import ServerConfig
 from .engine_loop import EngineLoop
 from .errors import APIError, bad_request, unavailable
 from .metrics import ServerMetrics
+from .parsing import parse_request
 from .recent import RecentActivity
 from .request_stream import RequestStream
 from .stat_logger import StatLogger
+from .tokenizer_lanes import TokenizerLanes
+from .watchdog import StepWatchdog
 
 logger = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+INLINE_PARSE_BYTES = 64 * 1024
 
 
 class Phase(enum.Enum):
@@ -61,17 +71,18 @@ class ServerContext:
         self.peak: Peak | None = None
         self.phase = Phase.LOADING
         self.ready = threading.Event()  # set when loading ends, well or badly (for the CLI and tests)
-        self.on_fatal: Callable[[BaseException], None] | None = None  # the model could not be loaded
+        self.on_fatal: Callable[[BaseException], None] | None = None  # the process should exit with status 1
         self._engine_factory = engine_factory
         self.engine_loop: EngineLoop | None = None
-        self.tokenizer = None
+        self.watchdog: StepWatchdog | None = None
+        self.tokenizers = TokenizerLanes()
         self.model_name = config.served_model_name or ""
         self.max_model_len = 0
         self.vocab_size = 0
         self.metrics: ServerMetrics | None = None
         self.stat_logger: StatLogger | None = None
         self.recent = RecentActivity()  # the last minute, for /dashboard
-        self._tokenizer_worker = ThreadPoolExecutor(1, thread_name_prefix="kvserve-tokenizer")
+        self._cpu_worker = ThreadPoolExecutor(2, thread_name_prefix="kvserve-cpu")
         self._in_flight = 0
         self._idle: asyncio.Event | None = None
         self._closing = False  # drained past the timeout: no new submissions at all
@@ -83,11 +94,17 @@ class ServerContext:
         self._idle.set()
         self.engine_loop = EngineLoop(self._engine_factory, asyncio.get_running_loop(), self)
         self.engine_loop.start()
+        if self.config.step_timeout > 0:
+            self.watchdog = StepWatchdog(self.engine_loop, self.config.step_timeout)
+            self.watchdog.start()
 
     async def close(self) -> None:
+        if self.watchdog is not None:
+            await self.watchdog.stop()
         if self.engine_loop is not None:
             await asyncio.to_thread(self.engine_loop.stop, 5.0)
-        self._tokenizer_worker.shutdown(wait=False, cancel_futures=True)
+        self.tokenizers.shutdown()
+        self._cpu_worker.shutdown(wait=False, cancel_futures=True)
 
     async def drain(self, timeout: float) -> None:
         """Stop admitting, give in-flight requests `timeout` seconds to finish, then abort the rest."""
@@ -118,11 +135,12 @@ class ServerContext:
         asyncio.ensure_future(self._finish_loading(engine))
 
     async def _finish_loading(self, engine) -> None:
-        # Only immutable configuration is read here; the engine itself belongs to its thread.
+        # Only configuration is read here; the engine itself belongs to its thread, which is idle until this
+        # server turns ready. The tokenizer is copied, not shared: HF tokenizers are not safe to use from two
+        # threads at once, and the engine thread detokenizes while this server's workers tokenize.
         mc = engine.model_config
         try:
-            self.tokenizer = await asyncio.get_running_loop().run_in_executor(
-                self._tokenizer_worker, _load_tokenizer, mc.tokenizer)
+            await self.tokenizers.load(engine.tokenizer)
         except Exception as e:  # noqa: BLE001
             logger.exception("Loading the server's tokenizer failed")
             self.on_load_failed(e)
@@ -155,6 +173,10 @@ class ServerContext:
 
     def on_failure(self, error: BaseException) -> None:
         self._set_phase(Phase.FAILED)
+        if self.stat_logger is not None:
+            self.stat_logger.engine_failed()  # nothing runs or waits any more; the gauges must say so
+        if self.config.exit_on_engine_failure and self.on_fatal is not None:
+            self.on_fatal(error)
 
     # ---- admission ----------------------------------------------------------------------------------------
     def require_ready(self) -> None:
@@ -196,16 +218,25 @@ class ServerContext:
         if not stream.finished and self.engine_loop is not None:
             self.engine_loop.abort(stream.request_id)
 
-    # ---- tokenization (off the event loop) ----------------------------------------------------------------
-    async def run_tokenizer(self, fn: Callable, *args):
-        if self.tokenizer is None:
+    # ---- CPU work (off the event loop) ---------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """The event loop's own copy of the tokenizer (None for a model without one); for quick lookups only."""
+        return self.tokenizers.for_loop
+
+    async def run_tokenizer(self, size: int, fn: Callable, *args):
+        """`fn(tokenizer, *args)` off the loop, for work on about `size` characters of text."""
+        if not self.tokenizers.available:
             raise bad_request("prompt", "prompt: this model has no tokenizer; send token ids")
-        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_worker, fn, self.tokenizer, *args)
+        return await self.tokenizers.run(size, fn, *args)
 
+    async def parse(self, body: bytes, model: type[M]) -> M:
+        """`parsing.parse_request`, in a worker thread for a large body (a few ms of parsing on the loop would
+        delay every other client; a thread costs ~0.1 ms, so small bodies are parsed in place)."""
+        if len(body) <= INLINE_PARSE_BYTES:
+            return parse_request(body, model)
+        return await asyncio.get_running_loop().run_in_executor(self._cpu_worker, parse_request, body, model)
 
-def _load_tokenizer(path: str | None):
-    if path is None:
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
+    async def run_cpu(self, fn: Callable, *args):
+        """Other CPU work that could take milliseconds (serializing a large response body)."""
+        return await asyncio.get_running_loop().run_in_executor(self._cpu_worker, fn, *args)

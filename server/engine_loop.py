@@ -17,7 +17,14 @@ post its output to the event loop in one call. The event loop routes deltas to p
 
 A bad request fails alone: an exception from `add_request` rejects that request only. An exception from
 `step()` (or `abort_request`) means the engine's state can no longer be trusted: every in-flight request
-fails with a 500 and the thread stops; the listener turns /health to 503.
+fails with a 500, the thread aborts what the engine still holds (so its KV blocks go back to the pool, and
+the metrics tell the truth) and stops; the listener turns /health to 503.
+
+A step that never returns cannot raise. The thread records when its current step began
+(`step_running_for`); `watchdog.StepWatchdog` reads it on the event loop and, past the step timeout, calls
+`declare_hung`, which fails every in-flight request the same way. If the step ever returns or raises (under
+tensor parallelism a hung worker makes rank 0's collective time out after `--distributed-timeout`), the
+thread then aborts what the engine holds, stops, and shuts the engine down (its worker processes too).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -82,6 +90,8 @@ class EngineLoop:
         self._unapplied = 0  # sequences submitted but not yet handed to the engine
         self._engine_waiting = 0  # sequences in the engine's waiting queue, as of the last step
         self._dead = False
+        self._step_started: float | None = None  # monotonic time the running step began (engine thread writes)
+        self._added: dict[str, int] = {}  # engine thread only: request id -> its sequences still in the engine
         self._thread = threading.Thread(target=self._run, name="kvserve-engine", daemon=True)
 
     # ---- event-loop side ----------------------------------------------------------------------------------
@@ -126,6 +136,18 @@ class EngineLoop:
     def in_flight(self) -> list[RequestStream]:
         return list(self._streams.values())
 
+    def step_running_for(self) -> float | None:
+        """Seconds the engine's current step has been running; None between steps."""
+        started = self._step_started
+        return None if started is None else time.monotonic() - started
+
+    def declare_hung(self, error: APIError) -> None:
+        """The engine's step will not return in time: fail every in-flight request with `error` now."""
+        if self._dead:
+            return
+        self._dead = True
+        self._deliver_failure(RuntimeError(error.message), error)
+
     # ---- engine thread ------------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
@@ -139,9 +161,14 @@ class EngineLoop:
         try:
             self._serve(engine)
         except BaseException as e:  # noqa: BLE001
-            logger.exception("The engine failed; failing every in-flight request")
-            self._dead = True
-            self._post(self._deliver_failure, e)
+            if self._dead:  # declared hung, and the step has now raised (a tensor-parallel collective timing out)
+                logger.error("The step declared hung ended with %s: %s; releasing what the engine holds",
+                             type(e).__name__, e)
+            else:
+                logger.exception("The engine failed; failing every in-flight request")
+                self._dead = True
+                self._post(self._deliver_failure, e)
+            self._release_all(engine)
         finally:
             engine.shutdown()  # stops tensor-parallel worker processes (nothing to do for one rank)
 
@@ -151,10 +178,38 @@ class EngineLoop:
             if commands and self._apply(engine, commands):
                 return
             if engine.has_unfinished_requests():
-                out = engine.step()
+                self._step_started = time.monotonic()
+                try:
+                    out = engine.step()
+                finally:
+                    self._step_started = None
+                if self._dead:  # declared hung while the step ran; its requests have already failed
+                    logger.warning("The step declared hung has returned; releasing what the engine holds")
+                    self._release_all(engine)
+                    return
+                self._track(out)
                 with self._lock:
                     self._engine_waiting = out.stats.num_waiting
                 self._post(self._deliver_step, out)
+
+    def _track(self, out: StepOutput) -> None:
+        for delta in out.deltas:
+            if delta.finished and delta.request_id in self._added:
+                self._added[delta.request_id] -= 1
+                if self._added[delta.request_id] <= 0:
+                    del self._added[delta.request_id]
+
+    def _release_all(self, engine) -> None:
+        """After a failure: abort every request the engine still holds, so that its KV blocks are freed."""
+        ids, self._added = list(self._added), {}
+        try:
+            for request_id in ids:
+                engine.abort_request(request_id)
+        except Exception:  # noqa: BLE001 - the engine is already broken; say so and leave it
+            logger.exception("Aborting the failed engine's requests failed; its KV blocks stay allocated")
+            return
+        if ids:
+            logger.info("Released the KV blocks of %d request(s) of the failed engine", len(ids))
 
     def _take(self, block: bool) -> list:
         items = [self._inbox.get()] if block else []
@@ -185,6 +240,7 @@ class EngineLoop:
                 ids = engine.add_request(cmd.request_id, cmd.prompt_token_ids, cmd.params, arrival_time=cmd.arrival)
                 acks.append((cmd.request_id, ids))
                 added = cmd.params.n
+                self._added[cmd.request_id] = added
             except Exception as e:  # noqa: BLE001 - one bad request fails alone
                 if not isinstance(e, ValueError):
                     logger.exception("add_request failed for %s", cmd.request_id)
@@ -225,10 +281,10 @@ class EngineLoop:
             if stream.finished:
                 del self._streams[delta.request_id]
 
-    def _deliver_failure(self, error: BaseException) -> None:
+    def _deliver_failure(self, error: BaseException, api_error: APIError | None = None) -> None:
         streams, self._streams = self._streams, {}
         for stream in streams.values():
-            stream.fail(APIError(500, ENGINE_FAILED_MESSAGE, code="engine_failed"))
+            stream.fail(api_error or APIError(500, ENGINE_FAILED_MESSAGE, code="engine_failed"))
         self._listener.on_failure(error)
 
 

@@ -27,6 +27,12 @@ def cap(text: str, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def printable(text: str) -> str:
+    """`text` with anything that is not valid Unicode (lone surrogates) escaped as `\\udXXX`, so that
+    an error naming bad input can always be encoded as UTF-8 and logged."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass
 class APIError(Exception):
     """A request failed with an HTTP status; `param` names the offending request field, if any."""
@@ -39,7 +45,9 @@ class APIError(Exception):
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
-        self.message = cap(self.message)
+        self.message = cap(printable(self.message))
+        if self.param is not None:
+            self.param = cap(printable(self.param), 200)  # a field path can hold a client's (huge) key
 
     @property
     def type(self) -> str:

@@ -12,23 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.requests import Request
 
 from engine.sampling_params import ParamError, SamplingParams
 
 from .context import ServerContext, Ticket
 from .errors import APIError
-from .guard import AccessRecord
+from .guard import CLIENT_CLOSED_REQUEST, AccessRecord
 from .request_stream import RequestStream
-from .responses import DONE_FRAME, ChatFormatter, ChoiceAccumulator, Formatter, Usage, sse_frame
+from .responses import DONE_FRAME, ChatFormatter, ChoiceAccumulator, Formatter, Usage, json_bytes, sse_frame
 from .sampling import engine_param_error
 from .sse import SSEResponse, wait_for_disconnect
 
-CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"; only the access log sees it
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,6 +92,9 @@ async def _frames(stream: RequestStream, gen: Generation, record: AccessRecord) 
             yield sse_frame(fmt.usage_chunk(Usage(len(gen.prompt_token_ids), sum(output_tokens))))
     except APIError as e:
         yield sse_frame(e.body())
+    except Exception:  # noqa: BLE001 - a bug here must still end the stream properly, not cut it
+        logger.exception("Formatting the stream of %s failed", gen.request_id)
+        yield sse_frame(APIError(500, "internal server error", code="internal_error").body())
     yield DONE_FRAME
 
 
@@ -119,4 +124,5 @@ async def _respond_whole(ctx: ServerContext, http: Request, stream: RequestStrea
                 await collector
     if collector.cancelled():  # the client went away first; the caller aborts the request
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    return JSONResponse(collector.result())
+    # n choices of many tokens with logprobs make megabytes of JSON: serialized off the event loop.
+    return Response(await ctx.run_cpu(json_bytes, collector.result()), media_type="application/json")

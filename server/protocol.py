@@ -1,25 +1,51 @@
 """What clients may send: pydantic models of the request bodies (OpenAI fields plus vLLM's extras).
 
-Models are strict (no "1" -> 1, no 1 -> True), reject NaN/Infinity, and ignore unknown fields, since OpenAI
-clients send extras. Fields whose JSON type is a union (`prompt`, `stop`, message `content`) are typed
-`Any` and checked by validators, so an error names the field itself rather than one of the union's arms.
-Range checks of sampling parameters live in one place, `engine.SamplingParams`; fields the server cannot
-honour (echo, suffix, logit_bias, tools, ...) are rejected in `sampling.py` with a clear 400.
+Models are strict (no "1" -> 1, no 1 -> True), reject NaN/Infinity and refuse fields they do not declare:
+an ignored field would silently change what the client gets. Fields that kvserve knows but has not built
+yet are named in `unsupported.py` (a neutral value such as `echo: false` is accepted there). Fields whose
+JSON type is a union (`prompt`, `stop`, message `content`) are typed `Any` and checked by validators, so an
+error names the field itself rather than one of the union's arms; `WithJsonSchema` gives them their true
+schema in the OpenAPI document. Range checks of sampling parameters live in one place,
+`engine.SamplingParams`; the `minimum`/`maximum` here only document them (schemathesis sends values just
+outside them and checks that they are refused: tests/server/test_schemathesis.py).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+
+from engine.sampling_params import MAX_LOGPROBS, MAX_N, MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS
 
 from .config import MAX_CHAT_MESSAGES
+from .unsupported import drop_neutral
 
-_CONFIG = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+_STR = {"type": "string"}
+_NULL = {"type": "null"}
+# "x-" marks are filled in by openapi.py once the model is loaded: the vocabulary, the context window, the name.
+_TOKEN_ID = {"type": "integer", "minimum": 0, "x-token-id": True}
+_TOKEN_IDS = {"type": "array", "items": _TOKEN_ID, "minItems": 1, "x-prompt-length": True}
+_CONTEXT_BOUND = {"x-context-bound": True}
+_SERVED_MODEL = {"x-served-model": True}
+_STOP = {"anyOf": [{**_STR, "minLength": 1, "maxLength": MAX_STOP_STRING_CHARS},
+                   {"type": "array", "maxItems": MAX_STOP_STRINGS,
+                    "items": {**_STR, "minLength": 1, "maxLength": MAX_STOP_STRING_CHARS}}, _NULL]}
+_PROMPT = {"anyOf": [{**_STR, "minLength": 1}, _TOKEN_IDS,
+                     {"type": "array", "minItems": 1, "maxItems": 1, "items": {"anyOf": [{**_STR, "minLength": 1},
+                                                                                           _TOKEN_IDS]}}]}
+_TEXT_PART = {"type": "object", "additionalProperties": False, "required": ["type", "text"],
+              "properties": {"type": {"const": "text"}, "text": _STR}}
+_CONTENT = {"anyOf": [_STR, {"type": "array", "items": _TEXT_PART}, _NULL]}
 
 
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _range(default: Any, description: str | None = None, **bounds: float) -> Any:
+    """A field whose range is checked by the engine and documented here."""
+    return Field(default, description=description, json_schema_extra=bounds or None)
 
 
 def _stop_list(value: Any) -> list[str]:
@@ -32,35 +58,43 @@ def _stop_list(value: Any) -> list[str]:
     raise ValueError("must be a string or a list of strings")
 
 
-class StreamOptions(BaseModel):
-    model_config = _CONFIG
+class StrictModel(BaseModel):
+    """Strict types, finite numbers, no undeclared fields (neutral not-yet-supported values dropped)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_neutral_unsupported(cls, data: Any) -> Any:
+        return drop_neutral(data, cls.model_fields.keys())
+
+
+class StreamOptions(StrictModel):
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(StrictModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
-    model_config = _CONFIG
-
-    model: str | None = None
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    stop: Any = None
+    model: str | None = Field(None, description="the served model's name (optional)", json_schema_extra=_SERVED_MODEL)
+    n: int = _range(1, "choices to generate", minimum=1, maximum=MAX_N)
+    temperature: float = _range(1.0, "0 = greedy (so is anything below 1e-5)", minimum=0, maximum=2)
+    top_p: float = _range(1.0, None, exclusiveMinimum=0, maximum=1)
+    presence_penalty: float = _range(0.0, None, minimum=-2, maximum=2)
+    frequency_penalty: float = _range(0.0, None, minimum=-2, maximum=2)
+    seed: int | None = _range(None, "choice i of n uses seed + i", minimum=-(2**63), maximum=2**63 - 1)
+    stop: Annotated[Any, WithJsonSchema(_STOP)] = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logit_bias: dict[str, float] | None = None
-    user: str | None = None
+    user: str | None = Field(None, description="an end-user id; accepted and not used")
     # vLLM extras
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    min_tokens: int = 0
+    top_k: int = _range(0, "-1 or 0 = off", minimum=-1)
+    min_p: float = _range(0.0, None, minimum=0, maximum=1)
+    repetition_penalty: float = _range(1.0, None, exclusiveMinimum=0)
+    min_tokens: int = _range(0, "EOS and stop tokens are forbidden until this many tokens exist", minimum=0)
     ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: Annotated[list[int] | None, WithJsonSchema(
+        {"anyOf": [{"type": "array", "maxItems": MAX_STOP_TOKEN_IDS, "items": _TOKEN_ID}, _NULL]})] = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
 
@@ -75,12 +109,10 @@ class SamplingFields(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: Any
-    max_tokens: int | None = 16
-    logprobs: int | None = None
-    echo: bool = False
-    suffix: str | None = None
-    best_of: int | None = None
+    prompt: Annotated[Any, WithJsonSchema(_PROMPT)]
+    max_tokens: int | None = _range(16, "null = up to the context window", minimum=1, **_CONTEXT_BOUND)
+    logprobs: int | None = _range(None, "alternatives per token", minimum=0, maximum=MAX_LOGPROBS)
+    best_of: int | None = Field(None, description="only null or equal to n")
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -99,11 +131,9 @@ class CompletionRequest(SamplingFields):
         raise ValueError("must be a string, a list of token ids, or a list with one of those")
 
 
-class ChatMessage(BaseModel):
-    model_config = _CONFIG
-
+class ChatMessage(StrictModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Any = None
+    content: Annotated[Any, WithJsonSchema(_CONTENT)] = ""
     name: str | None = None
 
     @field_validator("content", mode="before")
@@ -117,35 +147,38 @@ class ChatMessage(BaseModel):
         if isinstance(value, list):
             texts = []
             for part in value:
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                if not (isinstance(part, dict) and part.keys() == {"type", "text"} and part["type"] == "text"
+                        and isinstance(part["text"], str)):
                     raise ValueError("only text content parts ({\"type\": \"text\", \"text\": ...}) are supported")
                 texts.append(part["text"])
             return "".join(texts)
         raise ValueError("must be a string or a list of text parts")
 
+    def template_input(self) -> dict[str, str]:
+        """The message as the chat template sees it (`name` only when given: templates test for it)."""
+        out = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            out["name"] = self.name
+        return out
+
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_CHAT_MESSAGES)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: int | None = _range(None, "legacy name of max_completion_tokens", minimum=1, **_CONTEXT_BOUND)
+    max_completion_tokens: int | None = _range(None, "null = up to the context window", minimum=1,
+                                               **_CONTEXT_BOUND)
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: int | None = _range(None, "needs logprobs: true", minimum=0, maximum=MAX_LOGPROBS)
     add_generation_prompt: bool = True
-    tools: list[Any] | None = None
-    functions: list[Any] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
 
     def chat_messages(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.content} for m in self.messages]
+        return [m.template_input() for m in self.messages]
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(StrictModel):
     """vLLM's /tokenize: either `prompt` (text) or `messages` (chat template applied)."""
 
-    model_config = _CONFIG
-
-    model: str | None = None
+    model: str | None = Field(None, json_schema_extra=_SERVED_MODEL)
     prompt: str | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=MAX_CHAT_MESSAGES)
     add_special_tokens: bool = True
@@ -153,8 +186,6 @@ class TokenizeRequest(BaseModel):
     return_token_strs: bool = False
 
 
-class DetokenizeRequest(BaseModel):
-    model_config = _CONFIG
-
-    model: str | None = None
-    tokens: list[int]
+class DetokenizeRequest(StrictModel):
+    model: str | None = Field(None, json_schema_extra=_SERVED_MODEL)
+    tokens: Annotated[list[int], WithJsonSchema({"type": "array", "items": _TOKEN_ID, "x-context-length": True})]

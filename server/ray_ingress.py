@@ -26,7 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .config import ServerConfig
 from .errors import APIError
-from .guard import Guard, send_error
+from .guard import Guard, GuardLimits, send_error
 from .metrics_merge import merge_expositions
 from .ray_bridge import ForwardedRequest
 from .ray_directory import ReplicaEntry
@@ -147,8 +147,7 @@ def build_ingress_app(forward: Callable, list_replicas: Callable[[], Awaitable[l
                       config: ServerConfig):
     """The ingress app behind the same `Guard` as the single server: API key and body limit are checked
     here, before a body is read or sent anywhere (the replica's own Guard checks them again)."""
-    return Guard(IngressApp(forward, list_replicas, config), api_key=config.api_key,
-                 max_body_bytes=config.max_body_bytes, access_log=False)
+    return Guard(IngressApp(forward, list_replicas, config), GuardLimits.of(config, access_log=False))
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from .app import error_response
 from .context import ServerContext
 from .errors import APIError, unavailable
-from .guard import Guard
+from .guard import Guard, GuardLimits
 
 PORT_ATTEMPTS = 64  # with a fixed base port, replicas on one node take the next free ones
 
@@ -36,7 +36,7 @@ def metrics_app(ctx: ServerContext):
         return error_response(exc)
 
     app = Starlette(routes=[Route("/metrics", metrics)], exception_handlers={APIError: on_api_error})
-    return Guard(app, api_key=ctx.config.api_key, max_body_bytes=ctx.config.max_body_bytes, access_log=False)
+    return Guard(app, GuardLimits.of(ctx.config, access_log=False))
 
 
 class _QuietServer(uvicorn.Server):

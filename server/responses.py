@@ -18,6 +18,11 @@ MIN_LOGPROB = -9999.0  # JSON has no -inf; a token the sampler could never pick 
 DONE_FRAME = b"data: [DONE]\n\n"
 
 
+def json_bytes(obj) -> bytes:
+    """A whole JSON body, as Starlette's JSONResponse writes it."""
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
 def sse_frame(obj: dict) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n\n"
 

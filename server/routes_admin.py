@@ -14,38 +14,27 @@ from starlette.requests import Request
 
 from .context import Phase, ServerContext
 from .errors import bad_request, unavailable
-from .parsing import parse_request
 from .protocol import DetokenizeRequest, TokenizeRequest
-from .routes_generate import chat_prompt_ids
+from .tokenization import chat_prompt_ids, detokenize_body, prompt_ids, tokenize_body
 
-
-def _encode(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
-    return tokenizer.encode(text, add_special_tokens=add_special_tokens)
-
-
-def _decode(tokenizer, ids: list[int]) -> str:
-    return tokenizer.decode(ids)
-
-
-def _token_strs(tokenizer, ids: list[int]) -> list[str]:
-    return tokenizer.convert_ids_to_tokens(ids)
+JSON = "application/json"
 
 
 def router(ctx: ServerContext) -> APIRouter:
     r = APIRouter()
     started = int(time.time())
 
-    @r.get("/health")
+    @r.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return JSONResponse({"status": ctx.phase.value}, status_code=200 if ctx.phase is Phase.READY else 503)
 
-    @r.get("/metrics")
+    @r.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics():
         if ctx.metrics is None:
             raise unavailable("the model is still loading")
         return Response(ctx.metrics.render(), media_type=ctx.metrics.CONTENT_TYPE)
 
-    @r.get("/v1/models")
+    @r.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models():
         ctx.require_ready()
         return {"object": "list", "data": [{"id": ctx.model_name, "object": "model", "created": started,
@@ -53,25 +42,30 @@ def router(ctx: ServerContext) -> APIRouter:
 
     @r.post("/tokenize")
     async def tokenize(request: Request):
+        """At most the context window's worth of tokens: the prompt-size limit bounds the tokenizer's work,
+        this bounds the response (a longer text is refused, with its count)."""
         ctx.require_ready()
-        req = parse_request(await request.body(), TokenizeRequest)
+        req = await ctx.parse(await request.body(), TokenizeRequest)
         ctx.check_model(req.model)
         if (req.prompt is None) == (req.messages is None):
             raise bad_request("prompt", "prompt: send exactly one of prompt and messages")
         if req.messages is not None:
-            ids = await chat_prompt_ids(ctx, [{"role": m.role, "content": m.content} for m in req.messages],
-                                        req.add_generation_prompt)
+            param = "messages"
+            ids = await chat_prompt_ids(ctx, [m.template_input() for m in req.messages], req.add_generation_prompt)
         else:
-            ids = await ctx.run_tokenizer(_encode, req.prompt, req.add_special_tokens)
-        body = {"count": len(ids), "max_model_len": ctx.max_model_len, "tokens": ids, "token_strs": None}
-        if req.return_token_strs:
-            body["token_strs"] = await ctx.run_tokenizer(_token_strs, ids)
-        return body
+            param = "prompt"
+            ids = await prompt_ids(ctx, req.prompt, add_special_tokens=req.add_special_tokens)
+        if len(ids) > ctx.max_model_len:
+            raise bad_request(param, f"{param}: {len(ids)} tokens, more than the context window of "
+                                     f"{ctx.max_model_len} tokens that /tokenize returns", code="too_many_tokens")
+        size = len(ids) * (8 if req.return_token_strs else 1)
+        body = await ctx.run_tokenizer(size, tokenize_body, ids, ctx.max_model_len, req.return_token_strs)
+        return Response(body, media_type=JSON)
 
     @r.post("/detokenize")
     async def detokenize(request: Request):
         ctx.require_ready()
-        req = parse_request(await request.body(), DetokenizeRequest)
+        req = await ctx.parse(await request.body(), DetokenizeRequest)
         ctx.check_model(req.model)
         if len(req.tokens) > ctx.max_model_len:
             raise bad_request("tokens", f"tokens: at most {ctx.max_model_len} (the context window), "
@@ -79,6 +73,6 @@ def router(ctx: ServerContext) -> APIRouter:
         bad = next((t for t in req.tokens if not 0 <= t < ctx.vocab_size), None)
         if bad is not None:
             raise bad_request("tokens", f"tokens: token id {bad} is outside the vocabulary [0, {ctx.vocab_size})")
-        return {"prompt": await ctx.run_tokenizer(_decode, req.tokens)}
+        return Response(await ctx.run_tokenizer(len(req.tokens) * 4, detokenize_body, req.tokens), media_type=JSON)
 
     return r

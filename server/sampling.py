@@ -2,8 +2,8 @@
 
 The engine's `SamplingParams` is the one place that checks ranges (temperature in [0, 2], top_p in (0, 1],
 n <= MAX_N, ...); a `ParamError` from it becomes a 400 whose `param` is the request field. Fields the server
-does not implement are rejected here instead of being silently ignored, because ignoring them would change
-what the client gets (echo, suffix, logit_bias, best_of, tools, structured output).
+does not implement never get this far (`unsupported.py` refuses them while the body is parsed); the one
+left here is `best_of`, which is fine when it equals n.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ def _unsupported(param: str, what: str) -> APIError:
 
 
 def _common_kwargs(req: SamplingFields) -> dict:
-    if req.logit_bias:
-        raise _unsupported("logit_bias", "logit_bias")
     return dict(n=req.n, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
                 presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
                 repetition_penalty=req.repetition_penalty, seed=req.seed, stop=req.stop,
@@ -58,10 +56,6 @@ def apply_model_limits(params: SamplingParams, vocab_size: int) -> SamplingParam
 
 
 def completion_params(req: CompletionRequest) -> SamplingParams:
-    if req.echo:
-        raise _unsupported("echo", "echo (returning the prompt with the completion)")
-    if req.suffix:
-        raise _unsupported("suffix", "suffix (insertion)")
     if req.best_of is not None and req.best_of != req.n:
         raise _unsupported("best_of", "best_of other than n")
     return _build(dict(_common_kwargs(req), max_tokens=req.max_tokens, logprobs=req.logprobs), {})
@@ -74,12 +68,6 @@ def chat_renames(req: ChatCompletionRequest) -> dict[str, str]:
 
 
 def chat_params(req: ChatCompletionRequest) -> SamplingParams:
-    if req.tools or req.functions:
-        raise _unsupported("tools", "tool calling")
-    if req.tool_choice not in (None, "none"):
-        raise _unsupported("tool_choice", "tool_choice other than 'none'")
-    if req.response_format is not None and req.response_format.get("type", "text") != "text":
-        raise _unsupported("response_format", "structured output (response_format other than text)")
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs", "top_logprobs: requires logprobs to be true")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None

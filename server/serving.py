@@ -16,16 +16,20 @@ import socket
 
 import uvicorn
 
-from .context import ServerContext
+from .context import Phase, ServerContext
+from .http_protocol import envelope_h11_protocol
 
 logger = logging.getLogger(__name__)
 
 
 def uvicorn_config(app, ctx: ServerContext, **overrides) -> uvicorn.Config:
     cfg = ctx.config
-    kwargs = dict(host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False, http="h11",
-                  h11_max_incomplete_event_size=cfg.max_header_bytes, lifespan="on",
-                  timeout_graceful_shutdown=5, server_header=False)
+    # h11 with our envelope and head timeout; the head-size limit is h11's for heads that come in pieces and
+    # guard.Guard's for heads that come in one read; idle keep-alive connections close after keep_alive_timeout.
+    kwargs = dict(host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False,
+                  http=envelope_h11_protocol(cfg.request_head_timeout),
+                  h11_max_incomplete_event_size=cfg.max_header_bytes, timeout_keep_alive=cfg.keep_alive_timeout,
+                  lifespan="on", timeout_graceful_shutdown=5, server_header=False)
     kwargs.update(overrides)
     return uvicorn.Config(app, **kwargs)
 
@@ -73,9 +77,12 @@ class DrainingServer(uvicorn.Server):
         try:
             await self.ctx.drain(self.ctx.config.shutdown_timeout)
         finally:
+            if self.ctx.phase is Phase.FAILED:
+                self.exit_code = 1  # the process ends because its engine failed, whoever sent the signal
             self.should_exit = True
 
     def _on_fatal(self, error: BaseException) -> None:
-        logger.error("The model could not be loaded (%s); exiting", type(error).__name__)
+        what = "could not be loaded" if self.ctx.metrics is None else "failed"
+        logger.error("The engine %s (%s: %s); exiting with status 1", what, type(error).__name__, error)
         self.exit_code = 1
         self.should_exit = True

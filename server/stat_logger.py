@@ -70,6 +70,14 @@ class StatLogger:
             m.mfu.set(mfu)
             m.mbu.set(mbu)
 
+    def engine_failed(self) -> None:
+        """The engine failed: its requests have all failed, so nothing runs, waits or holds KV blocks."""
+        m = self.metrics
+        m.num_requests_running.set(0)
+        m.num_requests_waiting.set(0)
+        m.kv_cache_usage_perc.set(0)
+        self._last_token_time.clear()
+
     def record_delta(self, d: SequenceDelta) -> None:
         m = self.metrics
         key = (d.request_id, d.index)

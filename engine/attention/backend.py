@@ -15,16 +15,18 @@ class AttentionBackend(Protocol):
     name: str
 
     def plan(self, query_lens: np.ndarray, seq_lens: np.ndarray, block_tables: np.ndarray, block_size: int,
-             device: torch.device, dtype: torch.dtype) -> AttentionPlan | None:
-        """Backend-private precomputation for one step (None if the backend needs none)."""
+             device: torch.device, dtype: torch.dtype, sliding_window: int | None = None) -> AttentionPlan | None:
+        """Backend-private precomputation for one step of one KV-cache group (None if the backend needs none)."""
 
     def store_kv(self, key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
                  value_cache: torch.Tensor, meta: AttentionMetadata) -> None: ...
 
     def attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
-                  value_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+                  value_cache: torch.Tensor, meta: AttentionMetadata, scale: float, *,
+                  logit_softcap: float | None = None) -> torch.Tensor:
         """Attention of `query` over the cache. `key`/`value` are this step's new K/V (already stored);
-        a backend may use them directly for sequences with no earlier context."""
+        a backend may use them directly for sequences with no earlier context. The window is the metadata's;
+        `logit_softcap` (Gemma 2) caps scores as cap * tanh(score / cap) before masking and softmax."""
 
 
 def get_attention_backend(name: str) -> AttentionBackend:

@@ -26,11 +26,14 @@ class AttentionMetadata:
     max_seq_len: int
     num_decode_only: bool  # every sequence has exactly one query token
     plan: AttentionPlan | None = None
+    # The KV-cache group's sliding window: a query at p reads keys p - window + 1 .. p only, and table entries
+    # of blocks wholly before that may name released blocks. None = every key up to p.
+    sliding_window: int | None = None
 
 
 def build_attention_metadata(query_lens: np.ndarray, seq_lens: np.ndarray, block_tables: np.ndarray,
                              slot_mapping: np.ndarray, device: torch.device,
-                             plan: AttentionPlan | None = None) -> AttentionMetadata:
+                             plan: AttentionPlan | None = None, sliding_window: int | None = None) -> AttentionMetadata:
     cu = np.zeros(len(query_lens) + 1, dtype=np.int32)
     np.cumsum(query_lens, out=cu[1:])
     pin = device.type == "cuda"
@@ -48,4 +51,5 @@ def build_attention_metadata(query_lens: np.ndarray, seq_lens: np.ndarray, block
         max_seq_len=int(seq_lens.max()) if len(seq_lens) else 0,
         num_decode_only=bool(len(query_lens)) and bool((query_lens == 1).all()),
         plan=plan,
+        sliding_window=sliding_window,
     )

@@ -16,7 +16,7 @@ class PrefillSeq:
     q_start: int
     q_end: int
     kv_blocks: torch.Tensor | None  # [nblk] block ids holding the L keys; None when q covers the whole context
-    kv_len: int
+    kv_len: int  # keys used, counted from the first gathered block's first slot
     mask: torch.Tensor | None  # [q_len, L] additive: 0 = attend, -inf = in the future
 
 

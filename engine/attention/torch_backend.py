@@ -5,6 +5,9 @@ the decoding sequences (grouped by context length; each group's blocks gathered 
 [S, blocks x block_size] layout with a mask) and one SDPA call per prefilling sequence. Gathering whole blocks moves the same bytes as gathering slots
 but with 1/block_size as many index operations. A prefill with no earlier context attends to its freshly computed K/V directly
 (plain causal attention); a chunked prefill or a prefix-cache hit gathers its earlier keys from the cache.
+
+A sliding window (one per KV-cache group, in the metadata) narrows what is gathered to the blocks the window
+reaches and masks older keys; soft-capped attention (Gemma 2) runs transformers' eager formula instead of SDPA.
 """
 
 from __future__ import annotations
@@ -33,34 +36,82 @@ def _additive(allowed: np.ndarray, device: torch.device, dtype: torch.dtype) -> 
     return mask.to(device)
 
 
+def _window_start(query_pos: np.ndarray, window: int | None) -> np.ndarray:
+    """The oldest key a query at `query_pos` reads: query_pos - window + 1 (0 without a window)."""
+    if window is None:
+        return np.zeros_like(query_pos)
+    return np.maximum(query_pos - window + 1, 0)
+
+
+def _softcapped(q, k, v, mask, scale, cap):
+    """Attention with soft-capped scores, as transformers' eager path computes it: scores * scale, then
+    cap * tanh(scores / cap), then the mask, softmax in fp32. q [B, H, Lq, D]; k, v [B, KVH, Lk, D]; mask
+    additive [.., Lq, Lk] or None for plain causal."""
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / cap) * cap
+    if mask is None:
+        lq, lk = scores.shape[-2], scores.shape[-1]
+        mask = torch.full((lq, lk), float("-inf"), dtype=scores.dtype, device=scores.device).triu_(lk - lq + 1)
+    probs = torch.softmax(scores + mask, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
+def _attend(q, k, v, mask, scale, cap, causal=False):
+    if cap is not None:
+        return _softcapped(q, k, v, None if causal else mask, scale, cap)
+    if causal:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+
+
 class TorchAttentionBackend:
     name = "torch"
 
     def plan(self, query_lens: np.ndarray, seq_lens: np.ndarray, block_tables: np.ndarray, block_size: int,
-             device: torch.device, dtype: torch.dtype) -> TorchPlan:
+             device: torch.device, dtype: torch.dtype, sliding_window: int | None = None) -> TorchPlan:
+        """Gather indices and masks for one step. With a sliding window only the blocks from the one holding
+        the first query's oldest visible key on are gathered (older table entries may name released blocks),
+        and keys older than each query's window are masked out."""
         cu = np.concatenate([[0], np.cumsum(query_lens)])
         decode = np.flatnonzero(query_lens == 1)
         groups = []
         for members in (_decode_groups(seq_lens[decode]) if len(decode) else []):
             idx = decode[members]
             lens = seq_lens[idx]
-            nblk = -(-lens // block_size)
+            first_key = _window_start(lens - 1, sliding_window)
+            first_blk = first_key // block_size
+            nblk = -(-lens // block_size) - first_blk
             bmax = int(nblk.max())
-            blocks = np.where(np.arange(bmax)[None, :] < nblk[:, None], block_tables[idx, :bmax], 0)
-            mask = np.arange(bmax * block_size)[None, :] < lens[:, None]
+            cols = first_blk[:, None] + np.arange(bmax)[None, :]
+            valid = np.arange(bmax)[None, :] < nblk[:, None]
+            # padding columns repeat the sequence's first gathered block: a live block, never a released one
+            blocks = block_tables[idx[:, None], np.where(valid, cols, first_blk[:, None])]
+            key_pos = first_blk[:, None] * block_size + np.arange(bmax * block_size)[None, :]
+            mask = (key_pos >= first_key[:, None]) & (key_pos < lens[:, None])
             groups.append(DecodeGroup(torch.from_numpy(cu[idx].astype(np.int64)).to(device),
                                       torch.from_numpy(blocks.astype(np.int64).ravel()).to(device),
                                       _additive(mask[:, None, None, :], device, dtype)))
         prefills = []
         for s in np.flatnonzero(query_lens > 1):
             q_len, kv_len = int(query_lens[s]), int(seq_lens[s])
-            if q_len == kv_len:
-                prefills.append(PrefillSeq(int(cu[s]), int(cu[s + 1]), None, kv_len, None))
-                continue
-            blocks = torch.from_numpy(block_tables[s, :-(-kv_len // block_size)].astype(np.int64)).to(device)
             q_pos = np.arange(kv_len - q_len, kv_len)
-            mask = _additive(np.arange(kv_len)[None, :] <= q_pos[:, None], device, dtype)
-            prefills.append(PrefillSeq(int(cu[s]), int(cu[s + 1]), blocks, kv_len, mask))
+            windowed = sliding_window is not None and sliding_window < kv_len
+            if q_len == kv_len:
+                mask = None
+                if windowed:
+                    k_pos = np.arange(kv_len)
+                    allowed = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= _window_start(q_pos, sliding_window)[:, None])
+                    mask = _additive(allowed, device, dtype)
+                prefills.append(PrefillSeq(int(cu[s]), int(cu[s + 1]), None, kv_len, mask))
+                continue
+            first_blk = int(_window_start(q_pos[:1], sliding_window)[0]) // block_size
+            blocks = torch.from_numpy(block_tables[s, first_blk:-(-kv_len // block_size)].astype(np.int64)).to(device)
+            k_pos = np.arange(first_blk * block_size, kv_len)
+            allowed = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= _window_start(q_pos, sliding_window)[:, None])
+            prefills.append(PrefillSeq(int(cu[s]), int(cu[s + 1]), blocks, len(k_pos), _additive(allowed, device, dtype)))
         return TorchPlan(tuple(groups), tuple(prefills))
 
     def store_kv(self, key, value, key_cache, value_cache, meta: AttentionMetadata) -> None:
@@ -72,7 +123,8 @@ class TorchAttentionBackend:
         key_cache.view(-1, kvh, d).index_copy_(0, slots, key)
         value_cache.view(-1, kvh, d).index_copy_(0, slots, value)
 
-    def attention(self, query, key, value, key_cache, value_cache, meta: AttentionMetadata, scale: float):
+    def attention(self, query, key, value, key_cache, value_cache, meta: AttentionMetadata, scale: float, *,
+                  logit_softcap: float | None = None):
         plan: TorchPlan = meta.plan
         kvh, d = key_cache.shape[2], key_cache.shape[3]
         out = torch.empty_like(query)
@@ -84,7 +136,7 @@ class TorchAttentionBackend:
             # index_select copies whole blocks with memcpy: several times faster than advanced indexing
             k = key_cache.index_select(0, g.blocks).view(sd, -1, kvh, d).transpose(1, 2)  # [Sg, KVH, L, D]
             v = value_cache.index_select(0, g.blocks).view(sd, -1, kvh, d).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale)
+            o = _attend(q, k, v, g.mask, scale, logit_softcap)
             out.index_copy_(0, g.rows, o.reshape(sd, -1, d))
         for p in plan.prefills:
             # 4-D [1, heads, len, D] inputs: with 3-D ones torch's CPU SDPA falls back to its slow math path
@@ -92,10 +144,9 @@ class TorchAttentionBackend:
             if p.kv_blocks is None:
                 k = key[p.q_start:p.q_end].transpose(0, 1).unsqueeze(0)
                 v = value[p.q_start:p.q_end].transpose(0, 1).unsqueeze(0)
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
             else:
                 k = key_cache.index_select(0, p.kv_blocks).view(-1, kvh, d)[:p.kv_len].transpose(0, 1).unsqueeze(0)
                 v = value_cache.index_select(0, p.kv_blocks).view(-1, kvh, d)[:p.kv_len].transpose(0, 1).unsqueeze(0)
-                o = F.scaled_dot_product_attention(q, k, v, attn_mask=p.mask, scale=scale, enable_gqa=True)
+            o = _attend(q, k, v, p.mask, scale, logit_softcap, causal=p.mask is None)
             out[p.q_start:p.q_end] = o[0].transpose(0, 1)
         return out

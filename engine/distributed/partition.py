@@ -12,7 +12,8 @@ embedding rows and the LM head) splits into equal padded chunks.
 When the KV heads (or the MLP columns) do not divide by the world size, ranks get as-even-as-possible whole
 shares, the earlier ranks the smaller ones (rank 0 also schedules and samples); the slowest rank sets the
 pace. With fewer KV heads than ranks each KV head is replicated on world / kv_heads ranks, which must divide.
-Shapes that cannot be split raise a ValueError naming `tensor_parallel_size`.
+Shapes that cannot be split, and families the sharded modules do not cover yet (MoE, Gemma, Phi-3:
+`TP_ARCHITECTURES`), raise a ValueError naming `tensor_parallel_size`.
 """
 
 from __future__ import annotations
@@ -95,8 +96,19 @@ def plan_shards(num_heads: int, num_kv_heads: int, intermediate_size: int, vocab
     return shards
 
 
+# Families whose modules and loader know the Megatron layout (engine.models.parallel). The others are refused
+# by name: MoE (the experts' I dimension would split like the MLP's, and the layer would all-reduce after its
+# down projection; not built yet), Gemma 2/3 and Phi-3 (their own attention/MLP modules, and Phi-3's checkpoint
+# stores q/k/v and gate/up already fused, which a rank would read as several slices).
+TP_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+
+
 def plan_for_model(model_config, world: int) -> list[TPShard]:
     """`plan_shards` for an `engine.config.ModelConfig`."""
+    if world > 1 and model_config.architecture not in TP_ARCHITECTURES:
+        raise ValueError(f"tensor_parallel_size: {world} ranks is not supported for {model_config.architecture!r} "
+                         f"models yet (tensor parallelism covers {', '.join(TP_ARCHITECTURES)}); use "
+                         "tensor_parallel_size 1")
     hf = model_config.hf_config
     return plan_shards(model_config.num_heads, model_config.num_kv_heads, hf.intermediate_size,
                        model_config.vocab_size, world)

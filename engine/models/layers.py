@@ -121,14 +121,17 @@ def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torc
     half: the same products and sums, so bit-identical, with half the multiplications and no negated copy."""
     cos, sin = rope
     half = x.shape[-1] // 2
+    if cos.shape[-1] != half:  # partial rotary (Phi-4-mini): only the first 2 x cos.shape[-1] dims rotate
+        rot = 2 * cos.shape[-1]
+        return torch.cat((apply_rope(x[..., :rot], rope), x[..., rot:]), dim=-1)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 def apply_rope_qk(q: torch.Tensor, k: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
     """`apply_rope` to q and k. On CUDA one kernel rotates both in place: they are views of the step's own qkv
-    projection output, which nothing else reads."""
-    if q.is_cuda:
+    projection output, which nothing else reads. Partial rotary (cos narrower than half a head) stays on torch."""
+    if q.is_cuda and 2 * rope[0].shape[-1] == q.shape[-1]:
         kernels.rope_(q, k, *rope)
         return q, k
     return apply_rope(q, rope), apply_rope(k, rope)

@@ -1,4 +1,4 @@
-"""Llama-family decoder (Llama 2/3, Mistral without sliding window, Qwen2, Qwen3) over a paged KV cache.
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3) over a paged KV cache.
 
 Differences between the family members are config switches: Qwen2 has biases on q/k/v, Qwen3 normalises
 q and k per head before RoPE, Llama 3 scales RoPE frequencies, some models tie the LM head to the
@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from ..attention import AttentionBackend, AttentionMetadata
 from .layers import Linear, RMSNorm, RotaryEmbedding, apply_rope_qk, linear, silu_and_mul
+from .paged import bind_kv_cache, group_meta, kv_slots
 from .parallel import TPContext, embedding, row_linear
 
 
@@ -31,7 +32,7 @@ class Attention(nn.Module):
         bias = cfg.model_type == "qwen2" or bool(getattr(cfg, "attention_bias", False))
         self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
         self.o_proj = row_linear(self.q_size, cfg.hidden_size, bool(getattr(cfg, "attention_bias", False)), tp)
-        self.qk_norm = cfg.model_type == "qwen3"
+        self.qk_norm = cfg.model_type in ("qwen3", "qwen3_moe")
         if self.qk_norm:
             self.q_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
@@ -88,9 +89,6 @@ class LlamaForCausalLM(nn.Module):
 
     def __init__(self, cfg, max_positions: int, tp: TPContext | None = None):
         super().__init__()
-        if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) \
-                and cfg.model_type in ("mistral",) and cfg.sliding_window < max_positions:
-            raise ValueError("model: sliding-window attention is not supported; set max_model_len <= sliding_window")
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.config = cfg
         self.tp = tp
@@ -98,19 +96,19 @@ class LlamaForCausalLM(nn.Module):
         self.rotary = RotaryEmbedding(cfg, head_dim, max_positions)
         self.layers = nn.ModuleList(DecoderLayer(cfg, head_dim, tp) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.kv_slots = kv_slots(cfg, max_positions)  # sliding-window layers may form their own KV group
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
         if not self.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size if tp is None else tp.shard.vocab_rows, bias=False)
 
     def bind_kv_cache(self, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        for layer, (k, v) in zip(self.layers, caches, strict=True):
-            layer.self_attn.key_cache, layer.self_attn.value_cache = k, v
+        bind_kv_cache([layer.self_attn for layer in self.layers], caches, self.kv_slots)
 
     def forward(self, input_ids, positions, meta: AttentionMetadata, backend: AttentionBackend):
         x = self.embed_tokens(input_ids)
         rope = self.rotary(positions, x.dtype)  # once per step, shared by every layer
-        for layer in self.layers:
-            x = layer(rope, x, meta, backend)
+        for layer, (group, _) in zip(self.layers, self.kv_slots):
+            x = layer(rope, x, group_meta(meta, group), backend)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:

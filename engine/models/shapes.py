@@ -11,6 +11,8 @@ from typing import Callable
 
 from transformers import LlamaConfig, PretrainedConfig, Qwen3Config
 
+from .shapes_families import FAMILY_SHAPES
+
 _LLAMA3_ROPE = {
     "rope_type": "llama3",
     "rope_theta": 500000.0,
@@ -72,6 +74,7 @@ NAMED_SHAPES: dict[str, Callable[[], PretrainedConfig]] = {
     "llama-7b": _llama_7b,
     "smollm2-135m": _smollm2_135m,
 }
+NAMED_SHAPES.update(FAMILY_SHAPES)  # mixture-of-experts, sliding-window, Gemma, Phi (shapes_families.py)
 
 
 def named_config(name: str) -> PretrainedConfig:

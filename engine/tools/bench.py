@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import os
 import platform
 import statistics
 import time
@@ -29,6 +27,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+
+from kernels.bench import write_json
 
 from .step_summary import step_points, summarize
 
@@ -360,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
         if args.vs_hf:
             raise SystemExit("kvserve bench: --compare-tp and --vs-hf are separate comparisons; pick one")
         run_tp_comparison(args, eargs, wl, results)
-        _write_json(args.json, results)
+        write_json(args.json, results)
         return 0
     engine = EngineRun(eargs)
     peak = _peak(args, engine, measure=args.plot is not None)
@@ -384,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
     if engine.llm.engine.config.device.type == "cuda" and not args.no_idle_probe:
         results["gpu_idle"] = measure_gpu_idle(engine.llm.engine, min(wl.num_prompts, eargs.max_num_seqs))
     results.update(_flat(results, wl))
-    _write_json(args.json, results)  # the engine's figures survive an HF failure or timeout
+    write_json(args.json, results)  # the engine's figures survive an HF failure or timeout
     if args.plot:
         from .roofline_sweep import plot_roofline, sweep
 
@@ -417,7 +417,7 @@ def run(args: argparse.Namespace) -> int:
                       f"   engine / HF CB = {eng['output_tok_s'] / cb['output_tok_s']:.2f}x")
     results.update(_flat(results, wl))
     results["complete"] = True
-    _write_json(args.json, results)
+    write_json(args.json, results)
     return 0
 
 
@@ -426,16 +426,6 @@ def _flat(results: dict, wl: Workload) -> dict:
     return {"engine_output_tok_s": eng["output_tok_s"], "output_tokens": eng["output_tokens"],
             "workload": wl.summary(), "hf_static_output_tok_s": results.get("hf_static", {}).get("output_tok_s"),
             "hf_cb_output_tok_s": results.get("hf_cb", {}).get("output_tok_s")}
-
-
-def _write_json(path: str | None, results: dict) -> None:
-    """Replace `path` with the results so far (write, then rename: never half a file)."""
-    if path is None:
-        return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _peak(args, engine: EngineRun, measure: bool):

@@ -19,6 +19,12 @@ attribute in `shape_from_hf_config`). `engine.tools.planner` turns flags into th
 The step FLOPs and bytes come from `engine.roofline.step_cost`, the same function the engine applies to every
 step it runs for the live metrics, so the planner's bounds and the server's utilization use one arithmetic.
 
+Sliding-window layers hold (and read) at most `window` tokens of a sequence, so "context_len" above becomes, per
+layer, min(context_len, window): the KV bound of a Mistral or Gemma. Mixture-of-experts models multiply each
+token by its k experts only (dense_params are the active parameters), and a decode step reads the experts its
+batch touches: with k of E chosen per token (uniformly, the planner assumes), a batch of B touches a share
+1 - (1 - k/E)^B of them.
+
 The budget ignores activations, CUDA graphs and the framework's own memory, so capacity is an upper bound
 and the times are lower bounds: a real server does worse, never better.
 """
@@ -60,6 +66,9 @@ class ModelShape:
     num_heads: int | None = None  # query heads, for the attention FLOPs
     vocab_size: int | None = None
     breakdown: ParamBreakdown | None = None
+    layer_windows: tuple[int | None, ...] = ()  # each layer's sliding window (None: full); empty: all full
+    num_experts: int = 0  # routed experts per MoE layer (0: dense)
+    experts_per_token: int = 0
 
     def __post_init__(self) -> None:
         for field in ("num_layers", "num_kv_heads", "head_dim", "num_params"):
@@ -74,11 +83,27 @@ class ModelShape:
         lm_head runs once, for the last token). Without a breakdown: every parameter (an overestimate)."""
         return self.num_params if self.breakdown is None else self.breakdown.dense
 
+    @property
+    def active_params(self) -> int:
+        """Parameters one token uses: all of a dense model; a MoE model's shared ones plus k experts."""
+        b = self.breakdown
+        return self.num_params if b is None else self.num_params - b.experts + b.active_experts
+
+    def kv_tokens(self, context_len: int) -> int:
+        """Layer-tokens of KV a sequence of context_len holds: context_len per full layer, at most the window
+        per sliding-window layer."""
+        windows = self.layer_windows or (None,) * self.num_layers
+        return sum(context_len if w is None else min(context_len, w) for w in windows)
+
 
 def shape_from_hf_config(cfg, name: str) -> ModelShape:
+    from ..models.arch import layer_windows, num_experts
+
     cfg = getattr(cfg, "text_config", None) or cfg
     breakdown = count_params(cfg)
     heads = cfg.num_attention_heads
+    experts = num_experts(cfg)
+    windows = layer_windows(cfg) if hasattr(cfg, "model_type") else ()
     return ModelShape(
         name=name,
         num_layers=cfg.num_hidden_layers,
@@ -89,6 +114,9 @@ def shape_from_hf_config(cfg, name: str) -> ModelShape:
         num_heads=heads,
         vocab_size=cfg.vocab_size,
         breakdown=breakdown,
+        layer_windows=windows if any(w is not None for w in windows) else (),
+        num_experts=experts,
+        experts_per_token=cfg.num_experts_per_tok if experts else 0,
     )
 
 
@@ -149,6 +177,8 @@ class CapacityPlan:
     prefill_bytes: int
     prefill_memory_s: float
     ttft_lower_bound_s: float
+    decode_weight_bytes: int = 0  # weights one decode step reads: all, or for MoE the experts its batch touches
+    experts_touched: float = 0.0  # the share of routed experts a decode step's batch touches (MoE)
 
     @property
     def weights_fit(self) -> bool:
@@ -159,10 +189,13 @@ def model_cost(model: ModelShape, weight_bytes_per_param: float, kv_bytes_per_el
     """The shape as the shared formulas see it. Without a breakdown (an explicit shape) the lm_head is not
     known apart, so there is no logits term, and unknown query heads drop the attention term."""
     known = model.breakdown is not None
+    experts = model.breakdown.experts if known else 0
     return ModelCost(num_layers=model.num_layers, num_heads=model.num_heads or 0, head_dim=model.head_dim,
                      hidden_size=(model.hidden_size or 0) if known else 0, vocab_size=(model.vocab_size or 0) if known else 0,
                      dense_params=model.dense_params, weight_bytes=math.ceil(model.num_params * weight_bytes_per_param),
-                     kv_bytes_per_token=2 * model.num_layers * model.num_kv_heads * model.head_dim * kv_bytes_per_element)
+                     kv_bytes_per_token=2 * model.num_layers * model.num_kv_heads * model.head_dim * kv_bytes_per_element,
+                     layer_windows=model.layer_windows, expert_weight_bytes=math.ceil(experts * weight_bytes_per_param),
+                     num_experts=model.num_experts, experts_per_token=model.experts_per_token)
 
 
 def plan_capacity(model: ModelShape, gpu: Hardware, work: Workload) -> CapacityPlan:
@@ -171,11 +204,17 @@ def plan_capacity(model: ModelShape, gpu: Hardware, work: Workload) -> CapacityP
     kv_elem = KV_DTYPE_BYTES[dtype_name(work.kv_dtype, KV_DTYPE_BYTES, "kv_dtype")]
     cost = model_cost(model, w_bytes, kv_elem)
     weight_bytes, kv_token = cost.weight_bytes, cost.kv_bytes_per_token
+    kv_seq = kv_token // model.num_layers * model.kv_tokens(work.context_len)
     usable = math.floor(gpu.memory_bytes * work.memory_fraction)
     budget = usable - weight_bytes
     block_bytes = work.block_size * kv_token
     blocks = max(budget, 0) // block_bytes
-    blocks_per_seq = -(-work.context_len // work.block_size)
+    # a window layer holds at most the blocks its window spans (ceil((W - 1) / bs) + 1); counted in whole-model
+    # blocks (every layer's K and V of block_size tokens)
+    full = -(-work.context_len // work.block_size)
+    windows = model.layer_windows or (None,) * model.num_layers
+    layer_blocks = sum(full if w is None else min(full, -(-(w - 1) // work.block_size) + 1) for w in windows)
+    blocks_per_seq = -(-layer_blocks // model.num_layers)
     max_seqs = blocks // blocks_per_seq
     batch = work.batch_size if work.batch_size is not None else max(max_seqs, 1)
 
@@ -194,7 +233,7 @@ def plan_capacity(model: ModelShape, gpu: Hardware, work: Workload) -> CapacityP
         kv_bytes_per_element=kv_elem,
         weight_bytes=weight_bytes,
         kv_bytes_per_token=kv_token,
-        kv_bytes_per_sequence=kv_token * work.context_len,
+        kv_bytes_per_sequence=kv_seq,
         usable_memory_bytes=usable,
         kv_budget_bytes=budget,
         block_bytes=block_bytes,
@@ -217,4 +256,6 @@ def plan_capacity(model: ModelShape, gpu: Hardware, work: Workload) -> CapacityP
         prefill_bytes=int(prefill_step.bytes),
         prefill_memory_s=prefill_step.bytes / gpu.bandwidth,
         ttft_lower_bound_s=max(prefill / gpu.flops, prefill_step.bytes / gpu.bandwidth),
+        decode_weight_bytes=int(step.weight_bytes),
+        experts_touched=cost.experts_touched(batch),
     )

@@ -23,7 +23,8 @@ TIGHT_FIT_SEQUENCES = 16  # below this many concurrent sequences, the output exp
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     m = parser.add_argument_group("model (one of: --model, --model-config, explicit numbers)")
     m.add_argument("--model", default=None, help="HF model directory or .gguf file (default: SmolLM2-135M-Instruct)")
-    m.add_argument("--model-config", default=None, help="a named shape, e.g. llama-7b, llama-3.1-8b, qwen3-0.6b")
+    m.add_argument("--model-config", default=None, help="a named shape, e.g. llama-3.1-8b, mixtral-8x7b, qwen3-30b-a3b, "
+                                                       "gemma-3-4b, phi-3-mini")
     m.add_argument("--num-layers", type=int, default=None, help="explicit shape: transformer layers")
     m.add_argument("--num-kv-heads", type=int, default=None, help="explicit shape: key/value heads")
     m.add_argument("--head-dim", type=int, default=None, help="explicit shape: dimension of one head")
@@ -162,7 +163,15 @@ def render(shape: ModelShape, gpu: Hardware, work: Workload, p: CapacityPlan, me
     if shape.breakdown is not None:
         b = shape.breakdown
         out.append(f"  params  = embedding {b.embedding:,} + attention {b.attention:,} + MLP {b.mlp:,} + norms {b.norms:,}"
-                   f" + lm_head {b.lm_head:,}" + (" (tied to the embedding)" if b.lm_head == 0 else ""))
+                   f" + lm_head {b.lm_head:,}" + (" (tied to the embedding)" if b.lm_head == 0 else "")
+                   + (f" + experts {b.experts:,}" if b.experts else ""))
+    if shape.num_experts:
+        out.append(f"  MoE     {shape.num_experts} experts per layer, {shape.experts_per_token} per token: "
+                   f"{shape.active_params:,} of {shape.num_params:,} params active per token")
+    if shape.layer_windows:
+        sliding = [w for w in shape.layer_windows if w is not None]
+        out.append(f"  windows {len(sliding)} of {shape.num_layers} layers slide over {', '.join(sorted({f'{w:,}' for w in sliding}))} "
+                   "keys: they hold at most that many tokens of a sequence")
     out.append(f"  GPU     {gpu.memory_bytes / GIB:g} GiB, {gpu.bandwidth / 1e12:g} TB/s, {gpu.flops / 1e12:g} TFLOP/s dense; "
                f"weights {work.weight_dtype}, KV cache {work.kv_dtype}, memory fraction {work.memory_fraction:g}")
     if memory_note:
@@ -171,31 +180,50 @@ def render(shape: ModelShape, gpu: Hardware, work: Workload, p: CapacityPlan, me
     out.append(f"  weights         = params x bytes = {shape.num_params:,} x {p.weight_bytes_per_param:g} = {_b(p.weight_bytes)}")
     out.append(f"  KV per token    = 2 x layers x kv_heads x head_dim x bytes = 2 x {shape.num_layers} x {shape.num_kv_heads} x "
                f"{shape.head_dim} x {p.kv_bytes_per_element} = {_b(p.kv_bytes_per_token)}")
-    out.append(f"  KV per sequence = KV per token x context = {p.kv_bytes_per_token:,} x {work.context_len:,} = {_b(p.kv_bytes_per_sequence)}")
+    if shape.layer_windows:
+        held = shape.kv_tokens(work.context_len)
+        out.append(f"  KV per sequence = KV per layer-token x sum over layers of min(context, window) = "
+                   f"{p.kv_bytes_per_token // shape.num_layers:,} x {held:,} = {_b(p.kv_bytes_per_sequence)}")
+    else:
+        out.append(f"  KV per sequence = KV per token x context = {p.kv_bytes_per_token:,} x {work.context_len:,} = {_b(p.kv_bytes_per_sequence)}")
     out.append(f"  usable memory   = memory x fraction = {gpu.memory_bytes:,} x {work.memory_fraction:g} = {_b(p.usable_memory_bytes)}")
     out.append(f"  KV budget       = usable - weights = {p.usable_memory_bytes:,} - {p.weight_bytes:,} = {_b(p.kv_budget_bytes)}")
     out.append(f"  KV blocks       = budget / (block_size x KV per token) = {max(p.kv_budget_bytes, 0):,} / ({work.block_size} x "
                f"{p.kv_bytes_per_token:,}) = {p.num_blocks:,} blocks = {p.num_kv_tokens:,} tokens")
-    out.append(f"  max sequences   = blocks / ceil(context / block_size) = {p.num_blocks:,} / {p.blocks_per_sequence:,} = "
+    held = "the blocks a sequence holds (its windows' at most)" if shape.layer_windows else "ceil(context / block_size)"
+    out.append(f"  max sequences   = blocks / {held} = {p.num_blocks:,} / {p.blocks_per_sequence:,} = "
                f"{p.max_concurrent_sequences:,} concurrent sequences of {work.context_len:,} tokens")
     fits = "" if p.batch_size <= p.max_concurrent_sequences else f" (more than the {p.max_concurrent_sequences} that fit)"
     out += ["", f"Decode step roofline (batch {p.batch_size}{fits}, every sequence at {work.context_len:,} tokens)"]
-    out.append(f"  bytes moved     = weights + batch x context x KV per token = {p.weight_bytes:,} + {p.batch_size} x "
-               f"{work.context_len:,} x {p.kv_bytes_per_token:,} = {_b(p.decode_step_bytes)}")
+    weights = "weights"
+    if shape.num_experts:
+        weights = "weights read"
+        out.append(f"  weights read    = shared + experts touched (1 - (1 - {shape.experts_per_token}/{shape.num_experts})^"
+                   f"{p.batch_size} = {p.experts_touched:.0%} of them) = {_b(p.decode_weight_bytes)}")
+    if shape.layer_windows:
+        out.append(f"  bytes moved     = {weights} + batch x KV per sequence (min(context, window) per layer) = "
+                   f"{p.decode_weight_bytes:,} + {p.batch_size} x {p.kv_bytes_per_sequence:,} = {_b(p.decode_step_bytes)}")
+    else:
+        out.append(f"  bytes moved     = {weights} + batch x context x KV per token = {p.decode_weight_bytes:,} + "
+                   f"{p.batch_size} x {work.context_len:,} x {p.kv_bytes_per_token:,} = {_b(p.decode_step_bytes)}")
     out.append("                    (each sequence reads its context's K/V and writes its new token's)")
     out.append(f"  memory time     = bytes / bandwidth = {_t(p.decode_step_memory_s)}")
-    out.append(f"  compute time    = batch x (2 x dense_params + 2 x vocab x hidden + 4 x layers x heads x head_dim x context) / compute = "
+    ctx_term = "sum over layers of min(context, window)" if shape.layer_windows else "layers x context"
+    out.append(f"  compute time    = batch x (2 x dense_params + 2 x vocab x hidden + 4 x heads x head_dim x {ctx_term}) "
+               f"/ compute = "
                f"{p.decode_step_flops / 1e12:,.3f} TFLOP / {gpu.flops / 1e12:g} TFLOP/s = {_t(p.decode_step_compute_s)}")
     bound = "memory-bound" if p.decode_step_memory_s >= p.decode_step_compute_s else "compute-bound"
     out.append(f"  TPOT           >= {_t(p.decode_step_lower_bound_s)} ({bound}) -> output <= {p.max_output_tokens_per_s:,.0f} tok/s "
                f"in all, {1 / p.decode_step_lower_bound_s:,.1f} tok/s per sequence")
     out += ["", f"Prefill roofline (one {p.prompt_len:,}-token prompt)"]
-    out.append(f"  FLOPs           = 2 x dense_params x n + 2 x vocab x hidden + 2 x layers x heads x head_dim x n(n+1)")
+    pairs = "the (query, key) pairs of each layer's window" if shape.layer_windows else "layers x n(n+1) / 2"
+    out.append(f"  FLOPs           = 2 x dense_params x n + 2 x vocab x hidden + 4 x heads x head_dim x {pairs}")
     out.append(f"                  = {p.prefill_dense_flops / 1e12:,.3f} + {p.prefill_attention_flops / 1e12:,.3f} (attention) "
                f"= {p.prefill_flops / 1e12:,.3f} TFLOP   (dense_params = {shape.dense_params:,}, heads = {heads})")
     pbound = "compute-bound" if p.prefill_compute_s >= p.prefill_memory_s else "memory-bound"
-    out.append(f"  bytes moved     = weights + n x KV per token (written) = {p.weight_bytes:,} + {p.prompt_len:,} x "
-               f"{p.kv_bytes_per_token:,} = {_b(p.prefill_bytes)}")
+    weights = "weights touched" if shape.num_experts else "weights"
+    out.append(f"  bytes moved     = {weights} + n x KV per token (written) = {p.prefill_bytes - p.prompt_len * p.kv_bytes_per_token:,} "
+               f"+ {p.prompt_len:,} x {p.kv_bytes_per_token:,} = {_b(p.prefill_bytes)}")
     out.append(f"  TTFT           >= max(FLOPs / compute, bytes / bandwidth) = max({_t(p.prefill_compute_s)}, "
                f"{_t(p.prefill_memory_s)}) = {_t(p.ttft_lower_bound_s)} ({pbound})")
     out += ["", "Bounds ignore activations, CUDA graphs and framework memory: a real server fits fewer and runs slower."]

@@ -83,7 +83,7 @@ class DecodeGraphs:
         return AttentionMetadata(slot_mapping=self.slot_mapping[:b], block_tables=self.block_tables[:b],
                                  cu_seqlens_q=self.cu_seqlens_q[:b + 1], seq_lens=self.seq_lens[:b],
                                  max_query_len=1, max_seq_len=self.max_model_len, num_decode_only=True,
-                                 plan=TritonPlan(splits))
+                                 plan=TritonPlan(splits), sliding_window=self.model_config.group_windows[0])
 
     @torch.inference_mode()
     def _capture(self) -> None:

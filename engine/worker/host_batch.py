@@ -43,6 +43,9 @@ class HostBatch:
     # [P] int64: token rows whose id is the previous step's sample, and that sample's row in the previous step
     pending_dst: np.ndarray = field(default_factory=_empty)
     pending_src: np.ndarray = field(default_factory=_empty)
+    # KV-cache groups 1..G-1 of a model with several (engine.core.kv_groups): their (block_tables, slot_mapping);
+    # block_tables and slot_mapping above are group 0's.
+    more_groups: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
     # speculative decoding: [R] logits rows of each sampling sequence (1 + its drafts), empty when no
     # sequence has drafts; then logits_indices and out_pos have one entry per row, not per sequence
     row_counts: np.ndarray = field(default_factory=_empty)
@@ -98,9 +101,13 @@ class BlockTables:
 
 
 class HostBatchBuilder:
-    def __init__(self, block_size: int, num_slots: int = 8, max_blocks: int = 8):
+    """With several KV-cache groups each sequence's block table interleaves them (entry i * G + g is logical
+    block i of group g) and every group gets its own block table and slot mapping."""
+
+    def __init__(self, block_size: int, num_slots: int = 8, max_blocks: int = 8, num_kv_groups: int = 1):
         self.block_size = block_size
-        self.tables = BlockTables(num_slots, max_blocks)
+        self.num_kv_groups = num_kv_groups
+        self.tables = BlockTables(num_slots, max_blocks * num_kv_groups)
 
     def build(self, seqs: Sequence[ScheduledSeq], states: Sequence[SeqState],
               prev_rows: Mapping[str, int] | None = None) -> HostBatch:
@@ -167,7 +174,11 @@ class HostBatchBuilder:
             cu_end = np.cumsum(qlens)
             seq_of_token = np.repeat(np.arange(len(starts)), qlens)
             positions = np.arange(len(ids), dtype=np.int64) - (cu_end - qlens)[seq_of_token] + starts_a[seq_of_token]
-        slot_mapping = block_tables[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
+        groups = self.num_kv_groups
+        tables = [block_tables] if groups == 1 else \
+            [np.ascontiguousarray(block_tables[:, g::groups]) for g in range(groups)]
+        slot_mapping, *more_slots = [t[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
+                                     for t in tables]
         sample_idx = np.flatnonzero(np.array(sample, dtype=bool))
         out_pos = seq_lens[sample_idx] - np.array(num_prompt, dtype=np.int64)[sample_idx]
         logits_indices = cu_end[sample_idx] - 1
@@ -178,24 +189,29 @@ class HostBatchBuilder:
             back = np.concatenate([np.arange(-kk, 1, dtype=np.int64) for kk in k.tolist()])  # -k .. 0 per sequence
             logits_indices = np.repeat(logits_indices, row_counts) + back
             out_pos = np.repeat(out_pos, row_counts) + back
-        return HostBatch(np.array(ids, dtype=np.int64), positions, qlens, seq_lens, block_tables, slot_mapping,
+        return HostBatch(np.array(ids, dtype=np.int64), positions, qlens, seq_lens, tables[0], slot_mapping,
                          logits_indices, sample_idx, slots_a, out_pos,
-                         np.array(pending_dst, dtype=np.int64), np.array(pending_src, dtype=np.int64), row_counts)
+                         np.array(pending_dst, dtype=np.int64), np.array(pending_src, dtype=np.int64),
+                         more_groups=tuple(zip(tables[1:], more_slots)), row_counts=row_counts)
 
 
-def profile_batch(num_tokens: int, max_seq_len: int, block_size: int, max_num_seqs: int) -> HostBatch:
+
+
+def profile_batch(num_tokens: int, max_seq_len: int, block_size: int, max_num_seqs: int,
+                  num_kv_groups: int = 1) -> HostBatch:
     """The largest step the scheduler can produce: `num_tokens` prompt tokens (the token budget) in as few
     sequences of at most `max_seq_len` tokens as fit (never more than `max_num_seqs`), over a throwaway
     one-block cache (block 0). Every slot write lands in block 0, and each block table has a column for every
     key position, all pointing at block 0, so the attention kernels read only that block. The last rows
-    produce logits, up to `max_num_seqs` of them, as a step full of sampling sequences would."""
+    produce logits, up to `max_num_seqs` of them, as a step full of sampling sequences would. Every KV-cache
+    group gets the same table and slots (block 0)."""
     num_seqs = min(max_num_seqs, -(-num_tokens // max_seq_len))
     lens = np.full(num_seqs, min(max_seq_len, num_tokens), dtype=np.int64)
     lens[-1] = min(max_seq_len, num_tokens - max_seq_len * (num_seqs - 1))
     n = int(lens.sum())
     positions = np.concatenate([np.arange(k, dtype=np.int64) for k in lens])
     width = -(-int(lens.max()) // block_size)
-    return HostBatch(np.zeros(n, dtype=np.int64), positions, lens, lens.copy(),
-                     np.zeros((num_seqs, width), dtype=np.int32), positions % block_size,
+    tables, slots = np.zeros((num_seqs, width), dtype=np.int32), positions % block_size
+    return HostBatch(np.zeros(n, dtype=np.int64), positions, lens, lens.copy(), tables, slots,
                      np.arange(n - min(n, max_num_seqs), n), np.zeros(0, dtype=np.int64),
-                     np.zeros(num_seqs, dtype=np.int64))
+                     np.zeros(num_seqs, dtype=np.int64), more_groups=((tables, slots),) * (num_kv_groups - 1))

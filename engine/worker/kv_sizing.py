@@ -13,8 +13,9 @@ from collections.abc import Callable
 from ..config import EngineConfig
 
 
-def max_useful_blocks(max_num_seqs: int, max_model_len: int, block_size: int) -> int:
-    return max_num_seqs * -(-max_model_len // block_size)
+def max_useful_blocks(max_num_seqs: int, max_model_len: int, block_size: int, num_kv_groups: int = 1) -> int:
+    """Every sequence at max_model_len, in every KV-cache group (a window group holds fewer: an upper bound)."""
+    return max_num_seqs * -(-max_model_len // block_size) * num_kv_groups
 
 
 def decide_num_blocks(config: EngineConfig, block_bytes: int, profile: Callable[[], int] | None) -> int:
@@ -23,5 +24,6 @@ def decide_num_blocks(config: EngineConfig, block_bytes: int, profile: Callable[
     if cache.num_kv_blocks is not None:
         return cache.num_kv_blocks
     fits = profile() if profile is not None else cache.cpu_kv_cache_bytes // block_bytes
-    most = max_useful_blocks(config.scheduler.max_num_seqs, config.model.max_model_len, cache.block_size)
+    most = max_useful_blocks(config.scheduler.max_num_seqs, config.model.max_model_len, cache.block_size,
+                             len(config.model.kv_groups))
     return max(1, min(fits, most))

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from . import cpu_allocator
+from . import cpu_allocator, cpu_threads
 from ..attention import AttentionMetadata, get_attention_backend
 from ..config import EngineConfig
 from ..models.loader import build_model
@@ -97,8 +97,7 @@ class ModelRunner:
         self.block_size = config.cache.block_size
         mc = config.model
         if self.device.type == "cpu":
-            if config.cpu_threads is not None:
-                torch.set_num_threads(config.cpu_threads)  # process-wide: this process is the worker
+            cpu_threads.configure(config.cpu_threads)  # process-wide: this process is the worker
             cpu_allocator.keep_freed_memory()  # process-wide too: reuse activation pages across steps
         t0 = time.perf_counter()
         torch.manual_seed(config.seed)
@@ -110,7 +109,9 @@ class ModelRunner:
         self.backend = get_attention_backend(config.attention_backend)
         max_seqs = config.scheduler.max_num_seqs
         self.seqs = SeqStates()
-        self.batches = HostBatchBuilder(self.block_size, max_seqs, -(-mc.max_model_len // self.block_size))
+        self.group_windows = mc.group_windows  # one sliding window (or None) per KV-cache group
+        self.batches = HostBatchBuilder(self.block_size, max_seqs, -(-mc.max_model_len // self.block_size),
+                                        len(self.group_windows))
         self.sampler = Sampler(self.device, config.seed)
         self.sampling = SamplingTable(mc.vocab_size, config.seed, max_seqs)
         self.penalties = PenaltyCounts(mc.vocab_size, self.device)
@@ -123,9 +124,10 @@ class ModelRunner:
         self.num_kv_blocks = self._decide_num_blocks()
         shape = (self.num_kv_blocks, self.block_size, self.num_kv_heads, mc.head_dim)
         self.kv_caches = [(torch.zeros(shape, dtype=mc.dtype, device=self.device),
-                           torch.zeros(shape, dtype=mc.dtype, device=self.device)) for _ in range(mc.num_layers)]
+                           torch.zeros(shape, dtype=mc.dtype, device=self.device)) for _ in range(mc.num_kv_tensors)]
         self.model.bind_kv_cache(self.kv_caches)
-        if not config.enforce_eager and self.device.type == "cuda" and self.backend.name == "triton":
+        if not config.enforce_eager and self.device.type == "cuda" and self.backend.name == "triton" \
+                and len(self.group_windows) == 1:  # several KV-cache groups run eagerly
             from .cuda_graphs import DecodeGraphs
 
             t0 = time.perf_counter()
@@ -161,9 +163,11 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self.device)
         mc = self.config.model
         tiny = (1, self.block_size, self.num_kv_heads, mc.head_dim)
-        self.model.bind_kv_cache([(torch.zeros(tiny, dtype=mc.dtype, device=self.device),) * 2 for _ in range(mc.num_layers)])
+        self.model.bind_kv_cache([(torch.zeros(tiny, dtype=mc.dtype, device=self.device),) * 2
+                                  for _ in range(mc.num_kv_tensors)])
         sc = self.config.scheduler
-        hb = profile_batch(sc.max_num_batched_tokens, mc.max_model_len, self.block_size, sc.max_num_seqs)
+        hb = profile_batch(sc.max_num_batched_tokens, mc.max_model_len, self.block_size, sc.max_num_seqs,
+                           len(mc.group_windows))
         self.model.compute_logits(self.forward(hb))  # called before any graph exists: runs eagerly
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
@@ -198,21 +202,30 @@ class ModelRunner:
             slots = np.concatenate([slots, np.full(pad, -1, dtype=np.int64)])
             tables = np.concatenate([tables, np.zeros((pad, tables.shape[1]), dtype=np.int32)])
             cu = np.arange(size + 1, dtype=np.int32)
-        return [ids, pos, slots, cu, seq_lens.astype(np.int32), tables, hb.logits_indices, hb.pending_dst,
-                hb.pending_src]
+        arrays = [ids, pos, slots, cu, seq_lens.astype(np.int32), tables, hb.logits_indices, hb.pending_dst,
+                  hb.pending_src]
+        for more_tables, more_slots in hb.more_groups:  # several KV-cache groups run eagerly: no padding
+            arrays += [more_tables, more_slots]
+        return arrays
 
     def _run_model(self, hb: HostBatch, views: list[torch.Tensor], size: int | None) -> torch.Tensor:
-        ids, pos, slots, cu, seq_lens, tables, logits_indices, pending_dst, pending_src = views
+        ids, pos, slots, cu, seq_lens, tables, logits_indices, pending_dst, pending_src = views[:9]
         if len(hb.pending_dst):  # decode inputs sampled by the previous step, taken on the device
             ids.index_copy_(0, pending_dst, self._prev_tokens.index_select(0, pending_src))
         if size is not None:
             hidden = self.graphs.run(ids, pos, slots, seq_lens, tables, len(hb.query_lens), int(hb.seq_lens.max()))
         else:
-            plan = self.backend.plan(hb.query_lens, hb.seq_lens, hb.block_tables, self.block_size, self.device,
-                                     self.config.model.dtype)
-            meta = AttentionMetadata(slot_mapping=slots, block_tables=tables, cu_seqlens_q=cu, seq_lens=seq_lens,
-                                     max_query_len=int(hb.query_lens.max()), max_seq_len=int(hb.seq_lens.max()),
-                                     num_decode_only=hb.decode_only, plan=plan)
+            host_tables = [hb.block_tables] + [t for t, _ in hb.more_groups]
+            groups = [(tables, slots)] + list(zip(views[9::2], views[10::2]))
+            metas = []
+            for window, host_table, (table, slot_mapping) in zip(self.group_windows, host_tables, groups):
+                plan = self.backend.plan(hb.query_lens, hb.seq_lens, host_table, self.block_size, self.device,
+                                         self.config.model.dtype, sliding_window=window)
+                metas.append(AttentionMetadata(
+                    slot_mapping=slot_mapping, block_tables=table, cu_seqlens_q=cu, seq_lens=seq_lens,
+                    max_query_len=int(hb.query_lens.max()), max_seq_len=int(hb.seq_lens.max()),
+                    num_decode_only=hb.decode_only, plan=plan, sliding_window=window))
+            meta = metas[0] if len(metas) == 1 else tuple(metas)  # layers pick their group's
             hidden = self.model(ids, pos, meta, self.backend)
         return hidden.index_select(0, logits_indices)
 

@@ -8,7 +8,8 @@ on its prompt, never on what else ran beside it or on preemption, and two equal 
 from __future__ import annotations
 
 from engine.core.block_pool import BlockPool
-from engine.core.kv_cache_manager import KVCacheManager, cdiv, hash_block
+from engine.core.kv_cache_manager import NULL_BLOCK_ID, KVCacheManager, cdiv, hash_block
+from engine.core.kv_groups import first_needed_block
 from engine.core.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
 from engine.core.scheduler import Scheduler
@@ -89,21 +90,33 @@ def assert_kv_consistent(sched: Scheduler) -> None:
     assert all(r.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED) for r in sched.waiting)
     assert len(sched.running) <= sched.config.max_num_seqs
 
-    # Blocks: a running request holds exactly the blocks its computed tokens fill; a waiting one holds none.
+    # Blocks: a running request holds exactly the blocks its computed tokens fill (in every KV-cache group,
+    # interleaved), less those a window group released: only ever a leading run that no query reads again.
     assert set(kv.req_to_blocks) <= set(running_ids), "a request that is not running holds blocks"
     holders: dict[int, list[str]] = {}
+    groups = kv.num_groups
     for req in sched.running:
         blocks = kv.req_to_blocks.get(req.request_id, [])
-        assert len(blocks) == cdiv(req.num_computed_tokens, kv.block_size), \
+        assert len(blocks) == groups * cdiv(req.num_computed_tokens, kv.block_size), \
             f"{req.request_id}: {len(blocks)} blocks for {req.num_computed_tokens} computed tokens"
-        assert kv.block_ids(req.request_id) == [b.block_id for b in blocks], "block table out of step"
-        assert len({b.block_id for b in blocks}) == len(blocks), "a block appears twice in one request"
+        assert kv.block_ids(req.request_id) == [NULL_BLOCK_ID if b is None else b.block_id for b in blocks], \
+            "block table out of step"
+        real = [b for b in blocks if b is not None]
+        assert len({b.block_id for b in real}) == len(real), "a block appears twice in one request"
         hashes = chained_hashes(req.all_token_ids, kv.block_size, req.cache_salt)
         for i, b in enumerate(blocks):
+            logical, group = divmod(i, groups)
+            if b is None:
+                window = kv.windows[group]
+                assert window is not None and logical < first_needed_block(req.num_computed_tokens, window,
+                                                                           kv.block_size), \
+                    f"{req.request_id}: block {logical} of group {group} released but still read"
+                continue
             holders.setdefault(b.block_id, []).append(req.request_id)
             # A cached block's content is the request's own content at that position.
             if b.block_hash is not None:
-                assert b.block_hash == hashes[i], f"{req.request_id} block {i} ({b}) holds another prefix"
+                assert b.block_hash == kv.cache_key(hashes[logical], group), \
+                    f"{req.request_id} block {i} ({b}) holds another prefix"
 
     # Ref counts are exactly the number of holders; only a cached full block is shared.
     for b in pool.blocks:

@@ -65,6 +65,33 @@ def test_count_multiplies_a_share_and_no_tokens_is_idle():
     assert idle.kind == "idle" and idle.bytes == 0 and idle.arithmetic_intensity == 0
 
 
+def test_a_window_layer_sees_at_most_its_window_and_reads_only_what_the_window_still_covers():
+    # layer 0 full, layer 1 slides over 4 keys; 32 bytes of K/V per layer and token
+    hybrid = ModelCost(num_layers=2, num_heads=4, head_dim=8, hidden_size=32, vocab_size=100, dense_params=1000,
+                       weight_bytes=4000, kv_bytes_per_token=64, layer_windows=(None, 4))
+    per_layer_pair = 4 * 4 * 8
+    decode = step_cost(hybrid, [Share(start=9, num_new=1, sampled=True, decode=True)])
+    assert decode.attention_flops == per_layer_pair * (10 + 4)  # all 10 keys, then the last 4
+    assert decode.kv_read_bytes == (9 + 3) * 32  # the window layer reads its 3 cached keys, the query's own is new
+    chunk = step_cost(hybrid, [Share(start=2, num_new=4, sampled=False, decode=False)])
+    # queries at positions 2..5 see 3, 4, 5, 6 keys fully, and 3, 4, 4, 4 in the window layer
+    assert chunk.attention_flops == per_layer_pair * ((3 + 4 + 5 + 6) + (3 + 4 + 4 + 4))
+    assert chunk.kv_read_bytes == (2 + 2) * 32 and chunk.kv_written_bytes == 4 * 64
+
+
+def test_a_moe_step_reads_the_shared_weights_and_the_experts_its_tokens_touch():
+    # 3000 of the 4000 weight bytes are 8 experts, 2 chosen per token
+    moe = ModelCost(num_layers=2, num_heads=4, head_dim=8, hidden_size=32, vocab_size=100, dense_params=1000,
+                    weight_bytes=4000, kv_bytes_per_token=64, expert_weight_bytes=3000, num_experts=8,
+                    experts_per_token=2)
+    one = step_cost(moe, [Share(start=9, num_new=1, sampled=True, decode=True)])
+    assert one.weight_bytes == pytest.approx(1000 + 3000 * 2 / 8)
+    three = step_cost(moe, [Share(start=9, num_new=1, sampled=True, decode=True, count=3)])
+    assert three.weight_bytes == pytest.approx(1000 + 3000 * (1 - (6 / 8) ** 3))
+    assert step_cost(moe, [Share(0, 4096, True, False)]).weight_bytes == pytest.approx(4000)
+    assert three.dense_flops == 3 * one.dense_flops  # FLOPs follow the active parameters (dense_params)
+
+
 def test_the_roofline_of_a_peak():
     p = GPU_PRESETS["H100"].peak
     assert p.ridge == pytest.approx(989e12 / 3.35e12)
@@ -99,6 +126,19 @@ def test_the_engine_counts_a_known_prefill_then_decode_step_by_hand(engine):
     assert second.kind == "decode" and (second.prefill_tokens, second.decode_tokens) == (0, 2)
     assert second.flops == 2 * DENSE * 2 + ATTN_PAIR * (11 + 6) + 2 * LOGITS
     assert second.bytes == WEIGHT_BYTES + (10 + 5) * KV_TOKEN + 2 * KV_TOKEN
+
+
+def test_the_engine_costs_a_moe_and_a_window_model_by_their_active_params_and_windows(tmp_path):
+    from engine.models.tiny import save_tiny_model
+    from engine.roofline import count_params
+
+    mixtral = LLMEngine.from_args(EngineArgs(model=str(save_tiny_model(tmp_path / "m", "mixtral")), num_kv_blocks=32))
+    b = count_params(mixtral.config.model.hf_config)
+    assert b.experts and mixtral.cost_model.dense_params == b.total - b.embedding - b.lm_head - b.experts // 2
+    assert mixtral.cost_model.expert_weight_bytes == b.experts * 4 and mixtral.cost_model.experts_per_token == 2
+    gemma = LLMEngine.from_args(EngineArgs(model=str(save_tiny_model(tmp_path / "g", "gemma2")), num_kv_blocks=32))
+    assert gemma.cost_model.layer_windows == gemma.config.model.layer_windows == (16, None, 16)
+    assert gemma.cost_model.kv_bytes_per_token == 2 * 3 * gemma.config.model.num_kv_heads * gemma.config.model.head_dim * 4
 
 
 def test_chunked_prefill_makes_mixed_steps_and_its_last_one_token_chunk_is_still_prefill(engine):

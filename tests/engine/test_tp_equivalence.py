@@ -5,7 +5,8 @@ run that batches, chunks prefills, preempts and hits the prefix cache.
 The tiny models are shaped to cover every way a model splits: KV heads split evenly, split unevenly
 (3 KV heads over 2 ranks), each replicated on 2 ranks (2 KV heads, 4 ranks), and one KV head on every rank
 (MQA); a vocabulary that needs padding (512 over 3 ranks); Qwen2's q/k/v biases, Qwen3's q/k norms and
-head_dim != hidden / heads, Llama's untied LM head and llama3 RoPE scaling.
+head_dim != hidden / heads, Llama's untied LM head and llama3 RoPE scaling; Mistral's sliding window (the
+window's KV blocks released while requests run, on every rank alike).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ MODELS = {
     "llama": ("llama", {}),  # 4 heads, 2 KV heads, untied head, llama3 RoPE
     "qwen2-mqa": ("qwen2", {"hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 1}),
     "qwen3": ("qwen3", {}),  # 6 heads, 3 KV heads, head_dim 32
+    "mistral-window": ("mistral", {}),  # every layer slides over 20 keys: blocks released while generating
 }
 CASES = [
     ("llama", 2),       # 1 KV head per rank
@@ -39,6 +41,7 @@ CASES = [
     ("qwen2-mqa", 3),   # ... and the vocabulary padded to 513
     ("qwen3", 2),       # uneven: 1 and 2 KV heads
     ("qwen3", 3),       # 1 KV head each
+    ("mistral-window", 2),  # sliding windows: the same released blocks and window tables on every rank
 ]
 
 
@@ -46,6 +49,7 @@ CASES = [
 def tp_model_dir(tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
+    from engine.models.tiny import tiny_config
     from tests.engine.conftest import tiny_hf_config
 
     cache: dict[str, str] = {}
@@ -53,7 +57,7 @@ def tp_model_dir(tmp_path_factory):
     def get(name: str) -> str:
         if name not in cache:
             arch, overrides = MODELS[name]
-            cfg = tiny_hf_config(arch)
+            cfg = tiny_config(arch) if arch == "mistral" else tiny_hf_config(arch)
             for k, v in overrides.items():
                 setattr(cfg, k, v)
             torch.manual_seed(99)

@@ -102,3 +102,12 @@ def test_asynchronous_scheduling_is_off_under_tensor_parallelism_and_refused_if_
     with pytest.raises(ValueError, match="async_scheduling: not supported with tensor_parallel_size > 1"):
         EngineArgs(model=str(path), device="cpu", tensor_parallel_size=2, async_scheduling=True).resolve()
     assert EngineArgs(model=str(path), device="cpu", async_scheduling=True).resolve().async_scheduling is True
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe", "gemma2", "gemma3", "phi3"])
+def test_families_without_sharded_modules_are_refused_by_name_at_more_than_one_rank(arch, tmp_path):
+    from engine.models.tiny import save_tiny_model
+
+    path = save_tiny_model(tmp_path / arch, arch)
+    with pytest.raises(ValueError, match="tensor_parallel_size: 2 ranks is not supported for") as err:
+        EngineArgs(model=str(path), device="cpu", tensor_parallel_size=2).resolve()
+    assert "llama, mistral, qwen2, qwen3" in str(err.value)
+    assert EngineArgs(model=str(path), device="cpu").resolve().parallel.tensor_parallel_size == 1

@@ -116,3 +116,21 @@ def test_min_tokens_holds_back_stop_tokens(llm):
     # ...but not before min_tokens: it cannot even be sampled until 3 tokens exist
     held = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=6, min_tokens=3, stop_token_ids=[first]))[0]
     assert len(held.token_ids) >= 3 and first not in held.token_ids[:3]
+
+
+def test_min_tokens_is_checked_against_the_context_when_max_tokens_is_null(llm):
+    params = SamplingParams(max_tokens=None, min_tokens=60)  # the prompt leaves 64 - 10 = 54 tokens
+    with pytest.raises(ParamError) as info:
+        llm.engine.add_request("x", list(range(1, 11)), params)
+    assert info.value.param == "min_tokens" and "54" in str(info.value) and "60" in str(info.value)
+    assert not llm.engine.has_unfinished_requests()
+
+
+@pytest.mark.parametrize("temperature", [1e-38, 1e-30, 1e-6])
+def test_a_vanishing_temperature_is_greedy(llm, temperature):
+    """Logits divided by ~1e-38 overflow to inf; such temperatures mean greedy, as 0 does."""
+    prompt = [5, 9, 13, 2, 7]
+    greedy = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))[0]
+    tiny = llm.generate([prompt], SamplingParams(temperature=temperature, max_tokens=8, ignore_eos=True))[0]
+    assert SamplingParams(temperature=temperature).greedy
+    assert tiny.outputs[0].token_ids == greedy.outputs[0].token_ids

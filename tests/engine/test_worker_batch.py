@@ -42,6 +42,14 @@ def test_the_profile_batch_never_has_more_sequences_than_max_num_seqs():
     assert hb.seq_lens.tolist() == [100] * 4
 
 
+def test_the_profile_batch_gives_every_kv_cache_group_the_one_block_table():
+    hb = profile_batch(40, 20, 16, max_num_seqs=8, num_kv_groups=3)  # e.g. Gemma 3: global + window groups
+    assert len(hb.more_groups) == 2
+    for tables, slots in hb.more_groups:
+        assert tables.tolist() == hb.block_tables.tolist() and slots.tolist() == hb.slot_mapping.tolist()
+    assert profile_batch(40, 20, 16, max_num_seqs=8).more_groups == ()
+
+
 def test_the_profile_batch_runs_through_the_torch_backend_on_a_one_block_cache():
     from engine.attention import build_attention_metadata, get_attention_backend
 

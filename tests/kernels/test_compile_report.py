@@ -31,7 +31,7 @@ def test_quick_configurations_compile_for_hopper_without_spills(tmp_path):
         reports[r["kernel"] + ("/split" if split else "")] = r
     assert set(reports) == {"unified_attention_kernel", "decode_kernel", "decode_kernel/split",
                             "reduce_splits_kernel", "store_kv_kernel", "rms_norm_kernel", "rope_kernel",
-                            "silu_and_mul_kernel"}
+                            "silu_and_mul_kernel", "fused_moe_kernel"}
     rows = json.loads((tmp_path / "report.json").read_text())
     assert [r["config"] for r in rows if r["kernel"] == "rms_norm_kernel"] == [
         "bf16 rms_norm N=4096", "bf16 add_rms_norm N=4096", "bf16 rms_norm per head D=128"]
@@ -40,6 +40,6 @@ def test_quick_configurations_compile_for_hopper_without_spills(tmp_path):
     for name, r in reports.items():
         assert r["fits"], f"{name}: {r['shared_bytes']} bytes of shared memory"
         assert r["spill_bytes"] in (0, None), f"{name}: spills {r['spill_bytes']} bytes"
-    for name in ("unified_attention_kernel", "decode_kernel", "decode_kernel/split"):
+    for name in ("unified_attention_kernel", "decode_kernel", "decode_kernel/split", "fused_moe_kernel"):
         assert reports[name]["async_loads"], f"{name}: K/V loads are not pipelined"
     assert reports["unified_attention_kernel"]["wgmma"]

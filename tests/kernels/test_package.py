@@ -19,6 +19,7 @@ import torch
 import kernels
 from kernels.batch import make_paged_batch
 from kernels.reference import paged_attention_ref, store_kv_ref
+from kernels.moe_reference import fused_moe_ref
 batch = make_paged_batch([2], [5], num_heads=2, num_kv_heads=1, head_dim=16)
 out = paged_attention_ref(*batch.args())
 assert out.shape == (2, 2, 16) and not out.isnan().any()
@@ -40,11 +41,12 @@ def test_package_and_reference_work_without_triton():
 def test_public_functions_survive_importing_every_submodule():
     for name in ("planning", "validation", "reference", "batch", "attention_tile", "unified_attention",
                  "decode_attention", "kv_store", "bench", "launch", "norm", "rotary", "activation",
-                 "compile_report", "specialization"):
+                 "compile_report", "specialization", "moe_kernel", "moe_reference",
+                 "moe_validation"):
         importlib.import_module(f"kernels.{name}")
     assert callable(kernels.paged_attention) and kernels.paged_attention.__module__ == "kernels"
     assert callable(kernels.store_kv) and kernels.store_kv.__module__ == "kernels"
-    assert set(kernels.__all__) == {"paged_attention", "store_kv", "decode_num_splits", "rms_norm", "add_rms_norm",
-                                    "rope_", "silu_and_mul"}
+    assert set(kernels.__all__) == {"paged_attention", "store_kv", "decode_num_splits", "fused_moe", "rms_norm",
+                                    "add_rms_norm", "rope_", "silu_and_mul"}
     for name in kernels.__all__:
         assert getattr(kernels, name).__module__ == "kernels", f"kernels.{name} is shadowed by a submodule"

@@ -105,6 +105,39 @@ def test_the_single_servers_errors_come_through_unchanged(serve):
     assert httpx.get(serve.url + "/metrics/targets", timeout=30).status_code == 401
 
 
+HOSTILE = [  # (what, method, path, body bytes, extra headers, status, param): checked at the ingress or a replica
+    ("lone surrogate", "POST", "/v1/completions", b'{"prompt": "\\ud800"}', {}, 400, "prompt"),
+    ("nested 100 deep", "POST", "/v1/completions", b'{"prompt": "hi", "x": ' + b"[" * 100 + b"]" * 100 + b"}", {},
+     400, None),
+    ("unknown field", "POST", "/v1/chat/completions",
+     b'{"messages": [{"role": "user", "content": "hi"}], "nonsense": 1}', {}, 400, "nonsense"),
+    ("not UTF-8", "POST", "/tokenize", b'{"prompt": "\xff\xfe"}', {}, 400, None),
+    ("NaN", "POST", "/v1/completions", b'{"prompt": "hi", "temperature": NaN}', {}, 400, None),
+    ("text/plain body", "POST", "/v1/completions", b'{"prompt": "hi"}', {"Content-Type": "text/plain"}, 415, None),
+    ("wrong Basic key", "GET", "/dashboard", None, {"Authorization": "Basic dTp3cm9uZw=="}, 401, None),
+    ("Basic not base64", "GET", "/metrics/targets", None, {"Authorization": "Basic !!"}, 401, None),
+    ("POST on /metrics/targets", "POST", "/metrics/targets", b"{}", {}, None, None),
+    ("unknown dashboard asset", "GET", "/dashboard/nope.js", None, {}, 404, None),
+]
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=[c[0] for c in HOSTILE])
+def test_hostile_requests_through_the_proxy_get_4xx_envelopes(serve, case):
+    what, method, path, body, headers, status, param = case
+    resp = httpx.request(method, serve.url + path, content=body, timeout=30,
+                         headers={**AUTH, "Content-Type": "application/json", **headers})
+    assert 400 <= resp.status_code < 500, (what, resp.status_code, resp.text[:300])
+    assert status is None or resp.status_code == status, (what, resp.status_code, resp.text[:300])
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert param is None or error["param"] == param, error
+    if path == "/dashboard":
+        assert resp.headers["www-authenticate"] == 'Basic realm="kvserve"'
+    ok = httpx.post(serve.url + "/v1/completions", headers=AUTH, timeout=60,
+                    json={"prompt": "hi", "max_tokens": 2})
+    assert ok.status_code == 200
+
+
 def test_prometheus_finds_every_replica_and_the_merged_metrics_add_up(serve):
     found = targets(serve)
     assert len(found) == 2 and len({t["labels"]["replica"] for t in found}) == 2
