@@ -55,8 +55,12 @@ class EngineArgs:
     quantization_group_size: int | None = None
     kv_cache_dtype: str = "auto"
     async_scheduling: bool | None = None  # None: on for CUDA with one rank, off on the CPU
+    speculative_config: Any = None  # None, a dict (vLLM's shape) or a SpeculativeConfig (engine.spec_decode)
 
     def __post_init__(self) -> None:
+        from .spec_decode.config import SpeculativeConfig
+
+        self.speculative_config = SpeculativeConfig.from_value(self.speculative_config)
         if self.block_size < 1 or self.block_size % 16 and self.block_size not in (1, 2, 4, 8):
             raise ValueError(f"block_size: must be 1, 2, 4, 8 or a multiple of 16, got {self.block_size}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
@@ -139,12 +143,32 @@ class EngineArgs:
         g.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
                        help="KV-cache storage: auto (the model's dtype), int8, fp8_e4m3 or fp8_e5m2 "
                             "(8-bit values with one fp32 scale per token and KV head)")
+        s = parser.add_argument_group("speculative decoding")
+        s.add_argument("--speculative-method", default=None, choices=("ngram",),
+                       help="propose tokens and verify several per forward pass (ngram: prompt lookup)")
+        s.add_argument("--num-speculative-tokens", type=int, default=None, help="tokens proposed per step (4)")
+        s.add_argument("--ngram-prompt-lookup-min", type=int, default=None, help="shortest n-gram matched (2)")
+        s.add_argument("--ngram-prompt-lookup-max", type=int, default=None, help="longest n-gram matched (4)")
+        s.add_argument("--speculative-disable-by-batch-size", type=int, default=None,
+                       help="no drafts in a step with more running sequences than this (4)")
         return parser
+
+    _SPEC_FLAGS = {"num_speculative_tokens": "num_speculative_tokens", "ngram_prompt_lookup_min": "prompt_lookup_min",
+                   "ngram_prompt_lookup_max": "prompt_lookup_max",
+                   "speculative_disable_by_batch_size": "disable_by_batch_size"}
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> "EngineArgs":
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in vars(args).items() if k in names})
+        values = {k: v for k, v in vars(args).items() if k in names}
+        given = {key: getattr(args, flag) for flag, key in cls._SPEC_FLAGS.items() if getattr(args, flag, None) is not None}
+        method = getattr(args, "speculative_method", None)
+        if method is not None:
+            values["speculative_config"] = {"method": method, **given}
+        elif given:
+            flag = next(f for f, key in cls._SPEC_FLAGS.items() if key in given)
+            raise ValueError(f"{flag}: needs --speculative-method")
+        return cls(**values)
 
     # ---- resolution -------------------------------------------------------------------------------------
     def resolve(self) -> "EngineConfig":
@@ -189,11 +213,19 @@ class EngineArgs:
         if self.async_scheduling and parallel.tensor_parallel_size > 1:
             # ranks > 0 never see rank 0's samples on their device, so they cannot take a pending token there
             raise ValueError("async_scheduling: not supported with tensor_parallel_size > 1")
-        async_scheduling = (device.type == "cuda" and parallel.tensor_parallel_size == 1
+        spec = self.speculative_config
+        if spec is not None and self.async_scheduling:
+            # the next step's drafts and its 1 + k tokens depend on how many of this step's drafts are accepted
+            raise ValueError("speculative_config: not supported with async_scheduling; leave async_scheduling unset "
+                             "or False")
+        if spec is not None and parallel.tensor_parallel_size > 1:
+            raise ValueError("speculative_config: not supported with tensor_parallel_size > 1 yet")
+        async_scheduling = (device.type == "cuda" and parallel.tensor_parallel_size == 1 and spec is None
                             if self.async_scheduling is None else self.async_scheduling)
         return EngineConfig(model=model, cache=cache, scheduler=sched, device=device, seed=self.seed,
                             attention_backend=backend, enforce_eager=self.enforce_eager or device.type != "cuda",
-                            cpu_threads=cpu_threads, parallel=parallel, async_scheduling=async_scheduling)
+                            cpu_threads=cpu_threads, parallel=parallel, async_scheduling=async_scheduling,
+                            speculative=spec)
 
     def _resolve_parallel(self, model: "ModelConfig", device: torch.device) -> "ParallelConfig":
         from .distributed.partition import plan_for_model
@@ -380,3 +412,4 @@ class EngineConfig:
     cpu_threads: int | None = None
     parallel: ParallelConfig = ParallelConfig()
     async_scheduling: bool = False  # launch step N+1 before step N's tokens reach the engine (engine.engine)
+    speculative: Any = None  # a SpeculativeConfig, or None: no speculative decoding (engine.spec_decode)

@@ -51,6 +51,7 @@ class _LaunchedStep:
 
     output: PendingOutput
     requests: dict[str, Request]  # the sampling sequences' requests when the step was launched
+    num_drafts: dict[str, int]  # speculative decoding: sequences sent drafts -> how many
 
 
 class LLMEngine:
@@ -80,6 +81,14 @@ class LLMEngine:
         # structured output: grammars compiled for this vocabulary (thread-safe: the server compiles off-thread)
         self.grammars = GrammarCompiler(self.tokenizer, config.model.vocab_size, self.eos_token_ids)
         self._grammar_seqs: set[str] = set()  # live sequences with a grammar
+        self.speculative = config.speculative
+        self.proposer = None
+        if self.speculative is not None:
+            from .spec_decode import NgramProposer
+
+            sc = self.speculative
+            self.proposer = NgramProposer(sc.num_speculative_tokens, sc.prompt_lookup_min, sc.prompt_lookup_max)
+        self._verified: list[tuple[int, int]] = []  # this step's (drafts, accepted) per sequence sent drafts
 
     @classmethod
     def from_args(cls, args: EngineArgs | None = None, **kwargs) -> "LLMEngine":
@@ -209,10 +218,13 @@ class LLMEngine:
         if self._in_flight is not None and (not self.async_scheduling or self._grammar_seqs):
             num_generated += self._process(self._in_flight, deltas)
             self._in_flight = None
+        if self.proposer is not None:
+            self._propose_drafts()
         sched = self._with_grammar(self.scheduler.schedule())
         requests = self.scheduler.requests
         launched = _LaunchedStep(self.executor.execute_async(sched),
-                                 {s.request_id: requests[s.request_id] for s in sched.seqs if s.sample})
+                                 {s.request_id: requests[s.request_id] for s in sched.seqs if s.sample},
+                                 {s.request_id: len(s.draft_token_ids) for s in sched.seqs if s.draft_token_ids})
         self.scheduler.on_step_done(sched)
         if self.async_scheduling:
             done, self._in_flight = self._in_flight, launched
@@ -228,8 +240,34 @@ class LLMEngine:
             num_generation_tokens=num_generated, num_preemptions=len(sched.preempted_ids),
             prefix_cache_queries=sched.prefix_cache_queries, prefix_cache_hits=sched.prefix_cache_hits,
             step_time_s=time.perf_counter() - t0, cost=scheduled_cost(self.cost_model, sched),
+            spec_decode=self._spec_stats(),
         )
         return StepOutput(deltas, stats)
+
+    # ---- speculative decoding -------------------------------------------------------------------------------
+    def _propose_drafts(self) -> None:
+        """Give each decoding request its drafts for the coming step (engine.spec_decode), unless the batch is
+        too large for speculation to pay. Drafts never take a request past max_tokens or the context window:
+        k drafts yield at most k + 1 tokens."""
+        running = self.scheduler.running
+        if len(running) > self.speculative.disable_by_batch_size:
+            return
+        for req in running:
+            if req.num_computed_tokens != req.num_tokens - 1 or req.num_pending_tokens:
+                continue  # prefilling: drafts follow the last known token only
+            if req.request_id in self._grammar_seqs:
+                continue  # a grammar's bitmask is known for the next position only: no drafts to verify
+            limit = min(req.max_tokens - req.num_output_tokens, self.max_model_len - req.num_tokens) - 1
+            if limit > 0:
+                req.draft_token_ids = self.proposer.propose(req.all_token_ids, limit)
+
+    def _spec_stats(self):
+        if self.speculative is None:
+            return None
+        from .spec_decode import SpecDecodeStats
+
+        verified, self._verified = self._verified, []
+        return SpecDecodeStats.of(verified, self.speculative.num_speculative_tokens)
 
     def _process(self, step: _LaunchedStep, deltas: list[SequenceDelta]) -> int:
         """Append a finished model step's tokens (waiting for them); returns how many were appended."""
@@ -240,6 +278,11 @@ class LLMEngine:
             req = step.requests[rid]
             if self.scheduler.requests.get(rid) is not req:
                 continue  # finished or aborted since the step was launched: its token is nobody's
+            num_drafts = step.num_drafts.get(rid, 0)
+            if num_drafts:
+                accepted = len(tokens) - 1
+                self.scheduler.on_verified(req, num_drafts - accepted)
+                self._verified.append((num_drafts, accepted))
             for j, token in enumerate(tokens):
                 delta = self._append_token(req, token, None if logprobs is None else logprobs[j], now)
                 deltas.append(delta)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .roofline import StepCost
+from .spec_decode.stats import SpecDecodeStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,7 @@ class IterationStats:
     prefix_cache_hits: int
     step_time_s: float  # the whole step: schedule, run the model, sample, detokenize
     cost: StepCost | None = None  # the step's model FLOPs and bytes by phase (engine.step_cost)
+    spec_decode: SpecDecodeStats | None = None  # what speculation did in the step; None when it is off
 
     @property
     def kv_cache_usage(self) -> float:

@@ -14,6 +14,12 @@ scheduled (`NewSeq`), and after that only what changed (`CachedSeq`):
 
 `new_token_ids` are the tokens the engine appended since the worker last saw the sequence (the sampled
 ones), so the engine stays the one source of truth for every sequence's tokens.
+
+With speculative decoding a decoding sequence also carries `draft_token_ids`, k proposed tokens computed
+after its last known token in the same step (`num_new` = 1 + k). They are never part of the worker's copy
+of the sequence: the worker samples a token at each of the k + 1 positions and returns the longest run the
+drafts predicted plus one (`engine.spec_decode.verify`); the engine appends those and rolls the sequence's
+computed-token count back past the rejected drafts, whose K/V slots are simply written again later.
 """
 
 from __future__ import annotations
@@ -87,6 +93,9 @@ class NewSeq:
     num_new: int
     sample: bool
     sampling: SamplingOptions
+    # speculative decoding: proposed tokens after the last known one, the last `len(draft_token_ids)` of
+    # `num_new` (their logits verify them; engine.spec_decode)
+    draft_token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +108,7 @@ class CachedSeq:
     start: int
     num_new: int
     sample: bool
+    draft_token_ids: tuple[int, ...] = ()  # as in NewSeq
 
 
 ScheduledSeq = NewSeq | CachedSeq
@@ -135,8 +145,8 @@ class SchedulerOutput:
 
 @dataclass(frozen=True, slots=True)
 class RunnerOutput:
-    """What the worker sampled: for each sampling sequence, in batch order, its new tokens (one per step
-    today) and, when asked for, their logprobs."""
+    """What the worker sampled: for each sampling sequence, in batch order, its new tokens (one, or with
+    speculative decoding the accepted drafts plus one) and, when asked for, their logprobs."""
 
     request_ids: tuple[str, ...]
     token_ids: tuple[tuple[int, ...], ...]

@@ -29,6 +29,9 @@ _COUNTERS = {
     "queue_time_count": ("request_queue_time_seconds_count",),
     "prompt_tokens": ("prompt_tokens_total",),
     "generation_tokens": ("generation_tokens_total",),
+    "spec_decode_num_drafts": ("spec_decode_num_drafts_total",),
+    "spec_decode_num_draft_tokens": ("spec_decode_num_draft_tokens_total",),
+    "spec_decode_num_accepted_tokens": ("spec_decode_num_accepted_tokens_total",),
 }
 _SUCCESS = "request_success_total"
 # counters by label: ServerMetricsDelta field -> (sample name without prefix, label)
@@ -89,6 +92,9 @@ class ServerMetricsDelta:
     prompt_tokens: float | None = None
     generation_tokens: float | None = None
     requests_succeeded: float | None = None
+    spec_decode_num_drafts: float | None = None  # speculative decoding (vLLM's counters)
+    spec_decode_num_draft_tokens: float | None = None
+    spec_decode_num_accepted_tokens: float | None = None
     requests_by_finished_reason: dict[str, float] = field(default_factory=dict)
     # kvserve's roofline counters (docs/metrics.md): empty when the server does not export them
     model_flops_by_phase: dict[str, float] = field(default_factory=dict)
@@ -127,6 +133,20 @@ class ServerMetricsDelta:
         return self.prefix_cache_hits / self.prefix_cache_queries
 
     @property
+    def spec_acceptance_rate(self) -> float | None:
+        """Accepted / proposed draft tokens over the run; None when nothing was proposed."""
+        if not self.spec_decode_num_draft_tokens or self.spec_decode_num_accepted_tokens is None:
+            return None
+        return self.spec_decode_num_accepted_tokens / self.spec_decode_num_draft_tokens
+
+    @property
+    def spec_mean_accepted_length(self) -> float | None:
+        """Tokens per verified draft: 1 (the token sampled after the accepted run) + accepted / drafts."""
+        if not self.spec_decode_num_drafts or self.spec_decode_num_accepted_tokens is None:
+            return None
+        return 1 + self.spec_decode_num_accepted_tokens / self.spec_decode_num_drafts
+
+    @property
     def mean_queue_time_s(self) -> float | None:
         if not self.queue_time_count or self.queue_time_sum_s is None:
             return None
@@ -144,6 +164,11 @@ class ServerMetricsDelta:
             "prompt_tokens": self.prompt_tokens,
             "generation_tokens": self.generation_tokens,
             "requests_succeeded": self.requests_succeeded,
+            "spec_decode_num_drafts": self.spec_decode_num_drafts,
+            "spec_decode_num_draft_tokens": self.spec_decode_num_draft_tokens,
+            "spec_decode_num_accepted_tokens": self.spec_decode_num_accepted_tokens,
+            "spec_acceptance_rate": self.spec_acceptance_rate,
+            "spec_mean_accepted_length": self.spec_mean_accepted_length,
             "requests_by_finished_reason": dict(self.requests_by_finished_reason),
             "model_flops_by_phase": dict(self.model_flops_by_phase),
             "model_bytes_by_phase": dict(self.model_bytes_by_phase),

@@ -76,6 +76,11 @@ def server_table(m: ServerMetricsDelta) -> Table:
     rate = m.prefix_cache_hit_rate
     t.add_row("Prefix-cache hit rate", "-" if rate is None else
               f"{rate:.1%} ({_count(m.prefix_cache_hits)} / {_count(m.prefix_cache_queries)} tokens)")
+    acceptance = m.spec_acceptance_rate
+    if acceptance is not None:
+        t.add_row("Speculative decoding", f"acceptance rate {acceptance:.1%} "
+                  f"({_count(m.spec_decode_num_accepted_tokens)} / {_count(m.spec_decode_num_draft_tokens)} draft "
+                  f"tokens), mean accepted length {m.spec_mean_accepted_length:.2f}")
     queue = m.mean_queue_time_s
     t.add_row("Mean queue time (ms)", "-" if queue is None else f"{queue * 1e3:,.2f} over {_count(m.queue_time_count)} requests")
     if m.step_seconds_by_kind:

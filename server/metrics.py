@@ -65,6 +65,14 @@ class ServerMetrics:
         self.num_preemptions = counter("num_preemptions_total", "Sequences preempted (recomputed later).")
         self.prefix_cache_queries = counter("prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.")
         self.prefix_cache_hits = counter("prefix_cache_hits_total", "Prompt tokens found in the prefix cache.")
+        # speculative decoding (vLLM's names); zero when it is off
+        self.spec_decode_num_drafts = counter("spec_decode_num_drafts_total", "Sequences sent draft tokens.")
+        self.spec_decode_num_draft_tokens = counter("spec_decode_num_draft_tokens_total", "Draft tokens proposed.")
+        self.spec_decode_num_accepted_tokens = counter("spec_decode_num_accepted_tokens_total",
+                                                       "Draft tokens verified and kept.")
+        self._accepted_per_pos = Counter(PREFIX + "spec_decode_num_accepted_tokens_per_pos_total",
+                                         "Draft tokens kept, by position in the draft (0-based).",
+                                         ["model_name", "position"], registry=r)
         success = Counter(PREFIX + "request_success_total", "Finished sequences, by finish reason.",
                           ["model_name", "finished_reason"], registry=r)
         self.request_success = {reason: success.labels(model_name, reason) for reason in FINISH_REASONS}
@@ -92,6 +100,10 @@ class ServerMetrics:
                                                    "Generated tokens per finished sequence.", token_buckets)
 
         self._add_roofline_metrics(r, model_name)
+
+    def spec_decode_accepted_at(self, position: int) -> Counter:
+        """The per-position acceptance counter (its series exists once a step has speculated that deep)."""
+        return self._accepted_per_pos.labels(self.model_name, str(position))
 
     def _add_roofline_metrics(self, r: CollectorRegistry, model_name: str) -> None:
         """Model FLOPs and bytes (engine.roofline's formulas, the ones `kvserve plan` prints) and utilization."""

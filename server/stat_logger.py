@@ -41,6 +41,13 @@ class StatLogger:
             m.prefix_cache_hits.inc(s.prefix_cache_hits)
         if s.cost is not None:
             self.record_cost(s)
+        if s.spec_decode is not None and s.spec_decode.num_drafts:
+            sd = s.spec_decode
+            m.spec_decode_num_drafts.inc(sd.num_drafts)
+            m.spec_decode_num_draft_tokens.inc(sd.num_draft_tokens)
+            m.spec_decode_num_accepted_tokens.inc(sd.num_accepted_tokens)
+            for pos, n in enumerate(sd.accepted_per_pos):
+                m.spec_decode_accepted_at(pos).inc(n)
 
     def record_cost(self, s: IterationStats) -> None:
         """The step's model FLOPs and bytes (computed by the engine) by phase and step kind; utilization of

@@ -64,6 +64,8 @@ class Request:
     num_cached_tokens: int = -1  # prefix-cache hit on first scheduling; -1 until then
     num_preemptions: int = 0
     num_pending_tokens: int = 0  # sampled by a launched step, not appended yet (asynchronous scheduling)
+    # speculative decoding: tokens proposed to follow all_token_ids, for the next step only (engine.spec_decode)
+    draft_token_ids: list[int] = field(default_factory=list)
     block_hashes: list[bytes] = field(default_factory=list)
     stop_reason: str | int | None = None
 

@@ -12,6 +12,11 @@ engine: those tokens count as the request's `num_pending_tokens` (set in `on_ste
 engine appends them), a decoding request is scheduled one token past its known ones, and one whose pending
 token ends it by length is not scheduled again.
 
+With speculative decoding a decoding request may bring draft tokens (`Request.draft_token_ids`, set by
+the engine for this step only): it is then scheduled for 1 + k tokens, clipped to the token budget, if the
+KV blocks for all of them are free (otherwise it decodes without drafts; drafts never preempt anyone). After
+the step the engine reports how many drafts were rejected (`on_verified`) and the computed count goes back.
+
 The scheduler owns the queues and request statuses; the KV-cache manager owns blocks.
 """
 
@@ -38,6 +43,7 @@ class Scheduler:
     # What the worker holds of each sequence it knows: (token count, block count). A sequence missing here
     # is sent whole (NewSeq), one present only as what changed since (CachedSeq).
     _synced: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _drafts: dict[str, tuple[int, ...]] = field(default_factory=dict)  # this step's drafts, while scheduling
     num_preemptions_total: int = 0
 
     # ---- queue management -------------------------------------------------------------------------------
@@ -83,6 +89,16 @@ class Scheduler:
             num_new = min(len(request.all_token_ids) + request.num_pending_tokens - request.num_computed_tokens,
                           budget)
             assert num_new > 0, f"running request {request.request_id} has nothing to compute"
+            drafts, request.draft_token_ids = request.draft_token_ids, []  # proposed for this step only
+            if drafts and num_new == 1 and not request.num_pending_tokens and budget > 1:
+                drafts = drafts[:budget - 1]
+                if self.kv.allocate_slots(request, 1 + len(drafts)) is not None:
+                    scheduled.append((request, 1 + len(drafts)))
+                    self._drafts[request.request_id] = tuple(drafts)
+                    budget -= 1 + len(drafts)
+                    i += 1
+                    continue
+                # not enough free blocks for the drafts: decode without them rather than preempt anyone
             while self.kv.allocate_slots(request, num_new) is None:
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -123,28 +139,32 @@ class Scheduler:
 
         seqs: list[ScheduledSeq] = []
         num_prompt = 0
+        drafts, self._drafts = self._drafts, {}
         for request, num_new in scheduled:
             start = request.num_computed_tokens
-            if not (num_new == 1 and start >= request.num_prompt_tokens):  # anything but a plain decode
+            seq_drafts = drafts.get(request.request_id, ())
+            if not (num_new - len(seq_drafts) == 1 and start >= request.num_prompt_tokens):  # not a decode
                 num_prompt += num_new
-            seqs.append(self._scheduled_seq(request, start, num_new))
+            seqs.append(self._scheduled_seq(request, start, num_new, seq_drafts))
         finished, self._finished_since_step = self._finished_since_step, []
         return SchedulerOutput(tuple(seqs), tuple(finished), tuple(preempted),
                                self.config.max_num_batched_tokens - budget, num_prompt, queries, hits)
 
-    def _scheduled_seq(self, request: Request, start: int, num_new: int) -> ScheduledSeq:
+    def _scheduled_seq(self, request: Request, start: int, num_new: int,
+                       drafts: tuple[int, ...] = ()) -> ScheduledSeq:
         """The request's share of the step, as the worker needs it: whole the first time, then the change."""
         rid, tokens = request.request_id, request.all_token_ids
         block_ids = self.kv.block_ids(rid)
-        sample = start + num_new == len(tokens) + request.num_pending_tokens
+        sample = start + num_new - len(drafts) == len(tokens) + request.num_pending_tokens
         synced = self._synced.get(rid)
         self._synced[rid] = (len(tokens), len(block_ids))
         if synced is None:
             assert not request.num_pending_tokens, f"{rid}: sent whole while a sampled token is in flight"
             return NewSeq(rid, tuple(tokens), request.num_prompt_tokens, tuple(block_ids), start, num_new, sample,
-                          request.sampling)
+                          request.sampling, drafts)
         num_tokens, num_blocks = synced
-        return CachedSeq(rid, tuple(tokens[num_tokens:]), tuple(block_ids[num_blocks:]), start, num_new, sample)
+        return CachedSeq(rid, tuple(tokens[num_tokens:]), tuple(block_ids[num_blocks:]), start, num_new, sample,
+                         drafts)
 
     def on_step_done(self, out: SchedulerOutput) -> None:
         """The runner computed (or, with asynchronous scheduling, was launched to compute) the scheduled
@@ -156,6 +176,14 @@ class Scheduler:
                 request.num_computed_tokens = seq.start + seq.num_new
                 if seq.sample:
                     request.num_pending_tokens += 1
+
+    def on_verified(self, request: Request, num_rejected: int) -> None:
+        """Speculative decoding: `num_rejected` of the request's drafts in the last step were wrong. Their K/V
+        is in the cache past the accepted tokens; rolling the computed count back makes the next step compute
+        those positions again, writing over it. The blocks they took stay with the request (at most
+        ceil(k / block_size) of them), which its next tokens fill; they were never registered in the prefix
+        cache, which only takes blocks full of known tokens."""
+        request.num_computed_tokens -= num_rejected
 
     # ---- helpers ------------------------------------------------------------------------------------------
     # A request's tokens for scheduling are the known ones plus those sampled by steps in flight:

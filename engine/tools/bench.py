@@ -1,6 +1,8 @@
 """`kvserve bench`: offline throughput on a seeded random-token workload, optionally side by side with
 HF transformers (static batching with `generate`, and HF's own continuous batching) in the same process,
-or side by side at several tensor-parallel sizes (`--compare-tp 1,2`: every engine loaded, rounds alternate).
+or side by side at several tensor-parallel sizes (`--compare-tp 1,2`: every engine loaded, rounds alternate),
+or with and without speculative decoding (`--speculative-method ngram`, engine.tools.spec_bench; `--workload
+repetitive` runs the shipped prompts whose answers repeat the prompt).
 
 Every system gets the same prompts and the same per-request output lengths, with EOS ignored, so output
 token counts are identical and tok/s compare directly. Static batching pads each batch and runs it to its
@@ -49,6 +51,18 @@ class Workload:
         return {"num_prompts": self.num_prompts, "input_len": self.input_len, "output_len": self.output_len,
                 "seed": self.seed, "prompt_tokens": sum(map(len, self.prompts)),
                 "output_tokens": sum(self.output_lens), "ignore_eos": True}
+
+
+def make_repetitive_workload(num_prompts: int, output_len: str, seed: int, tokenizer) -> Workload:
+    """The shipped prompts whose answers repeat the prompt (engine.tools.spec_workload), cycled."""
+    from .spec_workload import repetitive_prompts
+
+    rng = np.random.default_rng(seed)
+    olo, ohi = parse_len(output_len)
+    shipped = repetitive_prompts(tokenizer)
+    prompts = [shipped[i % len(shipped)] for i in range(num_prompts)]
+    out_lens = rng.integers(olo, ohi + 1, size=num_prompts)
+    return Workload(num_prompts, "repetitive", str(output_len), seed, prompts, [int(n) for n in out_lens])
 
 
 def parse_len(spec: str) -> tuple[int, int]:
@@ -238,6 +252,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-len", default="32:256", help="N or LO:HI (uniform)")
     parser.add_argument("--output-len", default="16:128", help="N or LO:HI (uniform)")
     parser.add_argument("--seed", type=int, default=0, help="workload seed")
+    parser.add_argument("--workload", default="random", choices=("random", "repetitive"),
+                        help="random token prompts, or the shipped prompts whose answers repeat the prompt "
+                             "(engine/tools/spec_workload.py; --input-len is then unused)")
     parser.add_argument("--vs-hf", action="store_true", help="also run HF transformers on the same workload")
     parser.add_argument("--hf-batch-size", type=int, default=16)
     parser.add_argument("--no-hf-cb", action="store_true", help="skip HF continuous batching")
@@ -316,7 +333,13 @@ def run_tp_comparison(args: argparse.Namespace, eargs: EngineArgs, wl: Workload,
 def run(args: argparse.Namespace) -> int:
     eargs = EngineArgs.from_cli_args(args)
     model = eargs.resolve().model
-    wl = make_workload(args.num_prompts, args.input_len, args.output_len, args.seed, model.vocab_size)
+    if args.workload == "repetitive":
+        from transformers import AutoTokenizer
+
+        wl = make_repetitive_workload(args.num_prompts, args.output_len, args.seed,
+                                      AutoTokenizer.from_pretrained(model.tokenizer))
+    else:
+        wl = make_workload(args.num_prompts, args.input_len, args.output_len, args.seed, model.vocab_size)
     if eargs.max_model_len is None:
         eargs = dataclasses.replace(eargs, max_model_len=workload_max_model_len(wl, model.max_model_len))
     print(f"workload: {wl.num_prompts} prompts, input {wl.input_len}, output {wl.output_len}, seed {wl.seed}, "
@@ -324,6 +347,15 @@ def run(args: argparse.Namespace) -> int:
           f"max_model_len {eargs.max_model_len}")
     results: dict = {"workload": wl.summary(), "machine": _machine(), "rounds": args.rounds,
                      "max_model_len": eargs.max_model_len}
+    if eargs.speculative_config is not None:  # always side by side with the same engine without it
+        if args.vs_hf or args.compare_tp:
+            raise SystemExit("kvserve bench: --speculative-method compares with and without speculation; "
+                             "leave out --vs-hf and --compare-tp")
+        from .spec_bench import run_spec_comparison
+
+        run_spec_comparison(args, eargs, wl, results)
+        _write_json(args.json, results)
+        return 0
     if args.compare_tp:
         if args.vs_hf:
             raise SystemExit("kvserve bench: --compare-tp and --vs-hf are separate comparisons; pick one")

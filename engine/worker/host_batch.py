@@ -46,6 +46,15 @@ class HostBatch:
     # KV-cache groups 1..G-1 of a model with several (engine.core.kv_groups): their (block_tables, slot_mapping);
     # block_tables and slot_mapping above are group 0's.
     more_groups: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    # speculative decoding: [R] logits rows of each sampling sequence (1 + its drafts), empty when no
+    # sequence has drafts; then logits_indices and out_pos have one entry per row, not per sequence
+    row_counts: np.ndarray = field(default_factory=_empty)
+
+    @property
+    def row_slots(self) -> np.ndarray:
+        """[rows] the worker slot of each logits row's sequence."""
+        slots = self.slots[self.sample_idx]
+        return slots if not len(self.row_counts) else np.repeat(slots, self.row_counts)
 
     @property
     def decode_only(self) -> bool:
@@ -114,14 +123,22 @@ class HostBatchBuilder:
         sample: list[bool] = []
         pending_dst: list[int] = []
         pending_src: list[int] = []
+        num_drafts: list[int] = []
         for s, st in zip(seqs, states):
             start, n, toks = s.start, s.num_new, st.token_ids
+            drafts = s.draft_token_ids
+            num_drafts.append(len(drafts))
             if type(s) is NewSeq:
                 tables.set(st.slot, st.block_ids)
             elif s.new_block_ids:
                 tables.extend(st.slot, s.new_block_ids, len(st.block_ids))
             end = start + n
-            if end <= len(toks):
+            if drafts:  # the last known token, then the proposed ones (speculative decoding)
+                if end - len(drafts) != len(toks):
+                    raise RuntimeError(f"{s.request_id}: drafts must follow its last known token")
+                ids.extend(toks[start:])
+                ids.extend(drafts)
+            elif end <= len(toks):
                 if n == 1:
                     ids.append(toks[start])
                 else:
@@ -139,9 +156,11 @@ class HostBatchBuilder:
             slots.append(st.slot)
             num_prompt.append(st.num_prompt_tokens)
             sample.append(s.sample)
-        return self._flatten(ids, starts, query_lens, slots, num_prompt, sample, pending_dst, pending_src)
+        return self._flatten(ids, starts, query_lens, slots, num_prompt, sample, pending_dst, pending_src,
+                             num_drafts if any(num_drafts) else None)
 
-    def _flatten(self, ids, starts, query_lens, slots, num_prompt, sample, pending_dst, pending_src) -> HostBatch:
+    def _flatten(self, ids, starts, query_lens, slots, num_prompt, sample, pending_dst, pending_src,
+                 num_drafts=None) -> HostBatch:
         bs = self.block_size
         starts_a = np.array(starts, dtype=np.int64)
         qlens = np.array(query_lens, dtype=np.int64)
@@ -162,10 +181,18 @@ class HostBatchBuilder:
                                      for t in tables]
         sample_idx = np.flatnonzero(np.array(sample, dtype=bool))
         out_pos = seq_lens[sample_idx] - np.array(num_prompt, dtype=np.int64)[sample_idx]
+        logits_indices = cu_end[sample_idx] - 1
+        row_counts = _empty()
+        if num_drafts is not None:  # k + 1 logits rows for a sequence with k drafts: positions start .. start + k
+            k = np.array(num_drafts, dtype=np.int64)[sample_idx]
+            row_counts = k + 1
+            back = np.concatenate([np.arange(-kk, 1, dtype=np.int64) for kk in k.tolist()])  # -k .. 0 per sequence
+            logits_indices = np.repeat(logits_indices, row_counts) + back
+            out_pos = np.repeat(out_pos, row_counts) + back
         return HostBatch(np.array(ids, dtype=np.int64), positions, qlens, seq_lens, tables[0], slot_mapping,
-                         cu_end[sample_idx] - 1, sample_idx, slots_a, out_pos,
+                         logits_indices, sample_idx, slots_a, out_pos,
                          np.array(pending_dst, dtype=np.int64), np.array(pending_src, dtype=np.int64),
-                         tuple(zip(tables[1:], more_slots)))
+                         more_groups=tuple(zip(tables[1:], more_slots)), row_counts=row_counts)
 
 
 

@@ -36,6 +36,8 @@ from ..quantization.kv_cache import allocate_kv_cache
 from ..quantization.sizing import bytes_saved
 from ..sample.sampler import Sampler, SamplingBatch, unpack
 from ..sample.tables import PenaltyCounts, SamplingTable
+from ..spec_decode.penalties import draft_penalty_arrays, kept_rows, with_prior_drafts
+from ..spec_decode.verify import accepted_tokens
 from ..step import RunnerOutput, SchedulerOutput
 from .host_batch import HostBatch, HostBatchBuilder, profile_batch
 from .kv_sizing import decide_num_blocks
@@ -56,8 +58,10 @@ class PendingOutput:
         return pending
 
     def __init__(self, request_ids: tuple[str, ...] = (), batch: SamplingBatch | None = None,
-                 readback: Readback | None = None):
+                 readback: Readback | None = None, drafts: tuple[tuple[int, ...], ...] | None = None):
+        """`drafts`: each sampling sequence's draft tokens (speculative decoding), None when none has any."""
         self._request_ids, self._batch, self._readback = request_ids, batch, readback
+        self._drafts = drafts
         self._result: RunnerOutput | None = None
 
     def result(self) -> RunnerOutput:
@@ -65,11 +69,27 @@ class PendingOutput:
         if self._result is None:
             if not self._request_ids:
                 self._result = RunnerOutput.empty()
-            else:
+            elif self._drafts is None:
                 tokens, logprobs = unpack(self._readback.ready(), self._batch)
                 self._result = RunnerOutput(self._request_ids, tuple((t,) for t in tokens),
                                             tuple(None if lp is None else (lp,) for lp in logprobs))
+            else:
+                self._result = self._verified()
         return self._result
+
+    def _verified(self) -> RunnerOutput:
+        """Speculative decoding: each sequence's rows (one per position) cut to the accepted drafts plus one."""
+        tokens, logprobs = unpack(self._readback.ready(), self._batch)
+        out_tokens, out_logprobs = [], []
+        row = 0
+        for drafts in self._drafts:
+            rows = len(drafts) + 1
+            kept = accepted_tokens(tokens[row:row + rows], drafts)
+            out_tokens.append(tuple(kept))
+            lps = logprobs[row:row + len(kept)]
+            out_logprobs.append(None if lps[0] is None else tuple(lps))
+            row += rows
+        return RunnerOutput(self._request_ids, tuple(out_tokens), tuple(out_logprobs))
 
 
 class ModelRunner:
@@ -238,15 +258,22 @@ class ModelRunner:
         num_model = len(arrays)
         sb = None
         if len(hb.sample_idx):
-            sb = self.sampling.batch(hb.slots[hb.sample_idx], hb.out_pos)
+            sb = self.sampling.batch(hb.row_slots, hb.out_pos)  # one row per position sampled
             arrays += sb.arrays()
         num_grammar = 0
         if sb is not None and out.grammar is not None:  # structured output: a bitmask row per sampling row
-            rows = {out.seqs[i].request_id: j for j, i in enumerate(hb.sample_idx.tolist())}
-            bitmask = np.full((len(hb.sample_idx), out.grammar.bitmask.shape[1]), -1, dtype=np.int32)
+            # a sequence's first sampling row (sequences with a grammar get no drafts, so it is their only one)
+            first_row = (np.arange(len(hb.sample_idx)) if not len(hb.row_counts)
+                         else np.concatenate([[0], np.cumsum(hb.row_counts)[:-1]]))
+            rows = {out.seqs[i].request_id: int(first_row[j]) for j, i in enumerate(hb.sample_idx.tolist())}
+            bitmask = np.full((len(hb.out_pos), out.grammar.bitmask.shape[1]), -1, dtype=np.int32)
             bitmask[[rows[rid] for rid in out.grammar.request_ids]] = out.grammar.bitmask
             arrays.append(bitmask)
             num_grammar = 1
+        spec_pen = sb is not None and sb.num_penalized and len(hb.row_counts)
+        if spec_pen:  # penalties at draft positions (engine.spec_decode.penalties)
+            drafts = tuple(out.seqs[i].draft_token_ids for i in hb.sample_idx.tolist())
+            arrays += draft_penalty_arrays(hb.row_counts, drafts, sb.pen_rows)
         if fresh:
             arrays += PenaltyCounts.init_arrays([st.slot for st in fresh], [st.token_ids for st in fresh],
                                                 [st.num_prompt_tokens for st in fresh], self.config.model.vocab_size)
@@ -265,12 +292,26 @@ class ModelRunner:
         num_sampling = num_model + len(SamplingBatch.ARRAYS)
         batch = sb.with_arrays(views[num_model:num_sampling])
         bitmask = views[num_sampling] if num_grammar else None
-        result = self.sampler.sample(logits, batch, self.penalties.gather, bitmask)
-        if sb.num_penalized:
+        gather = self.penalties.gather
+        if spec_pen:
+            next_draft, row_first, extra_idx, extra_tok = views[num_sampling + num_grammar:num_sampling + num_grammar + 4]
+            gather = with_prior_drafts(gather, extra_idx, extra_tok)
+        result = self.sampler.sample(logits, batch, gather, bitmask)
+        if spec_pen:  # count only the tokens verification keeps
+            kept = kept_rows(result.tokens, next_draft, row_first).index_select(0, batch.pen_rows)
+            self.penalties.add(batch.pen_slots[kept], result.tokens.index_select(0, batch.pen_rows)[kept])
+        elif sb.num_penalized:
             self.penalties.add(batch.pen_slots, result.tokens.index_select(0, batch.pen_rows))
-        request_ids = tuple(out.seqs[i].request_id for i in hb.sample_idx.tolist())
-        self._prev_tokens, self._prev_rows = result.tokens, {rid: j for j, rid in enumerate(request_ids)}
-        return PendingOutput(request_ids, sb, self.readback.download(result.packed))  # the one device-to-host copy
+        sampled = [out.seqs[i] for i in hb.sample_idx.tolist()]
+        request_ids = tuple(s.request_id for s in sampled)
+        drafts = None
+        if len(hb.row_counts):  # speculative decoding (never with asynchronous scheduling: no pending rows)
+            drafts = tuple(s.draft_token_ids for s in sampled)
+            self._prev_tokens, self._prev_rows = None, {}
+        else:
+            self._prev_tokens, self._prev_rows = result.tokens, {rid: j for j, rid in enumerate(request_ids)}
+        # the one device-to-host copy
+        return PendingOutput(request_ids, sb, self.readback.download(result.packed), drafts)
 
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         """Run one step and wait for its tokens."""

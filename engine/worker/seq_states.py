@@ -81,6 +81,8 @@ class SeqStates:
                 state.token_ids.extend(seq.new_token_ids)
             if seq.new_block_ids:
                 state.block_ids.extend(seq.new_block_ids)
-        # one token past the known ones is allowed: the one this worker sampled last step (asynchronous)
-        assert seq.start + seq.num_new <= len(state.token_ids) + 1, f"{seq.request_id}: scheduled past its tokens"
+        # one token past the known ones is allowed: the one this worker sampled last step (asynchronous);
+        # drafts (speculative decoding) come after the known tokens
+        assert seq.start + seq.num_new <= len(state.token_ids) + len(seq.draft_token_ids) + 1, \
+            f"{seq.request_id}: scheduled past its tokens"
         return state

@@ -43,7 +43,8 @@ def test_bucket_quantile_of_no_observations_is_nan(check):
 
 def test_dashboard_variables_become_match_all(check):
     exprs = check.dashboard_expressions()
-    assert len(exprs) == 27 + 7  # the serving panels, then the roofline panels (utilization, intensity, time, FLOP/s, bytes)
+    # the serving panels, the roofline panels (utilization, intensity, time, FLOP/s, bytes), speculative decoding
+    assert len(exprs) == 27 + 7 + 2
     assert all("$" not in check.concrete(e) for e in exprs)
     assert check.concrete('x{model_name=~"$model_name", instance=~"$instance"}') == \
         'x{model_name=~".*", instance=~".*"}'
