@@ -146,9 +146,12 @@ class SchedulerMachine(RuleBasedStateMachine):
     def setup(self, num_blocks, budget, max_num_seqs, caching, async_):
         config = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
                                  max_model_len=num_blocks * BLOCK_SIZE)
-        self.sched = Scheduler(config, KVCacheManager(num_blocks, BLOCK_SIZE, caching))
-        self.sim = PagedKVSimulator(num_blocks, BLOCK_SIZE)
-        self.async_ = async_
+        self.begin(Scheduler(config, KVCacheManager(num_blocks, BLOCK_SIZE, caching)),
+                   PagedKVSimulator(num_blocks, BLOCK_SIZE), async_)
+
+    def begin(self, sched: Scheduler, sim, async_: bool) -> None:
+        """The machine's state at the start of an example (subclasses bring their own scheduler and runner)."""
+        self.sched, self.sim, self.async_ = sched, sim, async_
         self.in_flight: list[tuple[Request, int]] = []  # async: the last step's tokens, not yet appended
         self.all_requests: dict[str, Request] = {}
         self.ended_early: set[str] = set()  # aborted or stopped: output is a prefix of the solo output

@@ -65,13 +65,9 @@ class WindowSchedulerMachine(SchedulerMachine):
                 caching=st.booleans(), windows=st.sampled_from(LAYOUTS))
     def setup(self, num_blocks, budget, max_num_seqs, caching, windows):
         kv = KVCacheManager(num_blocks, BLOCK_SIZE, caching, windows=windows, max_chunk_tokens=budget)
-        self.sched = Scheduler(SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
-                                               max_model_len=256), kv)
-        self.sim = WindowKVSimulator(num_blocks, windows)
-        self.async_, self.in_flight = False, []
-        self.all_requests = {}
-        self.ended_early = set()
-        self.num_added = 0
+        sched = Scheduler(SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
+                                          max_model_len=256), kv)
+        self.begin(sched, WindowKVSimulator(num_blocks, windows), async_=False)  # the simulator needs every token
 
     @rule(prompt=PROMPTS, max_tokens=st.integers(1, 24), n=st.integers(1, 2), salt=st.sampled_from([None, "t"]))
     def add(self, prompt, max_tokens, n, salt):
