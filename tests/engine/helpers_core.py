@@ -131,3 +131,20 @@ def assert_all_free(kv: KVCacheManager) -> None:
     assert pool.num_free_blocks == pool.num_blocks
     assert [b.ref_cnt for b in pool.blocks] == [0] * pool.num_blocks
     assert kv.req_to_blocks == {} and kv.req_to_block_ids == {}
+
+
+def admit(kv, request_id: str, prompt: list[int], num_new: int | None = None, **kw):
+    """What the scheduler does on first scheduling: look up the prefix cache, then allocate."""
+    req = make_request(request_id, prompt, **kw)
+    hits, num_hit = kv.get_computed_blocks(req)
+    num_new = len(prompt) - num_hit if num_new is None else num_new
+    assert kv.allocate_slots(req, num_new, hits) is not None
+    req.num_computed_tokens = num_hit
+    return req
+
+
+def decode_one(kv, req, token: int = 99):
+    """Mark the scheduled tokens computed, append a sampled token, and allocate room for it."""
+    req.num_computed_tokens = req.num_tokens
+    req.append_output_token(token, now=0.0)
+    return kv.allocate_slots(req, 1)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from engine.core.kv_cache_manager import KVCacheManager, hash_block
-from tests.engine.helpers_core import BLOCK_SIZE, assert_all_free, chained_hashes, make_request, queue_ids
+from tests.engine.helpers_core import (BLOCK_SIZE, admit, assert_all_free, chained_hashes, decode_one,
+                                      make_request, queue_ids)
 
 P8 = list(range(10, 18))  # two full blocks
 P12 = list(range(10, 22))  # three full blocks
@@ -14,23 +15,6 @@ P12 = list(range(10, 22))  # three full blocks
 
 def manager(num_blocks: int = 8, enable_caching: bool = True) -> KVCacheManager:
     return KVCacheManager(num_blocks, BLOCK_SIZE, enable_caching)
-
-
-def admit(kv: KVCacheManager, request_id: str, prompt: list[int], num_new: int | None = None, **kw):
-    """What the scheduler does on first scheduling: look up the prefix cache, then allocate."""
-    req = make_request(request_id, prompt, **kw)
-    hits, num_hit = kv.get_computed_blocks(req)
-    num_new = len(prompt) - num_hit if num_new is None else num_new
-    assert kv.allocate_slots(req, num_new, hits) is not None
-    req.num_computed_tokens = num_hit
-    return req
-
-
-def decode_one(kv: KVCacheManager, req, token: int = 99):
-    """Mark the scheduled tokens computed, append a sampled token, and allocate room for it."""
-    req.num_computed_tokens = req.num_tokens
-    req.append_output_token(token, now=0.0)
-    return kv.allocate_slots(req, 1)
 
 
 # ---- allocation counts ----------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import pytest
 
 from engine.core.kv_cache_manager import NULL_BLOCK_ID, KVCacheManager
 from engine.core.kv_groups import KVCacheGroup, first_needed_block, kv_cache_groups, layer_slots
-from tests.engine.helpers_core import BLOCK_SIZE, assert_all_free, make_request, queue_ids
+from tests.engine.helpers_core import BLOCK_SIZE, assert_all_free, decode_one, make_request, queue_ids
+from tests.engine.helpers_core import admit as admit_request
 
 W = 8
 N = NULL_BLOCK_ID
@@ -22,17 +23,7 @@ def manager(num_blocks: int = 8, windows=(W,), **kw) -> KVCacheManager:
 
 
 def admit(kv: KVCacheManager, request_id: str, prompt: list[int]):
-    req = make_request(request_id, prompt, max_tokens=64)
-    hits, num_hit = kv.get_computed_blocks(req)
-    assert kv.allocate_slots(req, len(prompt) - num_hit, hits) is not None
-    req.num_computed_tokens = num_hit
-    return req
-
-
-def decode_one(kv: KVCacheManager, req, token: int = 99):
-    req.num_computed_tokens = req.num_tokens
-    req.append_output_token(token, now=0.0)
-    return kv.allocate_slots(req, 1)
+    return admit_request(kv, request_id, prompt, max_tokens=64)
 
 
 # ---- groups -----------------------------------------------------------------------------------------------
