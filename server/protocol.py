@@ -235,7 +235,7 @@ class ChatMessage(StrictModel):
     @field_validator("tool_calls", mode="after")
     @classmethod
     def _only_assistant_calls(cls, value: list | None, info) -> list | None:
-        if value and info.data.get("role") != "assistant":
+        if value is not None and info.data.get("role") != "assistant":
             raise ValueError("only assistant messages carry tool_calls")
         return value
 

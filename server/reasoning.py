@@ -45,7 +45,7 @@ class ReasoningParser:
         self.kind = kind
         self._state = "start"
         self._pending = ""
-        self._strip_answer = False  # whitespace right after </think> is the template's, not the answer's
+        self._strip = False  # whitespace right after <think> or </think> is layout, not reasoning or answer
 
     def feed(self, text: str) -> Split:
         self._pending += text
@@ -57,9 +57,14 @@ class ReasoningParser:
                 if OPEN.startswith(head) and len(head) < len(OPEN):
                     break  # still could be <think>
                 if head.startswith(OPEN):
-                    self._pending, self._state = head[len(OPEN):].lstrip("\n"), "reasoning"
+                    self._pending, self._state, self._strip = head[len(OPEN):], "reasoning", True
                 else:
                     self._state = "reasoning" if self.kind == "deepseek_r1" else "content"
+            elif self._strip:
+                self._pending = self._pending.lstrip()
+                if not self._pending:
+                    break
+                self._strip = False
             elif self._state == "reasoning":
                 end = self._pending.find(CLOSE)
                 if end < 0:
@@ -68,13 +73,8 @@ class ReasoningParser:
                     self._pending = self._pending[len(self._pending) - keep:]
                     break
                 reasoning.append(self._pending[:end])
-                self._pending, self._state, self._strip_answer = self._pending[end + len(CLOSE):], "content", True
+                self._pending, self._state, self._strip = self._pending[end + len(CLOSE):], "content", True
             else:
-                if self._strip_answer:
-                    self._pending = self._pending.lstrip()
-                    if not self._pending:
-                        break
-                    self._strip_answer = False
                 content.append(self._pending)
                 self._pending = ""
                 break
@@ -82,11 +82,13 @@ class ReasoningParser:
 
     def finish(self) -> Split:
         pending, self._pending = self._pending, ""
+        if self._strip:
+            pending = pending.lstrip()
         if self._state == "reasoning":
             return Split(reasoning=pending)
         if self._state == "start" and self.kind == "deepseek_r1":
             return Split(reasoning=pending)
-        return Split(content=pending.lstrip() if self._strip_answer else pending)
+        return Split(content=pending)
 
     def parse(self, text: str) -> Split:
         a, b = self.feed(text), self.finish()
