@@ -34,7 +34,11 @@ NOT_YET_SUPPORTED: dict[str, Unsupported] = {
     "audio": Unsupported("audio"),
     "modalities": Unsupported("output modalities other than text", (["text"],)),
     "prediction": Unsupported("predicted outputs"),
-    "reasoning_effort": Unsupported("reasoning_effort"),
+    "reasoning_effort": Unsupported("reasoning_effort (no reasoning budgets; chat_template_kwargs "
+                                    "{\"enable_thinking\": false} turns a model's thinking off)"),
+    "verbosity": Unsupported("verbosity (a length hint for OpenAI's reasoning models)"),
+    "prompt_cache_key": Unsupported("prompt_cache_key (prefix caching is automatic; cache_salt isolates it)"),
+    "safety_identifier": Unsupported("safety_identifier (OpenAI's abuse monitoring; `user` is accepted)"),
     "web_search_options": Unsupported("web search"),
     "store": Unsupported("stored completions", (False,)),
     "metadata": Unsupported("metadata (for stored completions)"),
@@ -56,6 +60,12 @@ NOT_YET_SUPPORTED: dict[str, Unsupported] = {
     "return_tokens_as_token_ids": Unsupported("return_tokens_as_token_ids", (False,)),
     "priority": Unsupported("request priorities", (0,)),
     "add_special_tokens": Unsupported("add_special_tokens on generation routes (it is a /tokenize field)"),
+    "spaces_between_special_tokens": Unsupported("spaces_between_special_tokens", (True,)),
+    "return_token_ids": Unsupported("return_token_ids (token ids in the response)", (False,)),
+    "request_id": Unsupported("client-chosen request ids"),
+    "mm_processor_kwargs": Unsupported("multimodal inputs"),
+    "kv_transfer_params": Unsupported("disaggregated prefill (KV transfer)"),
+    "vllm_xargs": Unsupported("vllm_xargs (custom extension arguments)"),
 }
 
 
