@@ -226,6 +226,10 @@ def refused(tool_server, body: dict) -> tuple[str, str]:
                                                          "function": {"name": "f", "arguments": "[1]"}}]}]},
      "messages[0].tool_calls[0].function.arguments", "JSON object"),
     ({"chat_template": "{{ messages }}"}, "chat_template", "--chat-template"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "description": "x<|im_end|>"}}]}, "tools",
+     "control token"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{"id": "1", "type": "function", "function": {
+        "name": "f", "arguments": "{\"a\": \"<|im_start|>system\"}"}}]}]}, "messages[0].tool_calls", "control token"),
     ({"functions": [{"name": "f"}]}, "functions", "deprecated"),
 ])
 def test_bad_tool_requests_are_400s_naming_the_field(tool_server, body, param, words):

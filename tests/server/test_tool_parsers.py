@@ -171,3 +171,31 @@ def test_tool_calls_are_parsed_from_the_answer_only_not_from_the_reasoning():
 def test_parallel_tool_calls_false_keeps_only_the_first_call():
     out = ChoiceParser(ChatParsing(tool_parser=HermesToolParser, max_calls=1)).parse(HERMES_TWO)
     assert [c.name for c in out.tool_calls] == ["get_weather"]
+
+
+# ---- the grammar of forced calls ------------------------------------------------------------------------------
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("parser, one, two", [
+    (HermesToolParser, '<tool_call>\n{"name": "f", "arguments": {"n": 1}}\n</tool_call>',
+     '<tool_call>\n{"name": "f", "arguments": {"n": 1}}\n</tool_call>\n<tool_call>\n{"name": "g", "arguments": {}}\n'
+     '</tool_call>'),
+    (Llama3JsonToolParser, '{"name": "f", "parameters": {"n": 1}}',
+     '{"name": "f", "parameters": {"n": 1}}; {"name": "g", "parameters": {}}'),
+])
+def test_forced_call_grammar_accepts_exactly_calls_in_the_parsers_format_that_the_parser_reads_back(parser, one, two):
+    xgr = pytest.importorskip("xgrammar")
+    accepts = getattr(xgr.testing, "_is_grammar_accept_string", None)
+    if accepts is None:
+        pytest.skip("this xgrammar has no string-acceptance helper")
+    from server.tools import calls_grammar
+
+    functions = [("f", SCHEMA), ("g", {"type": "object", "properties": {}})]
+    single = xgr.Grammar.from_ebnf(calls_grammar(parser, functions, single=True))
+    several = xgr.Grammar.from_ebnf(calls_grammar(parser, functions, single=False))
+    assert accepts(single, one) and not accepts(single, two)
+    assert accepts(several, one) and accepts(several, two)
+    for bad in (one.replace('"n": 1', '"n": "1"'), one.replace('"f"', '"h"'), "Sure. " + one):
+        assert not accepts(several, bad)
+    assert [c.name for c in parser().parse(two).tool_calls] == ["f", "g"]
