@@ -198,7 +198,9 @@ class ChatFormatter(Formatter):
     def chunk(self, delta: SequenceDelta) -> dict | None:
         if self.parsing is None:
             return super().chunk(delta)
-        parser = self._parsers.setdefault(delta.index, ChoiceParser(self.parsing))
+        parser = self._parsers.get(delta.index)
+        if parser is None:
+            parser = self._parsers[delta.index] = ChoiceParser(self.parsing, streaming=True)
         out = parser.feed(delta.new_text)
         if delta.finished:
             out = out + parser.finish()
@@ -213,6 +215,8 @@ class ChatFormatter(Formatter):
         if out.tool_calls:
             first = parser.num_calls - len(out.tool_calls)
             d["tool_calls"] = [dict(call.body(), index=first + i) for i, call in enumerate(out.tool_calls)]
+        if out.call_deltas:
+            d["tool_calls"] = _call_deltas(out.call_deltas)
         choice = {"index": delta.index, "delta": d, "logprobs": logprobs,
                   "finish_reason": _finish_reason(delta.finish_reason, parser.num_calls),
                   "stop_reason": delta.stop_reason}
@@ -238,6 +242,21 @@ class ChatFormatter(Formatter):
             message["tool_calls"] = [call.body() for call in out.tool_calls]
         return {"index": c.index, "message": message, "logprobs": c.logprobs,
                 "finish_reason": _finish_reason(c.finish_reason, parser.num_calls), "stop_reason": c.stop_reason}
+
+
+def _call_deltas(parts) -> list[dict]:
+    """OpenAI's streamed calls: the first delta of a call has its index, id, type, name and the arguments so
+    far (maybe ""), later ones the index and more arguments. Parts of one call in one chunk are one delta."""
+    out: list[dict] = []
+    for index, part in parts:
+        if out and out[-1]["index"] == index and part.name is None:
+            out[-1]["function"]["arguments"] += part.arguments
+        elif part.name is not None:
+            out.append({"index": index, "id": part.id, "type": "function",
+                        "function": {"name": part.name, "arguments": part.arguments}})
+        else:
+            out.append({"index": index, "function": {"arguments": part.arguments}})
+    return out
 
 
 def _finish_reason(reason: str | None, num_calls: int) -> str | None:

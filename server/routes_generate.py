@@ -85,7 +85,8 @@ def router(ctx: ServerContext) -> APIRouter:
         reasoning = None if thinking_disabled(req.chat_template_kwargs) else ctx.chat.reasoning_parser
         fmt = ChatFormatter(f"chatcmpl-{uuid.uuid4().hex}", ctx.model_name, int(time.time()), req.logprobs,
                             TokenTexts(ctx.tokenizer), req.include_usage,
-                            parsing=ChatParsing(reasoning, plan.parser, plan.max_calls))
+                            parsing=ChatParsing(reasoning, plan.parser, plan.max_calls,
+                                                forced=plan.constraint is not None))
         return Generation(fmt.request_id, ids, params, fmt, req.stream, req.include_usage,
                           chat_renames(req, plan.constraint), req.cache_salt)
 

@@ -8,6 +8,7 @@ output parser each get (`ToolPlan`), with every mistake a 400 naming its field.
     {"function": name}   yes                           exactly one call of `name`    yes
 
 (*) exactly one with `parallel_tool_calls: false`, which also keeps only the first call under `auto`.
+Forced calls (required, named) stream their arguments in pieces; see `tool_parsers.base`.
 
 Constrained calls are an xgrammar grammar in the parser's own format (`call_text` of the parser: Hermes'
 `<tool_call>` block, Llama's `{"name": ..., "parameters": ...}`) whose arguments are each function's

@@ -12,7 +12,7 @@ choose (`tool_choice: "auto"`) is refused with a 400 naming `tool_choice`.
 
 from __future__ import annotations
 
-from .base import Piece, ToolCall, ToolParser
+from .base import CallDelta, Piece, ToolCall, ToolParser
 from .hermes import HermesToolParser
 from .llama3_json import Llama3JsonToolParser
 
@@ -30,5 +30,5 @@ def detect_tool_parser(template: str | None) -> str | None:
     return None
 
 
-__all__ = ["TOOL_PARSERS", "HermesToolParser", "Llama3JsonToolParser", "Piece", "ToolCall", "ToolParser",
+__all__ = ["TOOL_PARSERS", "CallDelta", "HermesToolParser", "Llama3JsonToolParser", "Piece", "ToolCall", "ToolParser",
            "detect_tool_parser"]

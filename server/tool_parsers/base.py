@@ -4,7 +4,10 @@ A parser turns the model's text into content and tool calls, either all at once 
 response) or piece by piece (`feed` each new piece of text, then `finish`), and both give the same result:
 `parse(text)` is literally `feed(text)` then `finish()`. A call is only handed out once it is complete and
 its JSON is valid, because a call whose JSON turns out malformed is returned as plain content instead (a
-stream cannot take back a call it has already sent).
+stream cannot take back a call it has already sent). The one exception is a parser made with
+`stream_arguments=True`, used when a grammar forces the calls (tool_choice `required` or a named function):
+the JSON cannot turn out malformed, so the call's name and then its argument text are handed out as they
+arrive (`CallDelta`s).
 
 Content the parsers hand out loses its leading whitespace and the whitespace right before a call or at the
 very end, so that `"Sure.\\n<tool_call>..."` gives content `"Sure."` whether streamed or not.
@@ -32,11 +35,23 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class CallDelta:
+    """Part of a call whose arguments stream in pieces: the first of a call carries its id and name (and
+    arguments ""), the later ones only argument text."""
+
+    arguments: str
+    id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Piece:
-    """What one `feed` (or `finish`) hands out: content text and the calls completed in it."""
+    """What one `feed` (or `finish`) hands out: content text and the calls completed in it (or, for a parser
+    streaming arguments, the parts of calls)."""
 
     content: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    deltas: tuple[CallDelta, ...] = ()
 
 
 def call_from_json(text: str, args_key: str) -> ToolCall | None:
@@ -106,6 +121,7 @@ class ToolParser:
     """One choice's parser. Subclasses implement `_feed` and `_finish`; `parse` runs them over a whole text."""
 
     name = ""
+    can_stream_arguments = False  # takes stream_arguments=True (see the module docstring)
 
     def feed(self, text: str) -> Piece:
         return self._feed(text)
@@ -115,7 +131,7 @@ class ToolParser:
 
     def parse(self, text: str) -> Piece:
         a, b = self.feed(text), self.finish()
-        return Piece(a.content + b.content, a.tool_calls + b.tool_calls)
+        return Piece(a.content + b.content, a.tool_calls + b.tool_calls, a.deltas + b.deltas)
 
     def _feed(self, text: str) -> Piece:
         raise NotImplementedError

@@ -113,7 +113,7 @@ def test_named_tool_choice_calls_exactly_that_function_once(oai):
             assert_valid(choice.message.tool_calls[0])
 
 
-def test_streamed_forced_call_arrives_as_openai_tool_call_deltas(oai):
+def test_streamed_forced_call_arrives_as_openai_tool_call_deltas_with_arguments_in_pieces(oai):
     stream = create(oai, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "book_table"}},
                     temperature=1.0, seed=3, stream=True)
     chunks = list(stream)
@@ -121,6 +121,8 @@ def test_streamed_forced_call_arrives_as_openai_tool_call_deltas(oai):
     call_deltas = [tc for d in deltas for tc in (d.tool_calls or [])]
     assert call_deltas[0].index == 0 and call_deltas[0].id.startswith("call_") and call_deltas[0].type == "function"
     assert call_deltas[0].function.name == "book_table"
+    assert all(tc.index == 0 and tc.id is None and tc.function.name is None for tc in call_deltas[1:])
+    assert len(call_deltas) > 3  # the forced call's arguments arrive in pieces, as OpenAI sends them
     arguments = "".join(tc.function.arguments or "" for tc in call_deltas)
     jsonschema.validate(json.loads(arguments), SCHEMAS["book_table"])
     assert all(not d.content for d in deltas)  # no <tool_call> markup leaks out as content

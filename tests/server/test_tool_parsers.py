@@ -199,3 +199,34 @@ def test_forced_call_grammar_accepts_exactly_calls_in_the_parsers_format_that_th
     for bad in (one.replace('"n": 1', '"n": "1"'), one.replace('"f"', '"h"'), "Sure. " + one):
         assert not accepts(several, bad)
     assert [c.name for c in parser().parse(two).tool_calls] == ["f", "g"]
+
+
+# ---- forced calls stream their arguments --------------------------------------------------------------------
+FORCED = ('<tool_call>\n{"name": "f", "arguments": {"a": {"b": [1, 2]}, "c": "}"}}\n</tool_call>\n'
+          '<tool_call>\n{"name": "g", "arguments": {}}\n</tool_call>')
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+def test_forced_hermes_calls_stream_name_first_then_argument_pieces_that_join_to_the_arguments(size):
+    parsing = ChatParsing(tool_parser=HermesToolParser, forced=True)
+    parser = ChoiceParser(parsing, streaming=True)
+    parts = []
+    for i in range(0, len(FORCED), size):
+        out = parser.feed(FORCED[i:i + size])
+        assert out.content == "" and out.tool_calls == ()
+        parts += out.call_deltas
+    parts += parser.finish().call_deltas
+    starts = [(i, p.name) for i, p in parts if p.name is not None]
+    assert starts == [(0, "f"), (1, "g")] and all(p.arguments == "" for _, p in parts if p.name is not None)
+    joined = {i: "".join(p.arguments for j, p in parts if j == i) for i in (0, 1)}
+    assert joined == {0: '{"a": {"b": [1, 2]}, "c": "}"}', 1: "{}"}
+    assert parser.num_calls == 2
+    if size == 1:
+        assert sum(1 for i, p in parts if i == 0 and p.name is None) > 10  # really in pieces
+
+
+def test_forced_calls_are_whole_calls_when_not_streaming():
+    out = ChoiceParser(ChatParsing(tool_parser=HermesToolParser, forced=True)).parse(FORCED)
+    assert [(c.name, json.loads(c.arguments)) for c in out.tool_calls] == [("f", {"a": {"b": [1, 2]}, "c": "}"}),
+                                                                           ("g", {})]
+    assert out.call_deltas == ()
