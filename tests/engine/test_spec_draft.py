@@ -223,3 +223,54 @@ def test_cli_flags_build_the_draft_config():
     assert (args.speculative_config.model, args.speculative_config.draft_layers) == (None, 4)
     with pytest.raises(ValueError, match="speculative_model: needs --speculative-method"):
         EngineArgs.from_cli_args(parser.parse_args(["--speculative-model", "x"]))
+
+
+# ---- temperature > 0 --------------------------------------------------------------------------------------------
+CHI2_CRIT_DF3_P001 = 16.27  # chi-square critical value, 3 degrees of freedom, p = 0.001
+NUM_SAMPLES = 600
+
+
+def chi2(counts, probs) -> float:
+    import numpy as np
+
+    expected = np.asarray(probs) * sum(counts)
+    return float(((np.asarray(counts) - expected) ** 2 / expected).sum())
+
+
+def test_the_first_token_sampled_against_a_draft_follows_the_target_distribution(tiny_model_dir):
+    # Many seeded requests of one prompt, temperature 1, top-k 4, max_tokens 3: the first output token comes
+    # from the prefill, the second is the first one sampled against a draft (the draft is the target itself,
+    # so it proposes the target's argmax and is accepted often: the case where a wrong acceptance rule shows
+    # most). Among the requests whose first token is the commonest one, the second token's counts must match
+    # the target's distribution after that token (from HF transformers), and must not match what accepting a
+    # draft with probability p(d) and otherwise drawing from p again (no residual) would give.
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model_dir("llama")
+    spec = LLMEngine.from_args(model=model, device="cpu", max_num_seqs=256,
+                               speculative_config=draft_cfg(model, num_speculative_tokens=1,
+                                                            disable_by_batch_size=256))
+    prompt = [5, 17, 99, 250, 3, 42, 7, 310]
+    params = [SamplingParams(temperature=1.0, top_k=4, seed=i, max_tokens=3, ignore_eos=True)
+              for i in range(NUM_SAMPLES)]
+    got, stats, _ = run_all(spec, [prompt] * NUM_SAMPLES, params)
+    pairs = [tuple(v[0][:2]) for v in got.values()]
+    first = max(set(p[0] for p in pairs), key=[p[0] for p in pairs].count)
+    seconds = [p[1] for p in pairs if p[0] == first]
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = hf(torch.tensor([prompt + [first]])).logits[0, -1]
+    top = torch.topk(logits, 4)
+    probs = torch.softmax(top.values, dim=0).numpy()
+    ids = top.indices.tolist()
+    counts = [seconds.count(t) for t in ids]
+    assert sum(counts) == len(seconds) > 150  # top-k 4: nothing outside the four
+    assert stats.num_draft_tokens >= len(got) // 2 and 0 < stats.num_accepted_tokens < stats.num_draft_tokens
+    assert chi2(counts, probs) < CHI2_CRIT_DF3_P001
+    d = ids.index(int(torch.argmax(logits)))  # the draft: the target's argmax
+    wrong = probs * (1 - probs[d])
+    wrong[d] += probs[d]
+    assert chi2(counts, wrong) > CHI2_CRIT_DF3_P001
+    assert np.isclose(probs.sum(), 1.0)
