@@ -274,3 +274,16 @@ def test_the_first_token_sampled_against_a_draft_follows_the_target_distribution
     wrong[d] += probs[d]
     assert chi2(counts, wrong) > CHI2_CRIT_DF3_P001
     assert np.isclose(probs.sum(), 1.0)
+
+
+def test_the_kv_budget_pays_for_the_target_and_the_draft_blocks(models):
+    budget_gb = 0.001
+    plain = LLMEngine.from_args(model=models["target"], device="cpu", cpu_kv_cache_gb=budget_gb)
+    spec = LLMEngine.from_args(model=models["target"], device="cpu", cpu_kv_cache_gb=budget_gb,
+                               speculative_config=draft_cfg(None, draft_layers=1))
+    target_block = plain.runner.block_bytes
+    draft_block = spec.config.cache.block_size * spec.config.draft_model.kv_bytes_per_token
+    assert draft_block * 2 == target_block  # one layer of two
+    budget = int(budget_gb * 2**30)
+    assert plain.kv.num_blocks == budget // target_block
+    assert spec.kv.num_blocks == spec.drafter.kv.num_blocks == budget // (target_block + draft_block)
