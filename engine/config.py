@@ -151,7 +151,7 @@ class EngineArgs:
         s.add_argument("--ngram-prompt-lookup-min", type=int, default=None, help="shortest n-gram matched (2)")
         s.add_argument("--ngram-prompt-lookup-max", type=int, default=None, help="longest n-gram matched (4)")
         s.add_argument("--speculative-disable-by-batch-size", type=int, default=None,
-                       help="no drafts in a step with more running sequences than this (4)")
+                       help="no drafts in a step with more running sequences than this (8)")
         s.add_argument("--speculative-model", default=None,
                        help="the draft method's model (HF directory, .gguf or name; default: the target model)")
         s.add_argument("--speculative-draft-layers", type=int, default=None,

@@ -8,11 +8,12 @@ from typing import Any
 
 METHODS = ("ngram", "draft")
 
-# Above this many running sequences a step does not speculate. Measured with `python
-# scripts/spec_batch_sweep.py` (docs/benchmarks.md): on the 2-core CPU with the 135M default model n-gram
-# speculation stops paying between batch sizes 2 and 4 on repetitive prompts and loses from batch 2 on
-# random ones (where it rarely proposes); the threshold is the largest batch size that still gained.
-DEFAULT_DISABLE_BY_BATCH_SIZE = 4
+# Above this many running sequences a step does not speculate: once the batch makes the forward compute-bound,
+# every draft token costs about as much as a decode token while it saves a step only when it is right.
+# Measured with `scripts/spec_batch_sweep.py` (docs/benchmarks.md: n-gram, SmolLM2-135M, fp32, 2-core CPU):
+# with / without on the repetitive workload fell from 2.44x at batch 1 to 1.26x-1.33x at 4 and 8, still a gain
+# at 8, the largest size measured; 8 is the largest size at which speculation was measured to pay.
+DEFAULT_DISABLE_BY_BATCH_SIZE = 8
 
 
 @dataclass(frozen=True)
