@@ -53,6 +53,7 @@ class EngineArgs:
     distributed_timeout: float = 120.0
     quantization: str | None = None
     quantization_group_size: int | None = None
+    quantize_lm_head: bool = True  # with int8/int4 weights, the LM head becomes int8 too
     kv_cache_dtype: str = "auto"
     async_scheduling: bool | None = None  # None: on for CUDA with one rank, off on the CPU
     speculative_config: Any = None  # None, a dict (vLLM's shape) or a SpeculativeConfig (engine.spec_decode)
@@ -140,6 +141,9 @@ class EngineArgs:
         g.add_argument("--quantization-group-size", type=int, default=None,
                        help="int4: input columns per scale/zero group, 32/64/128/256 (default: the largest of "
                             "128, 64, 32 that divides every projection's input)")
+        g.add_argument("--quantize-lm-head", action=argparse.BooleanOptionalAction, default=True,
+                       help="with --quantization int8/int4, also store the LM head (tied embedding or not) in "
+                            "int8 per output row (default on: it is ~20%% of SmolLM2's bytes per token)")
         g.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
                        help="KV-cache storage: auto (the model's dtype), int8, fp8_e4m3 or fp8_e5m2 "
                             "(8-bit values with one fp32 scale per token and KV head)")
@@ -274,7 +278,7 @@ class EngineArgs:
         group = self.quantization_group_size
         if group is None:  # the coarsest group (fewest scales) that tiles every input
             group = next((g for g in (128, 64, 32) if all(k % g == 0 for k in inputs.values())), 32)
-        cfg = WeightQuantConfig(self.quantization, group)
+        cfg = WeightQuantConfig(self.quantization, group, lm_head=self.quantize_lm_head)
         cfg.check_shapes(inputs)
         return cfg
 
