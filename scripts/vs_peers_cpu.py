@@ -165,7 +165,7 @@ def run_server(args, s: Server, rnd: int, work: Path) -> dict:
         for workload in s.workloads:
             if workload not in args.workloads.split(","):
                 continue
-            for conc in (32, 1):
+            for conc in args.concurrency:
                 key = f"{workload}-c{conc}"
                 t0 = time.perf_counter()
                 record["runs"][key] = loadtest(args, port, workload, conc, work / f"{s.name}-r{rnd}-{key}.json")
@@ -228,7 +228,9 @@ def main() -> int:
                    help="comma-separated, in round order; the first is the baseline of the ratios")
     p.add_argument("--workloads", default="text,ids", help="text (chat, words) and/or ids (completions, token ids)")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--c32-requests", type=int, default=64, help="requests of the 32-stream run")
+    p.add_argument("--concurrency", default="32,1", type=lambda t: [int(c) for c in t.split(",")],
+                   help="comma-separated --max-concurrency values, each one run per server and workload")
+    p.add_argument("--c32-requests", type=int, default=64, help="requests of a run with concurrency > 1")
     p.add_argument("--c1-requests", type=int, default=8, help="requests of the one-stream run")
     p.add_argument("--input-len", default="32:256")
     p.add_argument("--output-len", default="64", help="max_tokens, with ignore_eos (llama.cpp's server ignores it)")
