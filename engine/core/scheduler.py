@@ -119,7 +119,10 @@ class Scheduler:
                 if request.num_pending_tokens or self._waits_for_sibling(request):
                     skipped.append(request)
                     continue
-                hit_blocks, num_hit = self.kv.get_computed_blocks(request)
+                if request.needs_prompt_logprobs:  # every prompt position's logits are needed: compute them all
+                    hit_blocks, num_hit = [], 0
+                else:
+                    hit_blocks, num_hit = self.kv.get_computed_blocks(request)
                 num_new = min(request.num_tokens - num_hit, budget)
                 if self.kv.allocate_slots(request, num_new, hit_blocks) is None:
                     self.waiting.appendleft(request)
@@ -161,7 +164,7 @@ class Scheduler:
         if synced is None:
             assert not request.num_pending_tokens, f"{rid}: sent whole while a sampled token is in flight"
             return NewSeq(rid, tuple(tokens), request.num_prompt_tokens, tuple(block_ids), start, num_new, sample,
-                          request.sampling, drafts)
+                          request.worker_sampling(), drafts)
         num_tokens, num_blocks = synced
         return CachedSeq(rid, tuple(tokens[num_tokens:]), tuple(block_ids[num_blocks:]), start, num_new, sample,
                          drafts)
