@@ -26,7 +26,7 @@ _TOOLS = "tool calling"
 
 NOT_YET_SUPPORTED: dict[str, Unsupported] = {
     # OpenAI
-    "echo": Unsupported("echo (returning the prompt with the completion)", (False,)),
+    "echo": Unsupported("echo on chat completions (it is a /v1/completions field)", (False,)),
     "suffix": Unsupported("suffix (insertion)", ("",)),
     "tools": Unsupported(_TOOLS, ([],)),
     "functions": Unsupported(_TOOLS, ([],)),
@@ -47,7 +47,6 @@ NOT_YET_SUPPORTED: dict[str, Unsupported] = {
     # vLLM extensions
     "guided_decoding_backend": Unsupported("a structured-output backend other than xgrammar", ("xgrammar", "auto")),
     "guided_whitespace_pattern": Unsupported("guided_whitespace_pattern (JSON is generated without free whitespace)"),
-    "prompt_logprobs": Unsupported("prompt_logprobs (log-probabilities of the prompt tokens)"),
     "chat_template": Unsupported("a chat template sent with the request"),
     "continue_final_message": Unsupported("continue_final_message", (False,)),
     "documents": Unsupported("documents for the chat template"),

@@ -17,6 +17,10 @@ the engine for this step only): it is then scheduled for 1 + k tokens, clipped t
 KV blocks for all of them are free (otherwise it decodes without drafts; drafts never preempt anyone). After
 the step the engine reports how many drafts were rejected (`on_verified`) and the computed count goes back.
 
+A request that wants prompt logprobs (`SamplingParams.prompt_logprobs`) and does not hold them all yet is
+admitted without a prefix-cache lookup: every prompt position must run through the model to have logits.
+Its blocks are still cached for others, and once it holds them all (after a preemption) it looks up again.
+
 The scheduler owns the queues and request statuses; the KV-cache manager owns blocks.
 """
 
