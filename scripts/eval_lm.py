@@ -51,20 +51,27 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return whole, len(ctx)
 
 
-def offline_accuracy(llm, docs: list[dict]) -> float:
-    """acc = mean over documents of [argmax over choices of the summed continuation logprobs == answer]."""
+def offline_scores(llm, docs: list[dict]) -> list[list[float]]:
+    """Per document, each choice's summed continuation logprob, from the engine's own prompt logprobs."""
     from engine import SamplingParams
 
     pairs = [encode_pair(llm.tokenizer, context_of(d), " " + c) for d in docs for c in d["choices"]]
     outs = llm.generate([ids for ids, _ in pairs], SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0))
-    scores = [sum(lp.logprob for lp in out.prompt_logprobs[ctxlen:]) for out, (_, ctxlen) in zip(outs, pairs)]
-    correct, i = 0, 0
+    flat = [sum(lp.logprob for lp in out.prompt_logprobs[ctxlen:]) for out, (_, ctxlen) in zip(outs, pairs)]
+    scores, i = [], 0
     for d in docs:
-        k = len(d["choices"])
-        mine = scores[i:i + k]
-        correct += mine.index(max(mine)) == d["answer"]
-        i += k
-    return correct / len(docs)
+        scores.append(flat[i:i + len(d["choices"])])
+        i += len(d["choices"])
+    return scores
+
+
+def accuracy(scores: list[list[float]], docs: list[dict]) -> float:
+    """acc = mean over documents of [argmax over choices of the summed continuation logprobs == answer]."""
+    return sum(s.index(max(s)) == d["answer"] for s, d in zip(scores, docs)) / len(docs)
+
+
+def offline_accuracy(llm, docs: list[dict]) -> float:
+    return accuracy(offline_scores(llm, docs), docs)
 
 
 def lm_eval_command(base_url: str, model_name: str, tokenizer_dir: str, out_dir: str, batch_size: int = 8) -> list[str]:
@@ -73,7 +80,7 @@ def lm_eval_command(base_url: str, model_name: str, tokenizer_dir: str, out_dir:
                            "max_retries=1"])
     return [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args", model_args,
             "--tasks", TASK, "--include_path", str(TASKS_DIR), "--batch_size", str(batch_size),
-            "--output_path", out_dir]
+            "--output_path", out_dir, "--log_samples"]
 
 
 def lm_eval_env() -> dict[str, str]:
@@ -87,6 +94,14 @@ def run_lm_eval(base_url: str, model_name: str, tokenizer_dir: str, out_dir: str
                    check=True, timeout=timeout)
     (path,) = glob.glob(os.path.join(out_dir, "**", "results_*.json"), recursive=True)
     return json.loads(Path(path).read_text())["results"][TASK]["acc,none"]
+
+
+def lm_eval_scores(out_dir: str) -> list[list[float]]:
+    """Per document (in task order), lm_eval's log-likelihood of each choice, from its logged samples."""
+    (path,) = glob.glob(os.path.join(out_dir, "**", f"samples_{TASK}_*.jsonl"), recursive=True)
+    samples = sorted((json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()),
+                     key=lambda s: s["doc_id"])
+    return [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
 
 
 def _free_port() -> int:

@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-if importlib.util.find_spec("lm_eval") is None:
-    pytest.skip("lm_eval is not installed (it is the optional `eval` extra: pip install -e '.[eval]')",
-                allow_module_level=True)
+if any(importlib.util.find_spec(m) is None for m in ("lm_eval", "tenacity", "aiohttp")):
+    pytest.skip("lm_eval with its API-model packages is not installed (it is the optional `eval` extra: "
+                "pip install -e '.[eval]')", allow_module_level=True)
 
 
 def load_script():
@@ -33,10 +33,25 @@ def load_script():
     return module
 
 
-def test_lm_eval_accuracy_equals_the_engines_own_prompt_logprob_scoring(own_server, offline_llm, tiny_llama_dir,
+@pytest.fixture(scope="module")
+def open_server(live_server, tiny_llama_dir):
+    """lm_eval's local-completions model sends no API key: a server without one."""
+    LiveServer, factory = live_server
+    live = LiveServer(factory(tiny_llama_dir), api_key=None).start()
+    yield live
+    live.stop()
+
+
+def test_lm_eval_accuracy_equals_the_engines_own_prompt_logprob_scoring(open_server, offline_llm, tiny_llama_dir,
                                                                         tmp_path):
     eval_lm = load_script()
-    name = httpx.get(f"{own_server.url}/v1/models").json()["data"][0]["id"]
-    acc = eval_lm.run_lm_eval(own_server.url, name, str(tiny_llama_dir), str(tmp_path))
-    assert acc == eval_lm.offline_accuracy(offline_llm, eval_lm.load_docs())
-    assert 0.0 <= acc <= 1.0
+    name = httpx.get(f"{open_server.url}/v1/models").json()["data"][0]["id"]
+    acc = eval_lm.run_lm_eval(open_server.url, name, str(tiny_llama_dir), str(tmp_path))
+    docs = eval_lm.load_docs()
+    offline = eval_lm.offline_scores(offline_llm, docs)
+    assert acc == eval_lm.accuracy(offline, docs)
+    # and choice by choice: the log-likelihoods lm_eval summed from the echoed logprobs are the engine's
+    served = eval_lm.lm_eval_scores(str(tmp_path))
+    assert len(served) == len(docs) and [len(s) for s in served] == [len(d["choices"]) for d in docs]
+    for got, want in zip(served, offline):
+        assert got == pytest.approx(want, abs=1e-3)
