@@ -76,7 +76,8 @@ class LLMEngine:
         self.eos_token_ids = tuple(sorted(eos))
         self._states: dict[str, _SeqState] = {}
         self._children: dict[str, list[str]] = {}  # parent request id -> its sequences' ids
-        self._first_sibling: dict[str, Request] = {}  # n > 1 with prompt logprobs: parent id -> the sequence computing them
+        # n > 1 with prompt logprobs: parent request id -> its sequence that computes them
+        self._first_sibling: dict[str, Request] = {}
         self._pending: list[SequenceDelta] = []  # deltas produced between steps (aborts)
         self.async_scheduling = config.async_scheduling
         self._in_flight: _LaunchedStep | None = None  # asynchronous scheduling: the step launched last

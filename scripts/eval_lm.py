@@ -74,10 +74,12 @@ def offline_accuracy(llm, docs: list[dict]) -> float:
     return accuracy(offline_scores(llm, docs), docs)
 
 
-def lm_eval_command(base_url: str, model_name: str, tokenizer_dir: str, out_dir: str, batch_size: int = 8) -> list[str]:
-    model_args = ",".join([f"model={model_name}", f"base_url={base_url}/v1/completions", "tokenizer_backend=huggingface",
-                           f"tokenizer={tokenizer_dir}", "tokenized_requests=True", "num_concurrent=1",
-                           "max_retries=1"])
+def lm_eval_command(base_url: str, model_name: str, tokenizer_dir: str, out_dir: str,
+                    batch_size: int = 8) -> list[str]:
+    """`batch_size` prompts go in each /v1/completions request (a list of token-id lists)."""
+    model_args = ",".join([f"model={model_name}", f"base_url={base_url}/v1/completions",
+                           "tokenizer_backend=huggingface", f"tokenizer={tokenizer_dir}", "tokenized_requests=True",
+                           "num_concurrent=1", "max_retries=1"])
     return [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args", model_args,
             "--tasks", TASK, "--include_path", str(TASKS_DIR), "--batch_size", str(batch_size),
             "--output_path", out_dir, "--log_samples"]

@@ -125,7 +125,8 @@ def test_max_tokens_zero_needs_prompt_logprobs_and_k_is_bounded():
 
 
 def test_one_token_prompt_has_a_single_none_entry(model_dir):
-    out = LLM(model_dir, device="cpu").generate([[5]], SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=1))[0]
+    params = SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=1)
+    out = LLM(model_dir, device="cpu").generate([[5]], params)[0]
     assert out.prompt_logprobs == [None]
 
 
@@ -146,3 +147,16 @@ def test_speculative_decoding_keeps_prompt_logprobs_and_its_output(model_dir, hf
     out = LLM(model_dir, device="cpu", speculative_config=spec).generate([prompt], params)[0]
     assert out.token_ids == plain.token_ids
     assert_matches_hf(out.prompt_logprobs, prompt, hf_logprobs(prompt), 1)
+
+
+@pytest.mark.slow  # starts two worker processes
+def test_tensor_parallel_ranks_give_the_same_prompt_logprobs(model_dir, hf_logprobs, prompts_fn):
+    prompts = prompts_fn(2, [21, 11], seed=17)
+    params = SamplingParams(temperature=0, max_tokens=3, prompt_logprobs=2)
+    llm = LLM(model_dir, device="cpu", tensor_parallel_size=2, cpu_threads=1, max_num_batched_tokens=8)
+    try:
+        outs = llm.generate(prompts, params)
+    finally:
+        llm.shutdown()
+    for prompt, out in zip(prompts, outs):
+        assert_matches_hf(out.prompt_logprobs, prompt, hf_logprobs(prompt), 2)
