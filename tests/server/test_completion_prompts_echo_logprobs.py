@@ -8,6 +8,7 @@ import math
 import pytest
 
 from engine import SamplingParams
+from server.response_models import ChatCompletionResponse, CompletionResponse
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -17,6 +18,7 @@ PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):"]
 def complete(client, **body) -> dict:
     r = client.post("/v1/completions", json=body)
     assert r.status_code == 200, r.text
+    CompletionResponse.model_validate(r.json())  # what the OpenAPI document says a response holds
     return r.json()
 
 
@@ -134,6 +136,7 @@ def test_prompt_logprobs_on_chat_come_once_at_the_top(client):
     r = client.post("/v1/chat/completions", json={"messages": messages, "prompt_logprobs": 0, "max_tokens": 2, "n": 2})
     assert r.status_code == 200, r.text
     body = r.json()
+    ChatCompletionResponse.model_validate(body)
     ids = client.post("/tokenize", json={"messages": messages}).json()["tokens"]
     assert len(body["prompt_logprobs"]) == len(ids) and body["prompt_logprobs"][0] is None
     assert all(set(e) == {str(t)} for e, t in zip(body["prompt_logprobs"][1:], ids[1:]))
