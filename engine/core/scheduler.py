@@ -123,15 +123,14 @@ class Scheduler:
                 if request.num_pending_tokens or self._waits_for_sibling(request):
                     skipped.append(request)
                     continue
-                if request.needs_prompt_logprobs:  # every prompt position's logits are needed: compute them all
-                    hit_blocks, num_hit = [], 0
-                else:
-                    hit_blocks, num_hit = self.kv.get_computed_blocks(request)
+                lookup = self.kv.enable_caching and not request.needs_prompt_logprobs
+                # prompt logprobs need every prompt position's logits: such a request computes them all
+                hit_blocks, num_hit = self.kv.get_computed_blocks(request) if lookup else ([], 0)
                 num_new = min(request.num_tokens - num_hit, budget)
                 if self.kv.allocate_slots(request, num_new, hit_blocks) is None:
                     self.waiting.appendleft(request)
                     break
-                queries += request.num_tokens if self.kv.enable_caching else 0
+                queries += request.num_tokens if lookup else 0
                 hits += num_hit
                 request.num_computed_tokens = num_hit
                 if request.num_cached_tokens < 0:

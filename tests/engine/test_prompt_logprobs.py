@@ -160,3 +160,27 @@ def test_tensor_parallel_ranks_give_the_same_prompt_logprobs(model_dir, hf_logpr
         llm.shutdown()
     for prompt, out in zip(prompts, outs):
         assert_matches_hf(out.prompt_logprobs, prompt, hf_logprobs(prompt), 2)
+
+
+def test_only_the_sequences_that_ask_get_prompt_rows_chunk_by_chunk():
+    """The worker's plan for one step: rows at positions start .. min(end, prompt - 1) - 1 of each asking
+    sequence, predicting the tokens after them; nothing for the others or past the prompt."""
+    import numpy as np
+
+    from engine.step import CachedSeq, NewSeq, SamplingOptions
+    from engine.worker.prompt_logprobs import plan
+    from engine.worker.seq_states import SeqState
+
+    asks, plain = SamplingOptions(prompt_logprobs=2), SamplingOptions()
+    prompt = [10, 11, 12, 13, 14, 15]
+    seqs = [NewSeq("a", tuple(prompt), 6, (0, 1), 0, 3, False, asks),       # chunk 1: positions 0..2
+            NewSeq("b", tuple(prompt), 6, (2, 3), 0, 6, True, plain),       # does not ask
+            CachedSeq("c", (), (), 3, 3, True),                             # chunk 2: positions 3..5 (5 samples)
+            CachedSeq("d", (), (), 6, 1, True)]                             # decoding: past its prompt
+    states = [SeqState("a", prompt, 6, [0, 1], asks), SeqState("b", prompt, 6, [2, 3], plain),
+              SeqState("c", prompt, 6, [4, 5], asks), SeqState("d", prompt + [99], 6, [6, 7], asks)]
+    p = plan(seqs, states, np.array([3, 6, 3, 1]))
+    assert p.spans == (("a", 1, 3, 2), ("c", 4, 2, 2))
+    assert p.rows.tolist() == [0, 1, 2, 9, 10]  # a's rows 0-2; b's rows 3-8 are skipped; c's first two rows
+    assert p.targets.tolist() == [11, 12, 13, 14, 15]
+    assert plan(seqs[1:2], states[1:2], np.array([6])) is None
