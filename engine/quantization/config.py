@@ -24,6 +24,7 @@ class WeightQuantConfig:
 
     method: str
     group_size: int = 32
+    lm_head: bool = True  # int8/int4: the LM head too, in int8 per vocabulary row (apply.quantize_lm_head)
 
     def __post_init__(self) -> None:
         if self.method not in QUANT_METHODS:

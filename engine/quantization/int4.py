@@ -7,7 +7,8 @@ For each output channel n and group g of `group_size` consecutive input columns:
 
 On the CPU, `torch.ops.aten._convert_weight_to_int4pack_for_cpu` packs q (two codes per byte, in the layout
 its kernel reads) and `torch.ops.aten._weight_int4pack_mm_for_cpu` multiplies (the pair torchao's
-`Int4CPULayout` calls) up to `KERNEL_ROWS` rows; larger (prefill) batches unpack and dequantize the weight
+`Int4CPULayout` calls) up to `KERNEL_ROWS` rows, in bf16 as int8.py explains (with fp32 activations the
+kernel is ~20x slower on AVX2; scales and zeros are rounded to bf16 before the codes are chosen); larger (prefill) batches unpack and dequantize the weight
 and run the ordinary GEMM, because the kernel is ~40x slower than MKL there (see int8.py). The packed layout
 is blocks of 32 output channels: byte [b, k, j] holds channel 32b + j in its low nibble and 32b + 16 + j in its
 high nibble (read off the op's output; `test_int4_cpu_packing_layout` pins it). Elsewhere the weights are dequantized group by group into the activation dtype at
@@ -21,20 +22,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.layers import linear
-from .int8 import KERNEL_ROWS
+from .int8 import KERNEL_ROWS, kernel_dtype
 
 PACK_BLOCK_N = 32  # output channels per block of the CPU kernel's packed layout
 
 
-def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(codes int32 [N, K] in 0..15, scales [N, K / g], zeros [N, K / g]), fp32."""
+def quantize_int4(weight: torch.Tensor, group_size: int,
+                  scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes int32 [N, K] in 0..15, scales [N, K / g], zeros [N, K / g]), fp32; scale and zero are first
+    rounded to `scale_dtype` (the dtype they are stored in) and the codes chosen for the rounded values."""
     n, k = weight.shape
     if k % group_size:
         raise ValueError(f"quantization_group_size: {group_size} does not divide the input size {k}")
     w = weight.detach().float().reshape(n, k // group_size, group_size)
     lo, hi = w.amin(dim=-1), w.amax(dim=-1)
-    scale = (hi - lo).clamp(min=1e-8) / 15.0
-    zero = lo + 8.0 * scale
+    scale = ((hi - lo).clamp(min=1e-8) / 15.0).to(scale_dtype).float()
+    zero = (lo + 8.0 * scale).to(scale_dtype).float()
+    lo = zero - 8.0 * scale  # the minimum the stored (scale, zero) represent
     q = torch.round((w - lo[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.int32)
     return q.reshape(n, k), scale, zero
 
@@ -50,28 +54,29 @@ class Int4Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group_size: int):
         super().__init__()
-        q, scale, zero = quantize_int4(weight, group_size)
+        self.dtype = kernel_dtype(weight)
+        q, scale, zero = quantize_int4(weight, group_size, self.dtype)
         self.in_features, self.out_features, self.group_size = weight.shape[1], weight.shape[0], group_size
-        self.dtype = weight.dtype
         if weight.device.type == "cpu":
             if weight.shape[0] % PACK_BLOCK_N:
                 raise ValueError(f"quantization: int4 on the CPU needs output sizes that are multiples of "
                                  f"{PACK_BLOCK_N}; a projection has {weight.shape[0]}")
             self.packed = True
             self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-            # [K / g, N, 2]: the kernel's layout for (scale, zero) pairs, in the activation dtype
+            # [K / g, N, 2]: the kernel's layout for (scale, zero) pairs, in the kernel's activation dtype
             self.register_buffer("scales_and_zeros",
-                                 torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(weight.dtype))
+                                 torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(self.dtype))
         else:
             self.packed = False
             self.register_buffer("qweight", ((q[:, 0::2] << 4) | q[:, 1::2]).to(torch.uint8))  # 2 codes a byte
-            self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).to(weight.dtype))
+            self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).to(self.dtype))
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed and x.shape[0] <= KERNEL_ROWS:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.contiguous(), self.qweight, self.group_size,
-                                                           self.scales_and_zeros)
+            xk = x.to(self.dtype).contiguous()
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(xk, self.qweight, self.group_size,
+                                                           self.scales_and_zeros).to(x.dtype)
         elif self.packed:
             y = linear(x, self._dequantized_cpu(x.dtype))
         else:
@@ -87,6 +92,7 @@ class Int4Linear(nn.Module):
     def _dequantized_cpu(self, dtype: torch.dtype) -> torch.Tensor:
         sz = self.scales_and_zeros.transpose(0, 1)  # [N, K / g, 2]
         g = self.codes_cpu().view(self.out_features, -1, self.group_size).to(dtype).sub_(8.0)
+        sz = sz.to(dtype)
         return g.mul_(sz[..., 0:1]).add_(sz[..., 1:2]).view(self.out_features, self.in_features)
 
     def _dequantized(self, dtype: torch.dtype) -> torch.Tensor:

@@ -40,22 +40,26 @@ class EvalConfig:
     name: str
     quantization: str | None
     kv_cache_dtype: str
+    quantize_lm_head: bool = True
 
 
 def parse_config(name: str) -> EvalConfig:
-    """`base`, a weight format, `kv-<kv_cache_dtype>`, or several joined by `+`."""
-    quant, kv = None, "auto"
+    """`base`, a weight format, `kv-<kv_cache_dtype>`, `fphead` (keep the LM head at the model's dtype), or
+    several joined by `+`."""
+    quant, kv, head = None, "auto", True
     for part in name.split("+"):
         if part in ("base", "fp32"):
             continue
-        if part in QUANT_METHODS and quant is None:
+        if part == "fphead":
+            head = False
+        elif part in QUANT_METHODS and quant is None:
             quant = part
         elif part.startswith("kv-") and part[3:] in KV_CACHE_DTYPES and kv == "auto":
             kv = part[3:]
         else:
             raise ValueError(f"configs: {name!r} is not base, one of {QUANT_METHODS}, kv-<one of "
-                             f"{KV_CACHE_DTYPES[1:]}>, or such parts joined by '+'")
-    return EvalConfig(name, quant, kv)
+                             f"{KV_CACHE_DTYPES[1:]}>, fphead, or such parts joined by '+'")
+    return EvalConfig(name, quant, kv, head)
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,8 @@ def evaluate(base_args: EngineArgs, configs: list[EvalConfig], text: str, window
     results, reference = [], None
     for cfg in configs:
         t0 = time.perf_counter()
-        args = dataclasses.replace(base_args, quantization=cfg.quantization, kv_cache_dtype=cfg.kv_cache_dtype)
+        args = dataclasses.replace(base_args, quantization=cfg.quantization, kv_cache_dtype=cfg.kv_cache_dtype,
+                                   quantize_lm_head=cfg.quantize_lm_head)
         llm = LLM(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
         try:
             tok = llm.tokenizer
