@@ -139,9 +139,12 @@ def test_async_scheduling_gives_the_same_prompt_logprobs(model_dir, prompts_fn):
     assert [o.token_ids for o in sync] == [o.token_ids for o in asyn]
 
 
-def test_speculative_decoding_keeps_prompt_logprobs_and_its_output(model_dir, hf_logprobs):
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_speculative_decoding_keeps_prompt_logprobs_and_its_output(model_dir, hf_logprobs, method):
     prompt = [7, 8, 9, 10, 7, 8, 9, 10, 7, 8, 9, 10, 7, 8]  # repetitive: n-gram drafts get proposed
     spec = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
+    if method == "draft":  # the target as its own draft: every draft is accepted
+        spec = {"method": "draft", "model": model_dir, "num_speculative_tokens": 3}
     params = SamplingParams(temperature=0, max_tokens=8, prompt_logprobs=1)
     plain = LLM(model_dir, device="cpu").generate([prompt], params)[0]
     out = LLM(model_dir, device="cpu", speculative_config=spec).generate([prompt], params)[0]
