@@ -128,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
     configs = [parse_config(c.strip()) for c in args.configs.split(",") if c.strip()]
     streams = [int(s) for s in args.streams.split(",") if s.strip()]
     base = dataclasses.replace(EngineArgs.from_cli_args(args), max_num_seqs=max(streams + [1]))
+    if base.num_kv_blocks is None:  # every engine stays loaded: give each the cache its longest run needs, not 2 GiB
+        per_seq = -(-(args.input_len + args.output_len + 1) // base.block_size)
+        base = dataclasses.replace(base, num_kv_blocks=max(streams + [1]) * per_seq + 1)
     llms = {cfg.name: build(base, cfg) for cfg in configs}
     vocab = next(iter(llms.values())).tokenizer.vocab_size
     samples: dict[tuple[str, int], list[tuple[float, ...]]] = {}

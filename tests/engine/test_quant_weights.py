@@ -149,9 +149,9 @@ def test_fp8_on_the_cpu_is_refused_at_resolve(tiny_model_dir):
         EngineArgs(model=tiny_model_dir("llama"), device="cpu", quantization="fp8").resolve()
 
 
-def test_int4_group_size_defaults_to_the_coarsest_that_tiles_every_input(tiny_model_dir):
+def test_int4_group_size_defaults_to_32_the_finest(tiny_model_dir):
     mc = EngineArgs(model=tiny_model_dir("llama"), device="cpu", quantization="int4").resolve().model
-    assert mc.quantization == WeightQuantConfig("int4", 64)  # 128 does not divide the hidden size 64
+    assert mc.quantization == WeightQuantConfig("int4", 32)
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])
