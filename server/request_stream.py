@@ -66,15 +66,8 @@ class RequestStream:
         self._queue.put_nowait(error)
         self.reject(error)
 
-    async def __aiter__(self) -> AsyncIterator[SequenceDelta]:
-        remaining = self.n
-        while remaining:
-            item = await self._queue.get()
-            if isinstance(item, APIError):
-                raise item
-            if item.finished:
-                remaining -= 1
-            yield item
+    def __aiter__(self) -> AsyncIterator[SequenceDelta]:
+        return drain(self._queue, self.n)
 
 
 class StreamGroup:
@@ -99,12 +92,17 @@ class StreamGroup:
         for stream in self.streams:
             await stream.accepted
 
-    async def __aiter__(self) -> AsyncIterator[SequenceDelta]:
-        remaining = self.num_choices
-        while remaining:
-            item = await self._queue.get()
-            if isinstance(item, APIError):
-                raise item
-            if item.finished:
-                remaining -= 1
-            yield item
+    def __aiter__(self) -> AsyncIterator[SequenceDelta]:
+        return drain(self._queue, self.num_choices)
+
+
+async def drain(queue: asyncio.Queue, num_sequences: int) -> AsyncIterator[SequenceDelta]:
+    """The deltas in `queue` until `num_sequences` sequences have finished; an APIError put there is raised."""
+    remaining = num_sequences
+    while remaining:
+        item = await queue.get()
+        if isinstance(item, APIError):
+            raise item
+        if item.finished:
+            remaining -= 1
+        yield item
