@@ -34,6 +34,7 @@ def paths(w: torch.Tensor) -> dict:
         "int4 kernel, bf16 in": lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.bfloat16(), l4.qweight, 64, l4.scales_and_zeros).float(),
         "int8 dequant + GEMM": lambda x: linear(x, l8.qweight.float().mul_(s8[:, None])),
+        "int4 dequant + GEMM": lambda x: linear(x, l4._dequantized_cpu(x.dtype)),
     }
 
 
