@@ -108,7 +108,8 @@ def profile_step(llm, config: str, input_len: int, output_len: int) -> StepProfi
     from ..sampling_params import SamplingParams
 
     engine = llm.engine
-    engine.add_request(f"speed-profile-{time.monotonic_ns()}", prompts(llm.tokenizer.vocab_size, 1, input_len)[0],
+    vocab = llm.engine.runner.config.model.vocab_size
+    engine.add_request(f"speed-profile-{time.monotonic_ns()}", prompts(vocab, 1, input_len)[0],
                        SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True))
     engine.step()  # prefill, outside the profile
     n, start, cpu_start = 0, time.perf_counter(), time.thread_time()
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         per_seq = -(-(args.input_len + args.output_len + 1) // base.block_size)
         base = dataclasses.replace(base, num_kv_blocks=max(streams + [1]) * per_seq + 1)
     llms = {cfg.name: build(base, cfg) for cfg in configs}
-    vocab = next(iter(llms.values())).tokenizer.vocab_size
+    vocab = next(iter(llms.values())).engine.runner.config.model.vocab_size
     samples: dict[tuple[str, int], list[tuple[float, ...]]] = {}
     for name, llm in llms.items():  # warm-up: one short run each, untimed
         run_once(llm, prompts(vocab, 1, args.input_len), 4)
