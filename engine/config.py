@@ -201,9 +201,6 @@ class EngineArgs:
         backend = self.attention_backend
         if backend == "auto":
             backend = "triton" if device.type == "cuda" else "torch"
-        if model.kv_cache.quantized and backend != "torch":
-            raise ValueError(f"kv_cache_dtype: {self.kv_cache_dtype} is implemented on the torch attention backend "
-                             "only (the Triton kernels do not read an 8-bit cache yet); use attention_backend='torch'")
         parallel = self._resolve_parallel(model, device)
         cpu_threads = self.cpu_threads
         if cpu_threads is None and device.type == "cpu" and parallel.tensor_parallel_size > 1:

@@ -153,10 +153,10 @@ def check_store_kv_args(key, value, key_cache, value_cache, slot_mapping, k_scal
         raise ValueError(f"value: shape {tuple(value.shape)} differs from key's {tuple(key.shape)}")
     if value_cache.dtype != key_cache.dtype:
         raise ValueError(f"value_cache: dtype {value_cache.dtype} differs from key_cache's {key_cache.dtype}")
-    if value.dtype != key.dtype:
-        raise ValueError(f"value: dtype {value.dtype} differs from key's {key.dtype}")
     if not quantized and key.dtype != key_cache.dtype:
         raise ValueError(f"key: dtype {key.dtype} differs from key_cache's {key_cache.dtype}")
+    if value.dtype != key.dtype:
+        raise ValueError(f"value: dtype {value.dtype} differs from key's {key.dtype}")
     if slot_mapping.shape[0] != key.shape[0]:
         raise ValueError(f"slot_mapping: expected {key.shape[0]} entries (one per token), got {slot_mapping.shape[0]}")
     _same_device("key", key.device, value=value, key_cache=key_cache, value_cache=value_cache,
