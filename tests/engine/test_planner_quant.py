@@ -52,3 +52,12 @@ def test_int4_weights_keep_the_embedding_and_count_scales_and_zeros(tiny_model_d
         Workload("fp32", "fp32", quantization="int8", group_size=32)
     with pytest.raises(ValueError, match="^dtype: with quantization"):
         Workload("int8", "fp32", quantization="int8")
+
+
+def test_the_engines_step_cost_moves_the_8bit_caches_bytes(tiny_model_dir):
+    from engine.config import EngineArgs
+    from engine.step_cost import model_cost
+
+    for kv, per_token in (("auto", 512), ("int8", 160)):  # 2 layers x 2 KV heads x 2 x (16 x 4) or (16 + 4)
+        config = EngineArgs(model=tiny_model_dir("llama"), device="cpu", kv_cache_dtype=kv).resolve()
+        assert model_cost(config.model).kv_bytes_per_token == per_token
