@@ -48,25 +48,37 @@ def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gr
 class Int4Linear(nn.Module):
     """y = x @ dequant(q)^T + bias for x [M, K]."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group_size: int):
+    def __init__(self, weight: torch.Tensor | None, bias: torch.Tensor | None, group_size: int, *,
+                 codes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                 dtype: torch.dtype | None = None, device: torch.device | None = None):
         super().__init__()
-        q, scale, zero = quantize_int4(weight, group_size)
-        self.in_features, self.out_features, self.group_size = weight.shape[1], weight.shape[0], group_size
-        self.dtype = weight.dtype
-        if weight.device.type == "cpu":
-            if weight.shape[0] % PACK_BLOCK_N:
+        q, scale, zero = quantize_int4(weight, group_size) if codes is None else codes
+        dtype = weight.dtype if dtype is None else dtype
+        device = weight.device if device is None else device
+        self.out_features, self.in_features = q.shape
+        self.group_size, self.dtype = group_size, dtype
+        if device.type == "cpu":
+            if self.out_features % PACK_BLOCK_N:
                 raise ValueError(f"quantization: int4 on the CPU needs output sizes that are multiples of "
-                                 f"{PACK_BLOCK_N}; a projection has {weight.shape[0]}")
+                                 f"{PACK_BLOCK_N}; a projection has {self.out_features}")
             self.packed = True
-            self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+            self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.cpu(), 1))
             # [K / g, N, 2]: the kernel's layout for (scale, zero) pairs, in the activation dtype
             self.register_buffer("scales_and_zeros",
-                                 torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(weight.dtype))
+                                 torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(dtype))
         else:
             self.packed = False
+            q = q.to(device)
             self.register_buffer("qweight", ((q[:, 0::2] << 4) | q[:, 1::2]).to(torch.uint8))  # 2 codes a byte
-            self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).to(weight.dtype))
+            self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).to(device, dtype))
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int,
+                   bias: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> "Int4Linear":
+        """A layer from codes [N, K] (0..15), scales and zeros [N, K / group_size] already in this format
+        (a pre-quantized checkpoint, e.g. GGUF Q4 blocks: `gguf_blocks.py`), with no requantization."""
+        return cls(None, bias, group_size, codes=(codes, scales.float(), zeros.float()), dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed and x.shape[0] <= KERNEL_ROWS:

@@ -1,0 +1,49 @@
+"""GGUF Q4_0 / Q4_1 blocks map code for code onto the grouped int4 format (group 32): dequantizing the mapped
+codes, scales and zeros gives gguf's own dequantization bit for bit, and the CPU int4 kernel built from them
+computes the same products as a linear layer over gguf's dequantized weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.quantization.gguf_blocks import Q4_0, Q4_1, inexact_zeros, int4_from_q4_blocks
+from engine.quantization.int4 import Int4Linear, dequantize_int4
+
+gguf = pytest.importorskip("gguf")
+
+
+def quantized(qtype: int, n=64, k=256, seed=0):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((n, k)) * rng.uniform(0.01, 0.2, (n, 1)) + rng.uniform(-0.05, 0.05, (n, 1)))
+    w = w.astype(np.float32)
+    t = gguf.GGMLQuantizationType(qtype)
+    raw = gguf.quants.quantize(w, t)
+    return torch.from_numpy(raw), torch.from_numpy(gguf.quants.dequantize(raw, t).astype(np.float32))
+
+
+@pytest.mark.parametrize("qtype", [Q4_0, Q4_1], ids=["Q4_0", "Q4_1"])
+def test_mapped_codes_dequantize_to_ggufs_values_bit_for_bit(qtype):
+    raw, expected = quantized(qtype)
+    codes, scale, zero = int4_from_q4_blocks(raw, qtype)
+    assert codes.shape == expected.shape and int(codes.min()) >= 0 and int(codes.max()) <= 15
+    assert inexact_zeros(raw, qtype) == 0
+    assert torch.equal(dequantize_int4(codes, scale, zero, 32), expected)
+
+
+@pytest.mark.parametrize("qtype", [Q4_0, Q4_1], ids=["Q4_0", "Q4_1"])
+def test_the_cpu_int4_kernel_over_gguf_blocks_matches_a_linear_over_the_dequantized_weights(qtype):
+    raw, w = quantized(qtype, seed=1)
+    layer = Int4Linear.from_codes(*int4_from_q4_blocks(raw, qtype), group_size=32, bias=None,
+                                  dtype=torch.float32, device=torch.device("cpu"))
+    assert torch.equal(layer._dequantized_cpu(torch.float32), w)  # the packed codes are the blocks' codes
+    x = torch.randn(2, w.shape[1])
+    torch.testing.assert_close(layer(x), x @ w.T, rtol=1e-4, atol=1e-4)  # the kernel's path (2 rows)
+    x = torch.randn(9, w.shape[1])
+    torch.testing.assert_close(layer(x), x @ w.T, rtol=1e-5, atol=1e-5)  # the dequantize + GEMM path
+
+
+def test_other_types_are_refused_naming_quantization():
+    with pytest.raises(ValueError, match="^quantization: GGUF type 8"):
+        int4_from_q4_blocks(torch.zeros(1, 34, dtype=torch.uint8), 8)
