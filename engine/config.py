@@ -244,6 +244,10 @@ class EngineArgs:
             from .quantization.fp8 import check_fp8_device
 
             check_fp8_device(device)
+        if self.quantization == "gguf":
+            from .quantization.gguf_int4 import gguf_int4_config
+
+            return gguf_int4_config(model, self.tensor_parallel_size)
         from .distributed.partition import plan_for_model
 
         shards = plan_for_model(model, self.tensor_parallel_size)

@@ -71,6 +71,20 @@ class QuantRowParallel(nn.Module):
         return y if self.bias is None else y.add_(self.bias)
 
 
+def _from_gguf(name: str, mod: nn.Module, parent: nn.Module, blocks) -> nn.Module:
+    """The projection built from the GGUF file's Q4 blocks (the loaded fp32 weight is only dropped)."""
+    from .gguf_int4 import layer_index
+
+    kind = name.rsplit(".", 1)[-1]
+    heads = (parent.num_heads, parent.num_kv_heads) if kind == "qkv_proj" else (0, 0)
+    codes = blocks.projection(layer_index(name), kind, *heads)
+    if codes[0].shape != mod.weight.shape:
+        raise ValueError(f"quantization: the GGUF blocks of {name} are {tuple(codes[0].shape)}, the model's weight "
+                         f"{tuple(mod.weight.shape)}")
+    return Int4Linear.from_codes(*codes, group_size=32, bias=mod.bias, dtype=mod.weight.dtype,
+                                 device=mod.weight.device)
+
+
 def _quantized(weight: torch.Tensor, bias: torch.Tensor | None, cfg: WeightQuantConfig) -> nn.Module:
     if cfg.method == "int8":
         return Int8Linear(weight, bias)
@@ -86,11 +100,20 @@ def quantize_model(model: nn.Module, cfg: WeightQuantConfig | None) -> WeightRep
     if cfg is None:
         return WeightReport(None, before, before)
     targets = [(name, mod) for name, mod in model.named_modules() if name.rsplit(".", 1)[-1] in QUANTIZED_PROJECTIONS]
+    blocks = None
+    if cfg.method == "gguf":
+        from pathlib import Path
+
+        from .gguf_int4 import GGUFProjections
+
+        blocks = GGUFProjections(Path(cfg.source))
     for name, mod in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         tp = getattr(mod, "tp", None)
-        if tp is not None:  # row-parallel: quantize the local columns, keep the all-reduce and the bias after it
+        if blocks is not None:
+            new = _from_gguf(name, mod, parent, blocks)
+        elif tp is not None:  # row-parallel: quantize the local columns, keep the all-reduce and the bias after it
             new = QuantRowParallel(_quantized(mod.weight, None, cfg), mod.bias, tp)
         else:
             new = _quantized(mod.weight, mod.bias, cfg)

@@ -47,3 +47,41 @@ def test_the_cpu_int4_kernel_over_gguf_blocks_matches_a_linear_over_the_dequanti
 def test_other_types_are_refused_naming_quantization():
     with pytest.raises(ValueError, match="^quantization: GGUF type 8"):
         int4_from_q4_blocks(torch.zeros(1, 34, dtype=torch.uint8), 8)
+
+
+@pytest.fixture(scope="module")
+def default_models():
+    from engine import LLM
+
+    base = LLM(device="cpu", max_model_len=256)
+    q4 = LLM(device="cpu", max_model_len=256, quantization="gguf")
+    return base, q4
+
+
+@pytest.mark.slow
+def test_the_default_model_runs_from_its_own_q4_1_blocks(default_models):
+    """SmolLM2's file stores every projection as Q4_1: with quantization='gguf' each projection is an int4
+    layer whose weights equal the fp32 conversion's bit for bit (q/k rows unpermuted, q/k/v and gate/up
+    stacked), and greedy decoding follows the fp32 model's logits closely."""
+    from engine import SamplingParams
+
+    base, q4 = default_models
+    base_model, q4_model = base.engine.runner.model, q4.engine.runner.model
+    fp32 = dict(base_model.named_modules())
+    layers = [(n, m) for n, m in q4_model.named_modules() if isinstance(m, Int4Linear)]
+    assert len(layers) == 4 * 30
+    for name, layer in layers:
+        assert torch.equal(layer._dequantized_cpu(torch.float32), fp32[name].weight), name
+    assert q4.engine.runner.weight_report.bytes_saved > 300 * 2**20
+    sp = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=1)
+    prompts = ["The capital of France is", "def fibonacci(n):"]
+    a, b = base.generate(prompts, sp), q4.generate(prompts, sp)
+    first = [o.outputs[0].token_ids[0] for o in a]
+    assert [o.outputs[0].token_ids[0] for o in b] == first  # the first token of each prompt
+
+
+def test_gguf_quantization_of_a_non_gguf_model_is_refused_naming_quantization(tiny_model_dir):
+    from engine.config import EngineArgs
+
+    with pytest.raises(ValueError, match="^quantization: 'gguf' runs a GGUF file's own 4-bit blocks"):
+        EngineArgs(model=tiny_model_dir("llama"), device="cpu", quantization="gguf").resolve()
