@@ -77,10 +77,15 @@ def _from_gguf(name: str, mod: nn.Module, parent: nn.Module, blocks) -> nn.Modul
 
     kind = name.rsplit(".", 1)[-1]
     heads = (parent.num_heads, parent.num_kv_heads) if kind == "qkv_proj" else (0, 0)
-    codes = blocks.projection(layer_index(name), kind, *heads)
+    layer = layer_index(name)
+    codes = blocks.projection(layer, kind, *heads)
     if codes[0].shape != mod.weight.shape:
         raise ValueError(f"quantization: the GGUF blocks of {name} are {tuple(codes[0].shape)}, the model's weight "
                          f"{tuple(mod.weight.shape)}")
+    if blocks.kind(layer, kind) == "int8":  # Q8_0
+        from .int8_grouped import GroupedInt8Linear
+
+        return GroupedInt8Linear(*codes, bias=mod.bias, dtype=mod.weight.dtype, device=mod.weight.device)
     return Int4Linear.from_codes(*codes, group_size=32, bias=mod.bias, dtype=mod.weight.dtype,
                                  device=mod.weight.device)
 

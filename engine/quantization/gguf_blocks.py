@@ -25,8 +25,9 @@ from __future__ import annotations
 import torch
 
 BLOCK = 32
-Q4_0, Q4_1 = 2, 3  # ggml's type ids (gguf.GGMLQuantizationType)
+Q4_0, Q4_1, Q8_0 = 2, 3, 8  # ggml's type ids (gguf.GGMLQuantizationType)
 BLOCK_BYTES = {Q4_0: 18, Q4_1: 20}
+Q8_0_BYTES = 34  # d fp16, 32 int8 codes: w = d * q (exact in fp32)
 
 
 def int4_from_q4_blocks(raw: torch.Tensor, qtype: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -57,3 +58,14 @@ def inexact_zeros(raw: torch.Tensor, qtype: int) -> int:
     d = blocks[..., 0:2].contiguous().view(torch.float16).squeeze(-1).double()
     m = blocks[..., 2:4].contiguous().view(torch.float16).squeeze(-1).double()
     return int(((m + 8.0 * d).float().double() != m + 8.0 * d).sum())
+
+
+def int8_from_q8_0_blocks(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """raw uint8 [N, K / 32 * 34] -> (codes int8 [N, K], scales fp32 [N, K / 32]): w = codes * scale per group
+    of 32, bit for bit gguf's dequantization (an 8-bit times 11-bit product is exact in fp32)."""
+    if raw.dtype != torch.uint8 or raw.dim() != 2 or raw.shape[1] % Q8_0_BYTES:
+        raise ValueError(f"quantization: expected uint8 rows of whole {Q8_0_BYTES}-byte Q8_0 blocks, got {raw.dtype} "
+                         f"{tuple(raw.shape)}")
+    blocks = raw.reshape(raw.shape[0], -1, Q8_0_BYTES)
+    d = blocks[..., 0:2].contiguous().view(torch.float16).squeeze(-1).float()
+    return blocks[..., 2:].contiguous().view(torch.int8).reshape(raw.shape[0], -1), d

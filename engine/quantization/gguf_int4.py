@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .gguf_blocks import BLOCK_BYTES, int4_from_q4_blocks
+from .gguf_blocks import BLOCK_BYTES, Q8_0, int4_from_q4_blocks, int8_from_q8_0_blocks
 
 CONVERTED_MARKER = "kvserve-converted.json"  # engine.models.resolve writes it, naming the source file
 # kvserve projection -> the GGUF tensors stacked (by rows) to form it
@@ -57,16 +57,27 @@ class GGUFProjections:
         self.path = path
         self._tensors = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
 
+    def kind(self, layer: int, name: str) -> str:
+        """"int4" (every stacked tensor Q4_0 / Q4_1) or "int8" (every one Q8_0) for kvserve's `name` projection;
+        ValueError naming quantization for anything else (K-quants, fp16, a mix)."""
+        types = set()
+        for part in FUSED[name]:
+            t = self._tensors.get(f"blk.{layer}.{part}.weight")
+            kind = "missing" if t is None else t.tensor_type.name
+            if t is None or (int(t.tensor_type) not in BLOCK_BYTES and int(t.tensor_type) != Q8_0):
+                raise ValueError(f"quantization: 'gguf' runs Q4_0/Q4_1/Q8_0 projections, but {self.path.name}'s "
+                                 f"blk.{layer}.{part}.weight is {kind}; use quantization=None (fp32) or 'int4'")
+            types.add("int8" if int(t.tensor_type) == Q8_0 else "int4")
+        if len(types) > 1:
+            raise ValueError(f"quantization: 'gguf' cannot fuse {self.path.name}'s {', '.join(FUSED[name])} of layer "
+                             f"{layer}: some are Q8_0 and some Q4; use quantization=None (fp32)")
+        return types.pop()
+
     def check(self, num_layers: int) -> None:
-        """Every projection of every layer is Q4_0 or Q4_1 (ValueError naming quantization otherwise)."""
+        """Every projection of every layer is runnable (`kind` raises otherwise)."""
         for i in range(num_layers):
-            for parts in FUSED.values():
-                for part in parts:
-                    t = self._tensors.get(f"blk.{i}.{part}.weight")
-                    if t is None or int(t.tensor_type) not in BLOCK_BYTES:
-                        kind = "missing" if t is None else t.tensor_type.name
-                        raise ValueError(f"quantization: 'gguf' runs Q4_0/Q4_1 projections, but {self.path.name}'s "
-                                         f"blk.{i}.{part}.weight is {kind}; use quantization=None (fp32) or 'int4'")
+            for name in FUSED:
+                self.kind(i, name)
 
     def _rows(self, layer: int, part: str, heads: dict[str, int]) -> tuple[torch.Tensor, int]:
         t = self._tensors[f"blk.{layer}.{part}.weight"]
@@ -75,11 +86,12 @@ class GGUFProjections:
             raw = raw[_unpermute_rows(raw.shape[0], heads[part])]
         return raw, int(t.tensor_type)
 
-    def projection(self, layer: int, name: str, num_heads: int, num_kv_heads: int
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(codes [N, K], scales, zeros [N, K / 32]) of kvserve's `name` projection of `layer`."""
+    def projection(self, layer: int, name: str, num_heads: int, num_kv_heads: int) -> tuple[torch.Tensor, ...]:
+        """kvserve's `name` projection of `layer`: int4 (codes [N, K], scales, zeros [N, K / 32]) from Q4
+        blocks, or int8 (codes [N, K], scales [N, K / 32]) from Q8_0 blocks (see `kind`)."""
         heads = {"attn_q": num_heads, "attn_k": num_kv_heads}
-        pieces = [int4_from_q4_blocks(*self._rows(layer, part, heads)) for part in FUSED[name]]
+        rows = [self._rows(layer, part, heads) for part in FUSED[name]]
+        pieces = [int8_from_q8_0_blocks(raw) if qtype == Q8_0 else int4_from_q4_blocks(raw, qtype) for raw, qtype in rows]
         return tuple(torch.cat(p, dim=0) for p in zip(*pieces))
 
 

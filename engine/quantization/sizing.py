@@ -39,4 +39,13 @@ def bytes_saved(mc, cfg: WeightQuantConfig | None) -> int:
     inter = mc.hf_config.intermediate_size
     item = torch.empty((), dtype=mc.dtype).element_size()
     shapes = projection_shapes(mc.num_layers, mc.hidden_size, mc.num_heads, mc.num_kv_heads, mc.head_dim, inter)
+    if cfg.method == "gguf":  # each projection as its file stores it: Q4 -> int4 (group 32), Q8_0 -> grouped int8
+        from pathlib import Path
+
+        from .gguf_int4 import FUSED, GGUFProjections
+
+        blocks, names = GGUFProjections(Path(cfg.source)), list(FUSED) * mc.num_layers
+        kinds = [blocks.kind(j // len(FUSED), name) for j, name in enumerate(names)]
+        return sum(o * i * item - (o * i + o * (i // 32) * 4 if kind == "int8" else quantized_bytes(o, i, cfg, mc.dtype))
+                   for (o, i), kind in zip(shapes, kinds))
     return sum(o * i * item - quantized_bytes(o, i, cfg, mc.dtype) for o, i in shapes)

@@ -72,7 +72,10 @@ def test_the_default_model_runs_from_its_own_q4_1_blocks(default_models):
     assert len(layers) == 4 * 30
     for name, layer in layers:
         assert torch.equal(layer._dequantized_cpu(torch.float32), fp32[name].weight), name
-    assert q4.engine.runner.weight_report.bytes_saved > 300 * 2**20
+    from engine.quantization.sizing import bytes_saved
+
+    mc = q4.engine.runner.config.model
+    assert bytes_saved(mc, mc.quantization) == q4.engine.runner.weight_report.bytes_saved > 300 * 2**20
     sp = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=1)
     prompts = ["The capital of France is", "def fibonacci(n):"]
     a, b = base.generate(prompts, sp), q4.generate(prompts, sp)
@@ -85,3 +88,15 @@ def test_gguf_quantization_of_a_non_gguf_model_is_refused_naming_quantization(ti
 
     with pytest.raises(ValueError, match="^quantization: 'gguf' runs a GGUF file's own 4-bit blocks"):
         EngineArgs(model=tiny_model_dir("llama"), device="cpu", quantization="gguf").resolve()
+
+
+def test_q8_0_blocks_become_grouped_int8_equal_to_ggufs_values():
+    from engine.quantization.gguf_blocks import int8_from_q8_0_blocks
+    from engine.quantization.int8_grouped import GroupedInt8Linear
+
+    raw, expected = quantized(8, seed=2)
+    codes, scales = int8_from_q8_0_blocks(raw)
+    layer = GroupedInt8Linear(codes, scales, None, torch.float32, torch.device("cpu"))
+    assert torch.equal(layer.dequantized(torch.float32), expected)
+    x = torch.randn(3, expected.shape[1])
+    torch.testing.assert_close(layer(x), x @ expected.T, rtol=1e-5, atol=1e-5)
