@@ -1,0 +1,47 @@
+"""AWQ's packed int4 layout ("gemm": eight codes per int32 in the order 0 2 4 6 1 3 5 7, zeros packed alike,
+fp16 scales per group) maps onto the grouped int4 format exactly: the checkpoint is packed here from random
+codes with AutoAWQ's documented packing loop, and the mapped layer's weights equal AWQ's dequantization
+(q - z) * s bit for bit, through the CPU int4 kernel's packed layout too."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.quantization.awq import AWQ_ORDER, int4_from_awq
+from engine.quantization.int4 import Int4Linear, dequantize_int4
+
+
+def pack_awq(values: torch.Tensor) -> torch.Tensor:
+    """int [R, N] of 0..15 -> int32 [R, N / 8], as AutoAWQ's WQLinear_GEMM packs: nibble i of column j holds
+    output 8j + AWQ_ORDER[i]."""
+    packed = torch.zeros(values.shape[0], values.shape[1] // 8, dtype=torch.int32)
+    for j in range(values.shape[1] // 8):
+        for i, c in enumerate(AWQ_ORDER):
+            packed[:, j] |= values[:, 8 * j + c].to(torch.int32) << (4 * i)
+    return packed
+
+
+@pytest.mark.parametrize("group_size", [32, 128])
+def test_awq_checkpoint_tensors_give_awqs_weights_bit_for_bit(group_size):
+    g = torch.Generator().manual_seed(group_size)
+    n, k = 64, 256
+    q = torch.randint(0, 16, (k, n), generator=g)  # AWQ stores [in, out]
+    z = torch.randint(0, 16, (k // group_size, n), generator=g)
+    s = (torch.rand(k // group_size, n, generator=g) * 0.02 + 1e-3).half()
+    expected = ((q - z.repeat_interleave(group_size, 0)).float() * s.float().repeat_interleave(group_size, 0)).t()
+
+    codes, scale, zero = int4_from_awq(pack_awq(q), pack_awq(z), s, group_size)
+    assert torch.equal(codes, q.t().to(torch.int32))
+    assert torch.equal(dequantize_int4(codes, scale, zero, group_size), expected)
+    layer = Int4Linear.from_codes(codes, scale, zero, group_size=group_size, bias=None, dtype=torch.float32,
+                                  device=torch.device("cpu"))
+    assert torch.equal(layer._dequantized_cpu(torch.float32), expected)
+    x = torch.randn(2, k, generator=g)
+    torch.testing.assert_close(layer(x), x @ expected.T, rtol=1e-4, atol=1e-4)
+
+
+def test_mismatched_awq_tensors_are_refused_naming_quantization():
+    with pytest.raises(ValueError, match="^quantization: AWQ tensors do not fit together"):
+        int4_from_awq(torch.zeros(256, 8, dtype=torch.int32), torch.zeros(4, 8, dtype=torch.int32),
+                      torch.zeros(2, 64, dtype=torch.float16), 128)
