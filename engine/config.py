@@ -238,6 +238,11 @@ class EngineArgs:
 
     def _resolve_quantization(self, model: "ModelConfig", device: torch.device) -> WeightQuantConfig | None:
         """The weight format, its int4 group size checked against every projection input of every rank."""
+        declared = (getattr(model.hf_config, "quantization_config", None) or {}).get("quant_method")
+        if declared == "awq" or self.quantization == "awq":  # a pre-quantized checkpoint decides its format
+            from .quantization.awq import awq_config
+
+            return awq_config(model, self.quantization, self.tensor_parallel_size)
         if self.quantization is None:
             return None
         if self.quantization == "fp8":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-QUANT_METHODS = ("int8", "int4", "fp8", "gguf")
+QUANT_METHODS = ("int8", "int4", "fp8", "gguf", "awq")
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel accepts
 KV_CACHE_DTYPES = ("auto", "int8", "fp8_e4m3", "fp8_e5m2")
 
@@ -25,7 +25,12 @@ class WeightQuantConfig:
 
     method: str
     group_size: int = 32
-    source: str | None = None  # gguf: the GGUF file whose Q4 blocks the projections are built from
+    source: str | None = None  # gguf: the GGUF file whose Q4 blocks the projections are built from; awq: the checkpoint
+
+    @property
+    def prepacked(self) -> bool:
+        """The checkpoint holds the projections already packed (no dense weights to load for them)."""
+        return self.method == "awq"
 
     def __post_init__(self) -> None:
         if self.method not in QUANT_METHODS:

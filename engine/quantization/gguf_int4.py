@@ -49,6 +49,8 @@ def _unpermute_rows(n_rows: int, n_head: int) -> torch.Tensor:
 class GGUFProjections:
     """The Q4 blocks of a GGUF file's decoder projections, as int4 (codes, scales, zeros) per kvserve layer."""
 
+    method = "gguf"
+
     def __init__(self, path: Path):
         try:
             import gguf

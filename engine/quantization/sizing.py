@@ -26,7 +26,7 @@ def quantized_bytes(out_features: int, in_features: int, cfg: WeightQuantConfig,
     item = torch.empty((), dtype=dtype).element_size()
     if cfg.method == "int8":
         return out_features * in_features + out_features * item  # a scale per output channel, in the model dtype
-    if cfg.method in ("int4", "gguf"):  # gguf: Q4 blocks as int4, group 32
+    if cfg.method in ("int4", "gguf", "awq"):  # gguf: Q4 blocks as int4, group 32
         groups = in_features // cfg.group_size
         return out_features * in_features // 2 + out_features * groups * 2 * item  # scale and zero per group
     return out_features * in_features + out_features * 4  # fp8: fp32 scale per output channel
