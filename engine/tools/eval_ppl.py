@@ -40,22 +40,26 @@ class EvalConfig:
     name: str
     quantization: str | None
     kv_cache_dtype: str
+    group_size: int | None = None  # int4 only (`int4-g32`); None: the engine's default
 
 
 def parse_config(name: str) -> EvalConfig:
-    """`base`, a weight format, `kv-<kv_cache_dtype>`, or several joined by `+`."""
-    quant, kv = None, "auto"
+    """`base`, a weight format (`int4-g<N>`: int4 with group size N), `kv-<kv_cache_dtype>`, or several
+    joined by `+`."""
+    quant, kv, group = None, "auto", None
     for part in name.split("+"):
         if part in ("base", "fp32"):
             continue
-        if part in QUANT_METHODS and quant is None:
+        if part.startswith("int4-g") and part[6:].isdigit() and quant is None:
+            quant, group = "int4", int(part[6:])
+        elif part in QUANT_METHODS and quant is None:
             quant = part
         elif part.startswith("kv-") and part[3:] in KV_CACHE_DTYPES and kv == "auto":
             kv = part[3:]
         else:
             raise ValueError(f"configs: {name!r} is not base, one of {QUANT_METHODS}, kv-<one of "
                              f"{KV_CACHE_DTYPES[1:]}>, or such parts joined by '+'")
-    return EvalConfig(name, quant, kv)
+    return EvalConfig(name, quant, kv, group)
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,8 @@ def evaluate(base_args: EngineArgs, configs: list[EvalConfig], text: str, window
     results, reference = [], None
     for cfg in configs:
         t0 = time.perf_counter()
-        args = dataclasses.replace(base_args, quantization=cfg.quantization, kv_cache_dtype=cfg.kv_cache_dtype)
+        args = dataclasses.replace(base_args, quantization=cfg.quantization, kv_cache_dtype=cfg.kv_cache_dtype,
+                                   quantization_group_size=cfg.group_size)
         llm = LLM(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
         try:
             tok = llm.tokenizer
