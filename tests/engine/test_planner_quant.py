@@ -62,11 +62,3 @@ def test_the_engines_step_cost_moves_the_8bit_caches_bytes(tiny_model_dir):
         config = EngineArgs(model=tiny_model_dir("llama"), device="cpu", kv_cache_dtype=kv).resolve()
         assert model_cost(config.model).kv_bytes_per_token == per_token
 
-
-def test_eval_ppl_configs_name_an_int4_group_size():
-    from engine.tools.eval_ppl import EvalConfig, parse_config
-
-    assert parse_config("int4-g32+kv-int8") == EvalConfig("int4-g32+kv-int8", "int4", "int8", 32)
-    assert parse_config("gguf") == EvalConfig("gguf", "gguf", "auto", None)
-    with pytest.raises(ValueError, match="^configs: 'int4-gx'"):
-        parse_config("int4-gx")

@@ -199,3 +199,12 @@ def test_prefill_sized_batches_take_the_dequantized_gemm_with_the_same_result(cl
     x = torch.randn(KERNEL_ROWS + 8, 128, generator=torch.Generator().manual_seed(1))
     kernel = torch.cat([layer(x[i:i + KERNEL_ROWS]) for i in range(0, len(x), KERNEL_ROWS)])  # the kernel
     torch.testing.assert_close(layer(x), kernel, rtol=1e-4, atol=1e-4)  # one call: dequantize + GEMM
+
+
+def test_eval_ppl_configs_name_an_int4_group_size():
+    from engine.tools.eval_ppl import EvalConfig, parse_config
+
+    assert parse_config("int4-g32+kv-int8") == EvalConfig("int4-g32+kv-int8", "int4", "int8", 32)
+    assert parse_config("gguf") == EvalConfig("gguf", "gguf", "auto", None)
+    with pytest.raises(ValueError, match="^configs: 'int4-gx'"):
+        parse_config("int4-gx")
