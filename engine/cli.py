@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("engine.tools.planner", "KV-cache capacity and roofline planner"),
     "demo": ("engine.tools.kv_demo", "demonstrations: `demo kv-cache` = with vs without the KV cache, same run"),
     "eval-ppl": ("engine.tools.eval_ppl", "perplexity and greedy agreement of quantization configurations, same run"),
+    "speed": ("engine.tools.decode_speed", "decode latency and throughput of weight/KV configurations, same run"),
     "calibrate": ("engine.tools.peaks", "measure this CPU's peak FLOP/s and memory bandwidth (for utilization)"),
     "loadtest": ("loadtest.cli", "load-test an OpenAI-compatible server"),
 }

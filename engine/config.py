@@ -53,6 +53,7 @@ class EngineArgs:
     distributed_timeout: float = 120.0
     quantization: str | None = None
     quantization_group_size: int | None = None
+    quantize_lm_head: bool = True  # with int8/int4 weights, the LM head becomes int8 too
     kv_cache_dtype: str = "auto"
     async_scheduling: bool | None = None  # None: on for CUDA with one rank, off on the CPU
     speculative_config: Any = None  # None, a dict (vLLM's shape) or a SpeculativeConfig (engine.spec_decode)
@@ -138,24 +139,34 @@ class EngineArgs:
                        help="quantize the weights at load time: int8 (per output channel), int4 (grouped), "
                             "fp8 (weights and activations; CUDA sm_89+)")
         g.add_argument("--quantization-group-size", type=int, default=None,
-                       help="int4: input columns per scale/zero group, 32/64/128/256 (default: the largest of "
-                            "128, 64, 32 that divides every projection's input)")
+                       help="int4: input columns per scale/zero group, 32/64/128/256 (default 32: the most "
+                            "accurate; larger groups store fewer scales)")
+        g.add_argument("--quantize-lm-head", action=argparse.BooleanOptionalAction, default=True,
+                       help="with --quantization int8/int4, also store the LM head (tied embedding or not) in "
+                            "int8 per output row (default on: it is ~20%% of SmolLM2's bytes per token)")
         g.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
                        help="KV-cache storage: auto (the model's dtype), int8, fp8_e4m3 or fp8_e5m2 "
                             "(8-bit values with one fp32 scale per token and KV head)")
         s = parser.add_argument_group("speculative decoding")
-        s.add_argument("--speculative-method", default=None, choices=("ngram",),
-                       help="propose tokens and verify several per forward pass (ngram: prompt lookup)")
+        s.add_argument("--speculative-method", default=None, choices=("ngram", "draft"),
+                       help="propose tokens and verify several per forward pass (ngram: prompt lookup; "
+                            "draft: a smaller model sharing the tokenizer)")
         s.add_argument("--num-speculative-tokens", type=int, default=None, help="tokens proposed per step (4)")
         s.add_argument("--ngram-prompt-lookup-min", type=int, default=None, help="shortest n-gram matched (2)")
         s.add_argument("--ngram-prompt-lookup-max", type=int, default=None, help="longest n-gram matched (4)")
         s.add_argument("--speculative-disable-by-batch-size", type=int, default=None,
-                       help="no drafts in a step with more running sequences than this (4)")
+                       help="no drafts in a step with more running sequences than this (8)")
+        s.add_argument("--speculative-model", default=None,
+                       help="the draft method's model (HF directory, .gguf or name; default: the target model)")
+        s.add_argument("--speculative-draft-layers", type=int, default=None,
+                       help="the draft runs only the first N layers of its model, plus its final norm and head "
+                            "(self-speculation by early exit)")
         return parser
 
     _SPEC_FLAGS = {"num_speculative_tokens": "num_speculative_tokens", "ngram_prompt_lookup_min": "prompt_lookup_min",
                    "ngram_prompt_lookup_max": "prompt_lookup_max",
-                   "speculative_disable_by_batch_size": "disable_by_batch_size"}
+                   "speculative_disable_by_batch_size": "disable_by_batch_size", "speculative_model": "model",
+                   "speculative_draft_layers": "draft_layers"}
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> "EngineArgs":
@@ -216,13 +227,20 @@ class EngineArgs:
             raise ValueError("speculative_config: not supported with async_scheduling; leave async_scheduling unset "
                              "or False")
         if spec is not None and parallel.tensor_parallel_size > 1:
-            raise ValueError("speculative_config: not supported with tensor_parallel_size > 1 yet")
+            # the step codec does not carry drafts, and a draft model would run unsharded on rank 0 only
+            raise ValueError(f"speculative_config: method {spec.method!r} is not supported with "
+                             "tensor_parallel_size > 1 yet")
+        draft = None
+        if spec is not None and spec.method == "draft":
+            from .spec_decode.draft_config import resolve_draft_model
+
+            draft = resolve_draft_model(spec, self.model, model, device)
         async_scheduling = (device.type == "cuda" and parallel.tensor_parallel_size == 1 and spec is None
                             if self.async_scheduling is None else self.async_scheduling)
         return EngineConfig(model=model, cache=cache, scheduler=sched, device=device, seed=self.seed,
                             attention_backend=backend, enforce_eager=self.enforce_eager or device.type != "cuda",
                             cpu_threads=cpu_threads, parallel=parallel, async_scheduling=async_scheduling,
-                            speculative=spec)
+                            speculative=spec, draft_model=draft)
 
     def _resolve_parallel(self, model: "ModelConfig", device: torch.device) -> "ParallelConfig":
         from .distributed.partition import plan_for_model
@@ -263,10 +281,11 @@ class EngineArgs:
         if self.tensor_parallel_size == 1:
             inputs = {"hidden size": model.hidden_size, "query heads x head_dim": model.num_heads * model.head_dim,
                       "MLP width": shards[0].intermediate_size}
-        group = self.quantization_group_size
-        if group is None:  # the coarsest group (fewest scales) that tiles every input
-            group = next((g for g in (128, 64, 32) if all(k % g == 0 for k in inputs.values())), 32)
-        cfg = WeightQuantConfig(self.quantization, group)
+        # Default 32, the finest group and llama.cpp's Q4 block: the coarsest group that tiles (64 for SmolLM2)
+        # costs +43% perplexity on the default model, whose published weights are Q4_1 blocks of 32 that a
+        # 32-group requantizes almost exactly (docs/benchmarks.md, quantization accuracy).
+        group = self.quantization_group_size or 32
+        cfg = WeightQuantConfig(self.quantization, group, lm_head=self.quantize_lm_head)
         cfg.check_shapes(inputs)
         return cfg
 
@@ -419,3 +438,4 @@ class EngineConfig:
     parallel: ParallelConfig = ParallelConfig()
     async_scheduling: bool = False  # launch step N+1 before step N's tokens reach the engine (engine.engine)
     speculative: Any = None  # a SpeculativeConfig, or None: no speculative decoding (engine.spec_decode)
+    draft_model: ModelConfig | None = None  # speculative method "draft": the draft's resolved model

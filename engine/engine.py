@@ -63,7 +63,14 @@ class LLMEngine:
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer)
+        self.drafter = None  # speculative method "draft": the draft model, loaded before the target sizes its cache
+        if config.speculative is not None and config.speculative.method == "draft":
+            from .spec_decode.draft_model import DraftProposer
+
+            self.drafter = DraftProposer(config.draft_model, config.device, config.attention_backend, config.seed)
         self.executor = build_executor(config)  # one ModelRunner in-process, or tensor-parallel ranks
+        if self.drafter is not None:
+            self.drafter.allocate(self.executor.num_kv_blocks, config.cache.block_size)
         self.kv = KVCacheManager(self.executor.num_kv_blocks, config.cache.block_size,
                                  config.cache.enable_prefix_caching, windows=config.model.group_windows,
                                  max_chunk_tokens=config.scheduler.max_num_batched_tokens)
@@ -83,7 +90,7 @@ class LLMEngine:
         self._grammar_seqs: set[str] = set()  # live sequences with a grammar
         self.speculative = config.speculative
         self.proposer = None
-        if self.speculative is not None:
+        if self.speculative is not None and self.drafter is None:
             from .spec_decode import NgramProposer
 
             sc = self.speculative
@@ -218,9 +225,12 @@ class LLMEngine:
         if self._in_flight is not None and (not self.async_scheduling or self._grammar_seqs):
             num_generated += self._process(self._in_flight, deltas)
             self._in_flight = None
-        if self.proposer is not None:
+        if self.speculative is not None:
             self._propose_drafts()
         sched = self._with_grammar(self.scheduler.schedule())
+        if self.drafter is not None:
+            for rid in sched.preempted_ids:  # resumed, it is prefilled again, by the draft too
+                self.drafter.free(rid)
         requests = self.scheduler.requests
         launched = _LaunchedStep(self.executor.execute_async(sched),
                                  {s.request_id: requests[s.request_id] for s in sched.seqs if s.sample},
@@ -252,6 +262,7 @@ class LLMEngine:
         running = self.scheduler.running
         if len(running) > self.speculative.disable_by_batch_size:
             return
+        wanted = []
         for req in running:
             if req.num_computed_tokens != req.num_tokens - 1 or req.num_pending_tokens:
                 continue  # prefilling: drafts follow the last known token only
@@ -259,6 +270,14 @@ class LLMEngine:
                 continue  # a grammar's bitmask is known for the next position only: no drafts to verify
             limit = min(req.max_tokens - req.num_output_tokens, self.max_model_len - req.num_tokens) - 1
             if limit > 0:
+                wanted.append((req, limit))
+        if self.drafter is not None:  # one batched pass per draft position over every sequence
+            k = self.speculative.num_speculative_tokens
+            drafts = self.drafter.propose([(r.request_id, r.all_token_ids, min(k, n)) for r, n in wanted])
+            for req, _ in wanted:
+                req.draft_token_ids = drafts.get(req.request_id, [])
+        else:
+            for req, limit in wanted:
                 req.draft_token_ids = self.proposer.propose(req.all_token_ids, limit)
 
     def _spec_stats(self):
@@ -289,6 +308,8 @@ class LLMEngine:
                 num_generated += 1
                 if delta.finished:
                     break
+            if self.drafter is not None and not delta.finished:  # the draft keeps what the target accepted
+                self.drafter.sync(rid, req.all_token_ids)
         return num_generated
 
     def _append_token(self, req: Request, token: int, logprob: TokenLogprob | None, now: float) -> SequenceDelta:
@@ -327,6 +348,8 @@ class LLMEngine:
     def _drop_state(self, rid: str) -> None:
         self._states.pop(rid, None)
         self._grammar_seqs.discard(rid)
+        if self.drafter is not None:
+            self.drafter.free(rid)
 
     def _with_grammar(self, sched: SchedulerOutput) -> SchedulerOutput:
         """The step with the bitmasks of its sampling sequences that have a grammar."""

@@ -19,7 +19,9 @@ With speculative decoding a decoding sequence also carries `draft_token_ids`, k 
 after its last known token in the same step (`num_new` = 1 + k). They are never part of the worker's copy
 of the sequence: the worker samples a token at each of the k + 1 positions and returns the longest run the
 drafts predicted plus one (`engine.spec_decode.verify`); the engine appends those and rolls the sequence's
-computed-token count back past the rejected drafts, whose K/V slots are simply written again later.
+computed-token count back past the rejected drafts, whose K/V slots are simply written again later; blocks
+wholly past the accepted tokens are freed, and the next `CachedSeq` says where to cut the table
+(`trim_blocks_to`).
 """
 
 from __future__ import annotations
@@ -109,6 +111,9 @@ class CachedSeq:
     num_new: int
     sample: bool
     draft_token_ids: tuple[int, ...] = ()  # as in NewSeq
+    # speculative decoding: the block table was cut to this many entries since the worker last saw it (blocks
+    # of rejected drafts freed); the worker cuts its copy before appending `new_block_ids`. -1: not cut.
+    trim_blocks_to: int = -1
 
 
 ScheduledSeq = NewSeq | CachedSeq

@@ -1,13 +1,17 @@
-"""One SmolLM2-sized projection (3072 x 576, gate/up) at several row counts: fp32 GEMM vs PyTorch's int8 and int4
-weight-only CPU kernels vs int8 dequantize + GEMM vs GGUF Q8_0's grouped int8 (32 columns a scale: no
-library kernel, dequantize + GEMM), alternating rounds, best of 5 (ratios are what matter).
+"""SmolLM2-135M's 120 decoder projections (30 layers x q/k/v, o, gate/up, down, distinct weights so that they
+come from memory, not the cache, as in a decode step) through each CPU matmul path, at several row counts:
+the fp32 GEMM, PyTorch's int8 and int4 weight-only kernels fed fp32 or bf16 activations, and int8
+dequantize + GEMM, and GGUF Q8_0's grouped int8 (a scale per 32 columns: no library kernel, so dequantize +
+GEMM, `engine/quantization/int8_grouped.py`). One thread, thread CPU time (a busy shared machine inflates it less than wall time),
+configurations alternating round by round, medians; ratios are what matter.
 
-    .venv/bin/python scripts/bench_quant_linear.py [--rows 1,4,12,512]
+    .venv/bin/python scripts/bench_quant_linear.py [--rows 1,4,16,32,64] [--rounds 5] [--layers 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -17,32 +21,52 @@ from engine.quantization.int4 import Int4Linear
 from engine.quantization.int8 import Int8Linear
 from engine.quantization.int8_grouped import GroupedInt8Linear
 
+HIDDEN, INTERMEDIATE, QKV = 576, 1536, 960  # SmolLM2-135M
+
+
+def paths(w: torch.Tensor) -> dict:
+    """name -> fn(x) for one projection weight w [N, K]."""
+    l8, l4 = Int8Linear(w, None), Int4Linear(w, None, 64)
+    s8, sz4 = l8.scale.float(), l4.scales_and_zeros.float()
+    n, k = w.shape
+    group_scale = w.view(n, -1, 32).abs().amax(-1) / 127  # Q8_0's layout: one scale per 32 columns
+    codes = torch.round(w.view(n, -1, 32) / group_scale[..., None]).to(torch.int8).view(n, k)
+    q8 = GroupedInt8Linear(codes, group_scale, None, torch.float32, torch.device("cpu"))
+    return {
+        "fp32 GEMM": lambda x: linear(x, w),
+        "int8 kernel, fp32 in": lambda x: torch.ops.aten._weight_int8pack_mm(x, l8.qweight, s8),
+        "int8 kernel, bf16 in": lambda x: torch.ops.aten._weight_int8pack_mm(x.bfloat16(), l8.qweight, l8.scale).float(),
+        "int4 kernel, fp32 in": lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, l4.qweight, 64, sz4),
+        "int4 kernel, bf16 in": lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.bfloat16(), l4.qweight, 64, l4.scales_and_zeros).float(),
+        "int8 dequant + GEMM": lambda x: linear(x, l8.qweight.float().mul_(s8[:, None])),
+        "Q8_0 grouped int8 (dequant + GEMM)": lambda x: q8(x),
+    }
+
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--rows", default="1,4,12,512")
+    p.add_argument("--rows", default="1,4,16,32,64")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--layers", type=int, default=30)
     args = p.parse_args()
-    w = torch.randn(3072, 576) * 0.05
-    l8, l4 = Int8Linear(w, None), Int4Linear(w, None, 64)
-    group_scale = w.view(3072, -1, 32).abs().amax(-1) / 127  # Q8_0's layout: one scale per 32 columns
-    codes = torch.round(w.view(3072, -1, 32) / group_scale[..., None]).to(torch.int8).view(3072, 576)
-    q8 = GroupedInt8Linear(codes, group_scale, None, torch.float32, torch.device("cpu"))
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    shapes = [(QKV, HIDDEN), (HIDDEN, HIDDEN), (2 * INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE)] * args.layers
+    projections = [paths(torch.randn(n, k, generator=g) * 0.05) for n, k in shapes]
+    names = list(projections[0])
+    print(f"{len(shapes)} projections, ms of thread CPU time per pass (median of {args.rounds}):")
+    print(f"{'rows':>5} " + " ".join(f"{n:>22}" for n in names))
     for m in (int(r) for r in args.rows.split(",")):
-        x = torch.randn(m, 576)
-        fns = {"fp32": lambda: linear(x, w),
-               "int8-kernel": lambda: torch.ops.aten._weight_int8pack_mm(x, l8.qweight, l8.scale),
-               "int4-kernel": lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, l4.qweight, 64, l4.scales_and_zeros),
-               "int8-dequant-gemm": lambda: linear(x, l8.qweight.to(x.dtype).mul_(l8.scale[:, None])),
-               "q8_0-grouped": lambda: q8(x)}
-        reps = 10 if m < 64 else 1
-        best = {k: float("inf") for k in fns}
-        for _ in range(5):
-            for k, f in fns.items():
-                t = time.perf_counter()
-                for _ in range(reps):
-                    f()
-                best[k] = min(best[k], (time.perf_counter() - t) / reps)
-        print(f"rows {m:4d}: " + "  ".join(f"{k} {v * 1e3:.2f} ms" for k, v in best.items()), flush=True)
+        inputs = {k: torch.randn(m, k, generator=g) for k in (HIDDEN, INTERMEDIATE)}
+        samples: dict[str, list[float]] = {n: [] for n in names}
+        for _ in range(args.rounds):
+            for n in names:
+                t = time.thread_time()
+                for (_, k), fns in zip(shapes, projections):
+                    fns[n](inputs[k])
+                samples[n].append((time.thread_time() - t) * 1e3)
+        print(f"{m:>5} " + " ".join(f"{statistics.median(samples[n]):>22.1f}" for n in names), flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from .chat_template import load_chat_template
+
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20  # a 128k-token prompt as a JSON list of ids is ~0.8 MB
 DEFAULT_MAX_QUEUE = 4096
 MAX_CHAT_MESSAGES = 512
@@ -39,6 +41,9 @@ class ServerConfig:
     request_body_timeout: float = 30.0  # ... and then its whole body within this
     keep_alive_timeout: float = 5.0  # an idle keep-alive connection is closed after this
     special_tokens_in_messages: bool = False  # chat content may spell the model's control tokens
+    chat_template: str | None = None  # template text replacing the model's (see chat_template.py)
+    tool_call_parser: str | None = None  # None: detected from the chat template
+    reasoning_parser: str | None = None  # None: reasoning stays in the content
     log_level: str = "info"
     access_log: bool = True
     retry_after_s: int = 1  # Retry-After on 429
@@ -59,6 +64,14 @@ class ServerConfig:
         for name in ("shutdown_timeout", "step_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        from .reasoning import REASONING_PARSERS
+        from .tool_parsers import TOOL_PARSERS
+
+        if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_PARSERS:
+            raise ValueError(f"tool_call_parser: must be one of {', '.join(TOOL_PARSERS)}, got {self.tool_call_parser!r}")
+        if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:
+            raise ValueError(f"reasoning_parser: must be one of {', '.join(REASONING_PARSERS)}, got "
+                             f"{self.reasoning_parser!r}")
         for name in ("request_head_timeout", "request_body_timeout", "keep_alive_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
@@ -96,6 +109,13 @@ class ServerConfig:
         g.add_argument("--special-tokens-in-messages", action="store_true",
                        help="let chat message text spell the model's control tokens (e.g. <|im_start|>); by default "
                             "message text is tokenized as plain text, so a user cannot open a fake system turn")
+        g.add_argument("--chat-template", default=None, metavar="PATH_OR_STRING",
+                       help="a chat template replacing the model's: a file, Jinja text, or a template kvserve ships "
+                            "(smollm2-tools: SmolLM2's ChatML with function tools)")
+        g.add_argument("--tool-call-parser", default=None, choices=("hermes", "llama3_json"),
+                       help="the format tool calls are parsed from (default: detected from the chat template)")
+        g.add_argument("--reasoning-parser", default=None, choices=("qwen3", "deepseek_r1"),
+                       help="split <think>...</think> into message.reasoning_content (default: no split)")
         g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
         g.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
                        help="one log line per request")
@@ -110,4 +130,6 @@ class ServerConfig:
                    request_head_timeout=args.request_head_timeout, request_body_timeout=args.request_body_timeout,
                    keep_alive_timeout=args.keep_alive_timeout,
                    special_tokens_in_messages=args.special_tokens_in_messages,
+                   chat_template=load_chat_template(args.chat_template) if args.chat_template else None,
+                   tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
                    log_level=args.log_level, access_log=args.access_log)

@@ -28,6 +28,7 @@ from engine.outputs import StepOutput
 from engine.roofline import Peak
 from engine.tools.peaks import PeakArgs, peak_for
 
+from .chat_template import ChatSetup, chat_setup
 from .config import ServerConfig
 from .engine_loop import EngineLoop
 from .errors import APIError, bad_request, unavailable
@@ -79,6 +80,7 @@ class ServerContext:
         self.model_name = config.served_model_name or ""
         self.max_model_len = 0
         self.vocab_size = 0
+        self.chat = ChatSetup(config.chat_template, config.tool_call_parser, config.reasoning_parser)  # + detection on load
         self.grammars = None  # the engine's GrammarCompiler (thread-safe): structured output compiled off the loop
         self.metrics: ServerMetrics | None = None
         self.stat_logger: StatLogger | None = None
@@ -150,6 +152,7 @@ class ServerContext:
         self.max_model_len = engine.max_model_len
         self.vocab_size = mc.vocab_size
         self.grammars = engine.grammars
+        self.chat = chat_setup(self.config, engine.tokenizer)
         try:
             self.peak = peak_for(self.peak_args, engine.config.device)
         except ValueError as e:

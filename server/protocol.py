@@ -12,6 +12,7 @@ outside them and checks that they are refused: tests/server/test_schemathesis.py
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
@@ -182,10 +183,36 @@ class CompletionRequest(SamplingFields):
         raise ValueError("must be a string, a list of token ids, or a list with one of those")
 
 
+class FunctionCall(StrictModel):
+    name: str
+    arguments: str = Field(description="a JSON object, as text")
+
+    @field_validator("arguments", mode="after")
+    @classmethod
+    def _check_arguments(cls, value: str) -> str:
+        try:
+            ok = isinstance(json.loads(value), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError("must be a JSON object written as a string")
+        return value
+
+
+class MessageToolCall(StrictModel):
+    """A call an assistant made earlier in the conversation (OpenAI's `tool_calls` entry)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(StrictModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Annotated[Any, WithJsonSchema(_CONTENT)] = ""
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = Field(None, description="assistant messages: the calls it made")
+    tool_call_id: str | None = Field(None, description="tool messages: the call this is the result of")
 
     @field_validator("content", mode="before")
     @classmethod
@@ -205,12 +232,53 @@ class ChatMessage(StrictModel):
             return "".join(texts)
         raise ValueError("must be a string or a list of text parts")
 
-    def template_input(self) -> dict[str, str]:
-        """The message as the chat template sees it (`name` only when given: templates test for it)."""
-        out = {"role": self.role, "content": self.content}
+    @field_validator("tool_calls", mode="after")
+    @classmethod
+    def _only_assistant_calls(cls, value: list | None, info) -> list | None:
+        if value is not None and info.data.get("role") != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return value
+
+    @field_validator("tool_call_id", mode="after")
+    @classmethod
+    def _only_tool_results(cls, value: str | None, info) -> str | None:
+        if value is not None and info.data.get("role") != "tool":
+            raise ValueError("only tool messages carry a tool_call_id")
+        return value
+
+    def template_input(self) -> dict:
+        """The message as the chat template sees it (`name` only when given: templates test for it). Tool-call
+        arguments are handed over as objects, as HF chat templates expect (`arguments | tojson`)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.name is not None:
             out["name"] = self.name
+        if self.tool_calls:
+            out["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.function.name, "arguments": json.loads(c.function.arguments)}}
+                                 for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
         return out
+
+
+class FunctionDefinition(StrictModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="a JSON schema of the arguments (an object)")
+    strict: bool | None = None  # constrained calls always follow the schema; strict or not changes nothing
+
+
+class ChatTool(StrictModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+_TOOL_CHOICE = {"anyOf": [{"enum": ["none", "auto", "required"]},
+                          {"type": "object", "additionalProperties": False, "required": ["type", "function"],
+                           "properties": {"type": {"const": "function"},
+                                          "function": {"type": "object", "required": ["name"],
+                                                       "additionalProperties": False,
+                                                       "properties": {"name": _STR}}}}, _NULL]}
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -223,8 +291,24 @@ class ChatCompletionRequest(SamplingFields):
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = Field(None, description="extra variables for the chat template "
                                                                          "(e.g. enable_thinking)")
+    tools: list[ChatTool] | None = Field(None, max_length=128)
+    tool_choice: Annotated[Any, WithJsonSchema(_TOOL_CHOICE)] = Field(
+        None, description='"none", "auto" (the default with tools), "required", or {"type": "function", '
+                          '"function": {"name": ...}}')
+    parallel_tool_calls: bool = True
 
-    def chat_messages(self) -> list[dict[str, str]]:
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _check_tool_choice(cls, value: Any) -> str | dict | None:
+        if value is None or value in ("none", "auto", "required"):
+            return value
+        if (isinstance(value, dict) and value.keys() == {"type", "function"} and value["type"] == "function"
+                and isinstance(value["function"], dict) and value["function"].keys() == {"name"}
+                and isinstance(value["function"]["name"], str)):
+            return value
+        raise ValueError('must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}')
+
+    def chat_messages(self) -> list[dict]:
         return [m.template_input() for m in self.messages]
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from engine.outputs import SequenceDelta, TokenLogprob
 
+from .chat_output import ChatParsing, ChoiceOutput, ChoiceParser
+
 MIN_LOGPROB = -9999.0  # JSON has no -inf; a token the sampler could never pick reports this
 DONE_FRAME = b"data: [DONE]\n\n"
 
@@ -181,9 +183,44 @@ class ChatFormatter(Formatter):
             content.append(entry)
         return {"content": content}
 
+    def __init__(self, *args, parsing: ChatParsing | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.parsing = parsing if parsing is not None and parsing.active else None
+        self._parsers: dict[int, ChoiceParser] = {}  # choice index -> its running split (streaming)
+
     def role_chunk(self, index: int) -> dict:
         body = self._envelope(self.chunk_object_name, [{"index": index, "delta": {"role": "assistant", "content": ""},
                                                         "logprobs": None, "finish_reason": None}])
+        if self.include_usage:
+            body["usage"] = None
+        return body
+
+    def chunk(self, delta: SequenceDelta) -> dict | None:
+        if self.parsing is None:
+            return super().chunk(delta)
+        parser = self._parsers.get(delta.index)
+        if parser is None:
+            parser = self._parsers[delta.index] = ChoiceParser(self.parsing, streaming=True)
+        out = parser.feed(delta.new_text)
+        if delta.finished:
+            out = out + parser.finish()
+        logprobs = self.logprobs(delta)
+        if not out and not delta.finished and not (logprobs and any(logprobs.values())):
+            return None  # held back: maybe the start of a tag, or a tool call still being written
+        d: dict = {}
+        if out.reasoning:
+            d["reasoning_content"] = out.reasoning
+        if out.content:
+            d["content"] = out.content
+        if out.tool_calls:
+            first = parser.num_calls - len(out.tool_calls)
+            d["tool_calls"] = [dict(call.body(), index=first + i) for i, call in enumerate(out.tool_calls)]
+        if out.call_deltas:
+            d["tool_calls"] = _call_deltas(out.call_deltas)
+        choice = {"index": delta.index, "delta": d, "logprobs": logprobs,
+                  "finish_reason": _finish_reason(delta.finish_reason, parser.num_calls),
+                  "stop_reason": delta.stop_reason}
+        body = self._envelope(self.chunk_object_name, [choice])
         if self.include_usage:
             body["usage"] = None
         return body
@@ -193,5 +230,35 @@ class ChatFormatter(Formatter):
                 "logprobs": logprobs, "finish_reason": delta.finish_reason, "stop_reason": delta.stop_reason}
 
     def _final_choice(self, c: ChoiceAccumulator) -> dict:
-        return {"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": c.logprobs,
-                "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
+        if self.parsing is None:
+            return {"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": c.logprobs,
+                    "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
+        parser = ChoiceParser(self.parsing)
+        out: ChoiceOutput = parser.parse(c.text)
+        message: dict = {"role": "assistant", "content": out.content or None}
+        if self.parsing.reasoning is not None:
+            message["reasoning_content"] = out.reasoning or None
+        if out.tool_calls:
+            message["tool_calls"] = [call.body() for call in out.tool_calls]
+        return {"index": c.index, "message": message, "logprobs": c.logprobs,
+                "finish_reason": _finish_reason(c.finish_reason, parser.num_calls), "stop_reason": c.stop_reason}
+
+
+def _call_deltas(parts) -> list[dict]:
+    """OpenAI's streamed calls: the first delta of a call has its index, id, type, name and the arguments so
+    far (maybe ""), later ones the index and more arguments. Parts of one call in one chunk are one delta."""
+    out: list[dict] = []
+    for index, part in parts:
+        if out and out[-1]["index"] == index and part.name is None:
+            out[-1]["function"]["arguments"] += part.arguments
+        elif part.name is not None:
+            out.append({"index": index, "id": part.id, "type": "function",
+                        "function": {"name": part.name, "arguments": part.arguments}})
+        else:
+            out.append({"index": index, "function": {"arguments": part.arguments}})
+    return out
+
+
+def _finish_reason(reason: str | None, num_calls: int) -> str | None:
+    """A choice that ended by itself after calling tools finished because of them (OpenAI's `tool_calls`)."""
+    return "tool_calls" if reason == "stop" and num_calls else reason

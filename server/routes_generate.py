@@ -13,6 +13,7 @@ import uuid
 from fastapi import APIRouter
 from starlette.requests import Request
 
+from .chat_output import ChatParsing
 from .context import ServerContext
 from .errors import bad_request
 from .generation import Generation, run
@@ -21,7 +22,9 @@ from .protocol import ChatCompletionRequest, CompletionRequest
 from .responses import ChatFormatter, CompletionFormatter, TokenTexts
 from .sampling import apply_model_limits, chat_params, chat_renames, completion_params, structured_renames
 from .structured import compile_constraint, structured_spec
+from .reasoning import thinking_disabled
 from .tokenization import chat_prompt_ids, check_token_count, prompt_ids
+from .tools import tool_plan
 
 
 async def _admit_and_run(ctx: ServerContext, request: Request, prepare) -> object:
@@ -67,15 +70,25 @@ def router(ctx: ServerContext) -> APIRouter:
     async def prepare_chat(body: bytes) -> Generation:
         req = await ctx.parse(body, ChatCompletionRequest)
         ctx.check_model(req.model)
-        params = apply_model_limits(chat_params(req), ctx.vocab_size)
+        # Tool schemas are converted to grammars by xgrammar (milliseconds): off the loop when there are any.
+        plan = await ctx.run_cpu(tool_plan, req, ctx.chat.tool_parser) if req.tools else \
+            tool_plan(req, ctx.chat.tool_parser)
+        params = apply_model_limits(chat_params(req, plan.constraint), ctx.vocab_size)
         ctx.check_queue()
-        ids = await chat_prompt_ids(ctx, req.chat_messages(), req.add_generation_prompt, req.chat_template_kwargs)
+        ids = await chat_prompt_ids(ctx, req.chat_messages(), req.add_generation_prompt, req.chat_template_kwargs,
+                                    plan.template_tools)
         check_token_count(ctx, ids, "messages")
-        await _compile(ctx, req)
+        if plan.constraint is not None:
+            await compile_constraint(ctx, plan.constraint, "tool_choice")
+        else:
+            await _compile(ctx, req)
+        reasoning = None if thinking_disabled(req.chat_template_kwargs) else ctx.chat.reasoning_parser
         fmt = ChatFormatter(f"chatcmpl-{uuid.uuid4().hex}", ctx.model_name, int(time.time()), req.logprobs,
-                            TokenTexts(ctx.tokenizer), req.include_usage)
-        return Generation(fmt.request_id, ids, params, fmt, req.stream, req.include_usage, chat_renames(req),
-                          req.cache_salt)
+                            TokenTexts(ctx.tokenizer), req.include_usage,
+                            parsing=ChatParsing(reasoning, plan.parser, plan.max_calls,
+                                                forced=plan.constraint is not None))
+        return Generation(fmt.request_id, ids, params, fmt, req.stream, req.include_usage,
+                          chat_renames(req, plan.constraint), req.cache_salt)
 
     @r.post("/v1/completions")
     async def completions(request: Request):

@@ -9,6 +9,7 @@ left here is `best_of`, which is fine when it equals n.
 from __future__ import annotations
 
 from engine.sampling_params import ParamError, SamplingParams
+from engine.structured.spec import StructuredOutputsParams
 
 from .errors import APIError, bad_request
 from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
@@ -69,15 +70,25 @@ def completion_params(req: CompletionRequest) -> SamplingParams:
     return _build(dict(_common_kwargs(req), max_tokens=req.max_tokens, logprobs=req.logprobs), structured_renames(req))
 
 
-def chat_renames(req: ChatCompletionRequest) -> dict[str, str]:
-    """Engine names -> chat field names (the prompt is made of messages; logprobs come as top_logprobs)."""
+def chat_renames(req: ChatCompletionRequest, tool_constraint: StructuredOutputsParams | None = None) -> dict[str, str]:
+    """Engine names -> chat field names (the prompt is made of messages; logprobs come as top_logprobs; a forced
+    tool call's constraint comes from tool_choice)."""
     max_field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    return {"prompt": "messages", "logprobs": "top_logprobs", "max_tokens": max_field, **structured_renames(req)}
+    structured = {"structured_outputs": "tool_choice"} if tool_constraint is not None else structured_renames(req)
+    return {"prompt": "messages", "logprobs": "top_logprobs", "max_tokens": max_field, **structured}
 
 
-def chat_params(req: ChatCompletionRequest) -> SamplingParams:
+def chat_params(req: ChatCompletionRequest, tool_constraint: StructuredOutputsParams | None = None) -> SamplingParams:
+    """`tool_constraint`: the grammar of a forced tool call (`tools.ToolPlan.constraint`), if any."""
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs", "top_logprobs: requires logprobs to be true")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    return _build(dict(_common_kwargs(req), max_tokens=max_tokens, logprobs=logprobs), chat_renames(req))
+    kwargs = dict(_common_kwargs(req), max_tokens=max_tokens, logprobs=logprobs)
+    if tool_constraint is not None:
+        other = structured_spec(req)[1]
+        if other is not None:
+            raise bad_request("tool_choice", f"tool_choice: a forced tool call is already constrained output; it "
+                                             f"cannot be combined with {other}")
+        kwargs["structured_outputs"] = tool_constraint
+    return _build(kwargs, chat_renames(req, tool_constraint))

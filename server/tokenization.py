@@ -15,6 +15,7 @@ rendered and tokenized exactly as the template says. `--special-tokens-in-messag
 
 from __future__ import annotations
 
+import json
 import secrets
 
 from .context import ServerContext
@@ -30,9 +31,10 @@ def check_text_size(ctx: ServerContext, text: str, param: str) -> None:
                           code="prompt_too_long")
 
 
-def check_messages_size(ctx: ServerContext, messages: list[dict], param: str = "messages") -> int:
+def check_messages_size(ctx: ServerContext, messages: list[dict], param: str = "messages", extra: int = 0) -> int:
+    """`extra`: characters the template renders besides the messages (the tools' JSON)."""
     limit = ctx.config.prompt_char_limit(ctx.max_model_len)
-    size = sum(len(m["content"]) + len(m.get("name", "")) for m in messages)
+    size = extra + sum(len(m["content"]) + len(m.get("name", "")) + len(_calls_text(m)) for m in messages)
     if size > limit:
         raise bad_request(param, f"{param}: {size} characters of message text is more than this server "
                                  f"tokenizes ({limit}, for a context window of {ctx.max_model_len} tokens)",
@@ -45,6 +47,11 @@ def check_token_count(ctx: ServerContext, ids: list[int], param: str) -> None:
     if len(ids) >= ctx.max_model_len:
         raise bad_request(param, f"{param}: the prompt has {len(ids)} tokens, but the context window is "
                                  f"{ctx.max_model_len} tokens (at least one must be left to generate)")
+
+
+def _calls_text(message: dict) -> str:
+    calls = message.get("tool_calls")
+    return json.dumps(calls, ensure_ascii=False) if calls else ""
 
 
 # ---- on the tokenizer thread ------------------------------------------------------------------------------
@@ -64,11 +71,23 @@ class ControlTokenInMessage(ValueError):
 
 
 def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool, plain_text: bool,
-             template_kwargs: dict | None = None) -> list[int]:
+             template_kwargs: dict | None = None, template: str | None = None,
+             tools: list[dict] | None = None) -> list[int]:
     """The chat template's prompt as token ids; with `plain_text`, message text never becomes control tokens.
-    `template_kwargs` (the request's chat_template_kwargs) are extra variables for the template."""
+    `template_kwargs` (the request's chat_template_kwargs) are extra variables for the template; `template`
+    replaces the tokenizer's own; `tools` are the request's tools, for templates that list them. Tool calls
+    and tool definitions are JSON the template writes as it is, so one that spells a control token is refused."""
     extra = dict(template_kwargs or {})
+    if template is not None:
+        extra["chat_template"] = template
+    if tools:
+        extra["tools"] = tools
     specials = control_tokens(tokenizer) if plain_text else ()
+    for param, text in [(f"messages[{i}].tool_calls", _calls_text(m)) for i, m in enumerate(messages)] + \
+            [("tools", json.dumps(tools, ensure_ascii=False) if tools else "")]:
+        token = next((s for s in specials if s in text), None)
+        if token is not None:
+            raise ControlTokenInMessage(param, token)
     spelled = {i for i, m in enumerate(messages) if any(s in m["content"] for s in specials)}
     for i, m in enumerate(messages):
         token = next((s for s in specials if s in m.get("name", "")), None)
@@ -110,15 +129,16 @@ async def prompt_ids(ctx: ServerContext, text: str, param: str = "prompt", add_s
 
 
 async def chat_prompt_ids(ctx: ServerContext, messages: list[dict], add_generation_prompt: bool,
-                          template_kwargs: dict | None = None) -> list[int]:
-    size = check_messages_size(ctx, messages)
+                          template_kwargs: dict | None = None, tools: list[dict] | None = None) -> list[int]:
+    size = check_messages_size(ctx, messages, extra=len(json.dumps(tools)) if tools else 0)
     plain_text = not ctx.config.special_tokens_in_messages
     reserved = {"conversation", "messages", "tokenize", "add_generation_prompt", "chat_template", "tools"}
     clash = sorted(reserved & set(template_kwargs or {}))
     if clash:
         raise bad_request("chat_template_kwargs", f"chat_template_kwargs: {clash[0]!r} is set by the server")
     try:
-        return await ctx.run_tokenizer(size, chat_ids, messages, add_generation_prompt, plain_text, template_kwargs)
+        return await ctx.run_tokenizer(size, chat_ids, messages, add_generation_prompt, plain_text, template_kwargs,
+                                       ctx.chat.template, tools)
     except ControlTokenInMessage as e:
         raise bad_request(e.param, str(e), code="control_token") from None
     except ValueError as e:  # e.g. the template refuses the roles' order, or there is no template

@@ -3,8 +3,8 @@
 kvserve refuses every field it does not know (400, `code: unknown_parameter`) instead of ignoring it, since
 an ignored field silently changes what the client gets. Fields that OpenAI or vLLM clients send and that
 kvserve has not built yet are listed here so that their refusal says what they are
-(`code: unsupported_parameter`). A value listed as neutral means "off" (`echo: false`, `tools: []`,
-`tool_choice: "none"`): it asks for the behaviour kvserve already has, so it is accepted and dropped.
+(`code: unsupported_parameter`). A value listed as neutral means "off" (`echo: false`, `functions: []`,
+`function_call: "none"`): it asks for the behaviour kvserve already has, so it is accepted and dropped.
 
 To implement one of these fields: add it to the request model in `protocol.py` (and its handling), then
 delete its line here; a field that a request model declares is never looked up here.
@@ -22,24 +22,23 @@ class Unsupported:
     neutral: tuple[Any, ...] = ()  # values besides null that mean "off"
 
 
-_TOOLS = "tool calling"
+_FUNCTIONS = "the deprecated functions API (use tools and tool_choice)"
 
 NOT_YET_SUPPORTED: dict[str, Unsupported] = {
     # OpenAI
     "echo": Unsupported("echo (returning the prompt with the completion)", (False,)),
     "suffix": Unsupported("suffix (insertion)", ("",)),
-    "tools": Unsupported(_TOOLS, ([],)),
-    "functions": Unsupported(_TOOLS, ([],)),
-    "tool_choice": Unsupported(_TOOLS, ("none",)),
-    "function_call": Unsupported(_TOOLS, ("none",)),
-    "parallel_tool_calls": Unsupported(_TOOLS),
-    "tool_calls": Unsupported(_TOOLS + " (assistant tool_calls in messages)", ([],)),
-    "tool_call_id": Unsupported(_TOOLS + " (tool results in messages)"),
+    "functions": Unsupported(_FUNCTIONS, ([],)),
+    "function_call": Unsupported(_FUNCTIONS, ("none",)),
     "refusal": Unsupported("refusal messages"),
     "audio": Unsupported("audio"),
     "modalities": Unsupported("output modalities other than text", (["text"],)),
     "prediction": Unsupported("predicted outputs"),
-    "reasoning_effort": Unsupported("reasoning_effort"),
+    "reasoning_effort": Unsupported("reasoning_effort (no reasoning budgets; chat_template_kwargs "
+                                    "{\"enable_thinking\": false} turns a model's thinking off)"),
+    "verbosity": Unsupported("verbosity (a length hint for OpenAI's reasoning models)"),
+    "prompt_cache_key": Unsupported("prompt_cache_key (prefix caching is automatic; cache_salt isolates it)"),
+    "safety_identifier": Unsupported("safety_identifier (OpenAI's abuse monitoring; `user` is accepted)"),
     "web_search_options": Unsupported("web search"),
     "store": Unsupported("stored completions", (False,)),
     "metadata": Unsupported("metadata (for stored completions)"),
@@ -48,7 +47,8 @@ NOT_YET_SUPPORTED: dict[str, Unsupported] = {
     "guided_decoding_backend": Unsupported("a structured-output backend other than xgrammar", ("xgrammar", "auto")),
     "guided_whitespace_pattern": Unsupported("guided_whitespace_pattern (JSON is generated without free whitespace)"),
     "prompt_logprobs": Unsupported("prompt_logprobs (log-probabilities of the prompt tokens)"),
-    "chat_template": Unsupported("a chat template sent with the request"),
+    "chat_template": Unsupported("a chat template sent with the request (client-supplied Jinja; the server's "
+                                 "--chat-template sets it)"),
     "continue_final_message": Unsupported("continue_final_message", (False,)),
     "documents": Unsupported("documents for the chat template"),
     "use_beam_search": Unsupported("beam search", (False,)),
@@ -60,6 +60,12 @@ NOT_YET_SUPPORTED: dict[str, Unsupported] = {
     "return_tokens_as_token_ids": Unsupported("return_tokens_as_token_ids", (False,)),
     "priority": Unsupported("request priorities", (0,)),
     "add_special_tokens": Unsupported("add_special_tokens on generation routes (it is a /tokenize field)"),
+    "spaces_between_special_tokens": Unsupported("spaces_between_special_tokens", (True,)),
+    "return_token_ids": Unsupported("return_token_ids (token ids in the response)", (False,)),
+    "request_id": Unsupported("client-chosen request ids"),
+    "mm_processor_kwargs": Unsupported("multimodal inputs"),
+    "kv_transfer_params": Unsupported("disaggregated prefill (KV transfer)"),
+    "vllm_xargs": Unsupported("vllm_xargs (custom extension arguments)"),
 }
 
 

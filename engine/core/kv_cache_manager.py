@@ -231,6 +231,23 @@ class KVCacheManager:
         self._num_released.pop(request.request_id, None)
         self.pool.free_blocks(b for b in reversed(blocks) if b is not None)
 
+    def trim(self, request) -> int:
+        """Free the request's blocks wholly past its computed tokens (speculative decoding: the blocks that
+        rejected drafts took), last first; returns the table's new length. None of them is in the prefix
+        cache: it only registers blocks full of known tokens, and rejected drafts never were."""
+        rid, g = request.request_id, self.num_groups
+        blocks = self.req_to_blocks.get(rid)
+        keep = cdiv(request.num_computed_tokens, self.block_size) * g
+        if not blocks or len(blocks) <= keep:
+            return len(blocks or ())
+        surplus = blocks[keep:]
+        del blocks[keep:]
+        del self.req_to_block_ids[rid][keep:]
+        if rid in self._num_cached_blocks:
+            self._num_cached_blocks[rid] = min(self._num_cached_blocks[rid], keep // g)
+        self.pool.free_blocks(b for b in reversed(surplus) if b is not None)
+        return keep
+
     def block_ids(self, request_id: str) -> list[int]:
         """The request's block table (a live list: it grows as the request does)."""
         return self.req_to_block_ids.get(request_id, [])

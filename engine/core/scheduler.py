@@ -15,7 +15,8 @@ token ends it by length is not scheduled again.
 With speculative decoding a decoding request may bring draft tokens (`Request.draft_token_ids`, set by
 the engine for this step only): it is then scheduled for 1 + k tokens, clipped to the token budget, if the
 KV blocks for all of them are free (otherwise it decodes without drafts; drafts never preempt anyone). After
-the step the engine reports how many drafts were rejected (`on_verified`) and the computed count goes back.
+the step the engine reports how many drafts were rejected (`on_verified`): the computed count goes back and
+the blocks wholly past it are freed.
 
 The scheduler owns the queues and request statuses; the KV-cache manager owns blocks.
 """
@@ -44,6 +45,7 @@ class Scheduler:
     # is sent whole (NewSeq), one present only as what changed since (CachedSeq).
     _synced: dict[str, tuple[int, int]] = field(default_factory=dict)
     _drafts: dict[str, tuple[int, ...]] = field(default_factory=dict)  # this step's drafts, while scheduling
+    _trim_to: dict[str, int] = field(default_factory=dict)  # block tables cut since the worker last saw them
     num_preemptions_total: int = 0
 
     # ---- queue management -------------------------------------------------------------------------------
@@ -67,6 +69,7 @@ class Scheduler:
         self.kv.free(request)
         self._finished_since_step.append(request_id)
         self._synced.pop(request_id, None)
+        self._trim_to.pop(request_id, None)
         return request
 
     @property
@@ -164,7 +167,7 @@ class Scheduler:
                           request.sampling, drafts)
         num_tokens, num_blocks = synced
         return CachedSeq(rid, tuple(tokens[num_tokens:]), tuple(block_ids[num_blocks:]), start, num_new, sample,
-                         drafts)
+                         drafts, self._trim_to.pop(rid, -1))
 
     def on_step_done(self, out: SchedulerOutput) -> None:
         """The runner computed (or, with asynchronous scheduling, was launched to compute) the scheduled
@@ -180,10 +183,16 @@ class Scheduler:
     def on_verified(self, request: Request, num_rejected: int) -> None:
         """Speculative decoding: `num_rejected` of the request's drafts in the last step were wrong. Their K/V
         is in the cache past the accepted tokens; rolling the computed count back makes the next step compute
-        those positions again, writing over it. The blocks they took stay with the request (at most
-        ceil(k / block_size) of them), which its next tokens fill; they were never registered in the prefix
-        cache, which only takes blocks full of known tokens."""
+        those positions again, writing over it. The blocks wholly past the accepted tokens are freed at once
+        (the request then holds what it would hold without speculation), and the worker is told to cut its
+        copy of the block table (`CachedSeq.trim_blocks_to`) before it appends the next new blocks."""
         request.num_computed_tokens -= num_rejected
+        rid = request.request_id
+        length = self.kv.trim(request)
+        synced = self._synced.get(rid)
+        if synced is not None and length < synced[1]:
+            self._synced[rid] = (synced[0], length)
+            self._trim_to[rid] = min(length, self._trim_to.get(rid, length))
 
     # ---- helpers ------------------------------------------------------------------------------------------
     # A request's tokens for scheduling are the known ones plus those sampled by steps in flight:
@@ -199,6 +208,7 @@ class Scheduler:
     def _preempt(self, request: Request) -> None:
         self.kv.free(request)
         self._synced.pop(request.request_id, None)
+        self._trim_to.pop(request.request_id, None)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1

@@ -114,6 +114,7 @@ class GemmaForCausalLM(nn.Module):
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", True))
         if not self.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.quant_head: nn.Module | None = None  # an int8 LM head, set by quantization.apply
 
     def bind_kv_cache(self, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         bind_kv_cache([layer.self_attn for layer in self.layers], caches, self.kv_slots)
@@ -128,5 +129,7 @@ class GemmaForCausalLM(nn.Module):
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.quant_head is not None:
+            return soft_cap(self.quant_head(hidden), self.final_softcap)
         weight = self.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
         return soft_cap(linear(hidden, weight), self.final_softcap)

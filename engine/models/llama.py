@@ -105,6 +105,7 @@ class LlamaForCausalLM(nn.Module):
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
         if not self.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size if tp is None else tp.shard.vocab_rows, bias=False)
+        self.quant_head: nn.Module | None = None  # an int8 LM head, set by quantization.apply
 
     def bind_kv_cache(self, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         bind_kv_cache([layer.self_attn for layer in self.layers], caches, self.kv_slots)
@@ -117,6 +118,8 @@ class LlamaForCausalLM(nn.Module):
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        weight = self.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
-        logits = linear(hidden, weight)
+        if self.quant_head is not None:
+            logits = self.quant_head(hidden)
+        else:
+            logits = linear(hidden, self.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight)
         return logits if self.tp is None else self.tp.gather_logits(logits)

@@ -133,6 +133,8 @@ def load_safetensors(model: nn.Module, path, prepacked: bool = False) -> None:
                 if target is None:
                     continue
                 name, part, fused_index = target
+                if name not in params and _beyond_last_layer(model, name):
+                    continue  # a truncated model (a speculative draft's first layers) skips the rest
                 if name not in params:
                     raise ValueError(f"model: checkpoint tensor {key!r} has no place in the model")
                 source = None if getattr(model, "tp", None) is None else shard_source(model.tp, name, fused_index)
@@ -151,6 +153,17 @@ def load_safetensors(model: nn.Module, path, prepacked: bool = False) -> None:
                and not (prepacked and n.endswith(".weight") and n.rsplit(".", 2)[-2] in PROJECTIONS)]
     if missing:
         raise ValueError(f"model: checkpoint is missing weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+
+
+_LAYER_RE = re.compile(r"^layers\.(\d+)\.")
+
+
+def _beyond_last_layer(model: nn.Module, name: str) -> bool:
+    """Whether `name` belongs to a decoder layer past the model's last one (the model was built with fewer
+    layers than its checkpoint holds)."""
+    m = _LAYER_RE.match(name)
+    layers = getattr(model, "layers", None)
+    return m is not None and layers is not None and int(m.group(1)) >= len(layers)
 
 
 @torch.no_grad()

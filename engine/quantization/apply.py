@@ -1,9 +1,12 @@
 """Swap a loaded model's projections for quantized ones, and count the weight bytes before and after.
 
 Quantized: every decoder layer's fused q/k/v, o, fused gate/up and down projections (~79% of SmolLM2-135M's
-weights, all but the embedding; ~97% of an 8B model's). Kept in the model's dtype: the embedding (and the LM
-head tied to it, or not), norms and biases, as vLLM and torchao do by default: the embedding is a lookup, and
-the LM head's logits are what sampling and perplexity read directly.
+weights, all but the embedding; ~97% of an 8B model's). With int8 and int4 the LM head is also read in int8
+(one scale per vocabulary row), as llama.cpp's quantized files do: in a small model it is a large share of
+the bytes each decode step reads (SmolLM2-135M: 28M of 135M weights, 51% of the step's weight bytes once
+the layers are int4); a tied head keeps its fp embedding for the lookup beside the int8 copy, which the
+weight report counts. `quantize_lm_head=False` keeps it at the model's dtype (vLLM's and torchao's default);
+`kvserve eval-ppl` measures both. Kept in the model's dtype: the embedding, norms and biases.
 
 Under tensor parallelism this runs on each rank after its shard is loaded, so every rank quantizes the rows
 (column-parallel) or columns (row-parallel) it holds. Per-output-channel int8 and fp8 scales of a
@@ -135,5 +138,19 @@ def quantize_model(model: nn.Module, cfg: WeightQuantConfig | None) -> WeightRep
             new = _quantized(mod.weight, mod.bias, cfg)
         setattr(parent, child, new)
         del mod
+    if cfg.lm_head and cfg.method in ("int8", "int4"):
+        quantize_lm_head(model)
     report = WeightReport(cfg.method, before, weight_bytes(model))
     return report
+
+
+def quantize_lm_head(model: nn.Module) -> None:
+    """Give the model an int8 LM head (`model.quant_head`, which `compute_logits` uses when set); an untied
+    head's full-precision weight is freed, a tied one stays as the embedding."""
+    if not hasattr(model, "quant_head"):
+        return  # a model whose compute_logits does not read quant_head keeps its head
+    tied = getattr(model, "tie_word_embeddings", False)
+    weight = model.embed_tokens.weight if tied else model.lm_head.weight
+    model.quant_head = Int8Linear(weight, None)
+    if not tied:
+        del model.lm_head

@@ -25,6 +25,7 @@ class WeightQuantConfig:
 
     method: str
     group_size: int = 32
+    lm_head: bool = True  # int8/int4: the LM head too, in int8 per vocabulary row (apply.quantize_lm_head)
     source: str | None = None  # gguf: the GGUF file whose Q4 blocks the projections are built from; awq: the checkpoint
 
     @property

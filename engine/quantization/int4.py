@@ -7,7 +7,8 @@ For each output channel n and group g of `group_size` consecutive input columns:
 
 On the CPU, `torch.ops.aten._convert_weight_to_int4pack_for_cpu` packs q (two codes per byte, in the layout
 its kernel reads) and `torch.ops.aten._weight_int4pack_mm_for_cpu` multiplies (the pair torchao's
-`Int4CPULayout` calls) up to `KERNEL_ROWS` rows; larger (prefill) batches unpack and dequantize the weight
+`Int4CPULayout` calls) up to `KERNEL_ROWS` rows, in bf16 as int8.py explains (with fp32 activations the
+kernel is ~20x slower on AVX2; scales and zeros are rounded to bf16 before the codes are chosen); larger (prefill) batches unpack and dequantize the weight
 and run the ordinary GEMM, because the kernel is ~40x slower than MKL there (see int8.py). The packed layout
 is blocks of 32 output channels: byte [b, k, j] holds channel 32b + j in its low nibble and 32b + 16 + j in its
 high nibble (read off the op's output; `test_int4_cpu_packing_layout` pins it). Elsewhere the weights are dequantized group by group into the activation dtype at
@@ -21,20 +22,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.layers import linear
-from .int8 import KERNEL_ROWS
+from .int8 import KERNEL_ROWS, kernel_dtype
 
 PACK_BLOCK_N = 32  # output channels per block of the CPU kernel's packed layout
 
 
-def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(codes int32 [N, K] in 0..15, scales [N, K / g], zeros [N, K / g]), fp32."""
+def quantize_int4(weight: torch.Tensor, group_size: int,
+                  scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes int32 [N, K] in 0..15, scales [N, K / g], zeros [N, K / g]), fp32; scale and zero are first
+    rounded to `scale_dtype` (the dtype they are stored in) and the codes chosen for the rounded values."""
     n, k = weight.shape
     if k % group_size:
         raise ValueError(f"quantization_group_size: {group_size} does not divide the input size {k}")
     w = weight.detach().float().reshape(n, k // group_size, group_size)
     lo, hi = w.amin(dim=-1), w.amax(dim=-1)
-    scale = (hi - lo).clamp(min=1e-8) / 15.0
-    zero = lo + 8.0 * scale
+    scale = ((hi - lo).clamp(min=1e-8) / 15.0).to(scale_dtype).float()
+    zero = (lo + 8.0 * scale).to(scale_dtype).float()
+    lo = zero - 8.0 * scale  # the minimum the stored (scale, zero) represent
     q = torch.round((w - lo[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.int32)
     return q.reshape(n, k), scale, zero
 
@@ -52,38 +56,45 @@ class Int4Linear(nn.Module):
                  codes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
                  dtype: torch.dtype | None = None, device: torch.device | None = None):
         super().__init__()
-        q, scale, zero = quantize_int4(weight, group_size) if codes is None else codes
-        dtype = weight.dtype if dtype is None else dtype
-        device = weight.device if device is None else device
+        if codes is None:  # quantize here, choosing codes for scales rounded to the kernel's dtype
+            self.dtype = kernel_dtype(weight)
+            q, scale, zero = quantize_int4(weight, group_size, self.dtype)
+            device = weight.device
+        else:  # pre-quantized: the source's exact scales, kept in `dtype` (see from_codes)
+            (q, scale, zero), self.dtype = codes, dtype
         self.out_features, self.in_features = q.shape
-        self.group_size, self.dtype = group_size, dtype
+        self.group_size = group_size
         if device.type == "cpu":
             if self.out_features % PACK_BLOCK_N:
                 raise ValueError(f"quantization: int4 on the CPU needs output sizes that are multiples of "
                                  f"{PACK_BLOCK_N}; a projection has {self.out_features}")
             self.packed = True
             self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.cpu(), 1))
-            # [K / g, N, 2]: the kernel's layout for (scale, zero) pairs, in the activation dtype
+            # [K / g, N, 2]: the kernel's layout for (scale, zero) pairs, in the kernel's activation dtype
             self.register_buffer("scales_and_zeros",
-                                 torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(dtype))
+                                 torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(self.dtype))
         else:
             self.packed = False
             q = q.to(device)
             self.register_buffer("qweight", ((q[:, 0::2] << 4) | q[:, 1::2]).to(torch.uint8))  # 2 codes a byte
-            self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).to(device, dtype))
+            self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).to(device, self.dtype))
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int,
                    bias: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> "Int4Linear":
         """A layer from codes [N, K] (0..15), scales and zeros [N, K / group_size] already in this format
-        (a pre-quantized checkpoint, e.g. GGUF Q4 blocks: `gguf_blocks.py`), with no requantization."""
+        (a pre-quantized checkpoint, e.g. GGUF Q4 blocks: `gguf_blocks.py`), with no requantization. The
+        scales stay in `dtype` (the model's: fp32 on the CPU), not the bf16 that load-time quantization uses
+        for the CPU kernel's speed: bf16 would round the file's fp16 scales (8 vs 11 significant bits), and
+        the weights would no longer be the checkpoint's. The price: the CPU kernel then runs in fp32."""
         return cls(None, bias, group_size, codes=(codes, scales.float(), zeros.float()), dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed and x.shape[0] <= KERNEL_ROWS:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.contiguous(), self.qweight, self.group_size,
-                                                           self.scales_and_zeros)
+            xk = x.to(self.dtype).contiguous()
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(xk, self.qweight, self.group_size,
+                                                           self.scales_and_zeros).to(x.dtype)
         elif self.packed:
             y = linear(x, self._dequantized_cpu(x.dtype))
         else:
@@ -99,6 +110,7 @@ class Int4Linear(nn.Module):
     def _dequantized_cpu(self, dtype: torch.dtype) -> torch.Tensor:
         sz = self.scales_and_zeros.transpose(0, 1)  # [N, K / g, 2]
         g = self.codes_cpu().view(self.out_features, -1, self.group_size).to(dtype).sub_(8.0)
+        sz = sz.to(dtype)
         return g.mul_(sz[..., 0:1]).add_(sz[..., 1:2]).view(self.out_features, self.in_features)
 
     def _dequantized(self, dtype: torch.dtype) -> torch.Tensor:

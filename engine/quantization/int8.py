@@ -5,9 +5,13 @@
 
 On the CPU a decode-sized product (up to `KERNEL_ROWS` rows) runs in PyTorch's own int8 weight-only kernel
 (`torch.ops.aten._weight_int8pack_mm`, the one torchao's int8 weight-only layout calls), which reads one byte
-per weight instead of four. That kernel is built for few rows: at prefill sizes it is ~40x slower than MKL's
-GEMM (512 rows of SmolLM2's gate/up projection: 6.4 s vs 0.16 s on the shared 2-core machine), so larger
-batches dequantize the weight (N x K multiply-adds, a few ms) and run the ordinary GEMM. Elsewhere
+per weight instead of four. It runs in bfloat16 (`CPU_KERNEL_DTYPE`): on an AVX2 machine its fp32 path is
+scalar and ~3x slower than the fp32 GEMM it replaces, its bf16 path ~1.6x faster (120 SmolLM2 projections,
+one row, one thread, cache-cold: `scripts/bench_quant_linear.py`, docs/benchmarks.md). The activations are
+rounded to bf16 on the way in (fp32 accumulation inside), and the scales are rounded to bf16 before the
+codes are chosen, so the kernel and the dequantized weight agree exactly. The kernel is built for few rows:
+at prefill sizes it is far slower than MKL's GEMM, so larger batches dequantize the weight (N x K
+multiply-adds) and run the ordinary GEMM. Elsewhere
 the same arithmetic runs as a plain matmul on the weights cast to the activation dtype (correct, no faster
 than the unquantized model: a GPU int8 kernel is not written yet).
 """
@@ -20,15 +24,21 @@ import torch.nn.functional as F
 
 from ..models.layers import linear
 
-KERNEL_ROWS = 2  # up to this many rows the weight-only kernel; beyond, dequantize + GEMM
-# (its cost grows ~linearly with the rows: 1 row 50 ms, 4 rows 121, 12 rows 338 vs dequantize + GEMM 108 at
-# 4 rows, on the overloaded shared machine: scripts/bench_quant_linear.py, docs/benchmarks.md)
+KERNEL_ROWS = 16  # up to this many rows the bf16 weight-only kernel; beyond, dequantize + GEMM
+# (in bf16 the kernels beat the fp32 GEMM up to ~16 rows and lose from ~32: scripts/bench_quant_linear.py)
+CPU_KERNEL_DTYPE = torch.bfloat16  # the activation and scale dtype of the CPU kernels (see above)
 
 
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 [N, K], fp32 scales [N]) with weight ~= q * scale[:, None]."""
+def kernel_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype the quantized kernels compute in: bf16 on the CPU, the model's dtype elsewhere."""
+    return CPU_KERNEL_DTYPE if weight.device.type == "cpu" else weight.dtype
+
+
+def quantize_int8(weight: torch.Tensor, scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 [N, K], fp32 scales [N]) with weight ~= q * scale[:, None]; the scales are first rounded to
+    `scale_dtype` (the dtype they are stored in), so the codes are the best ones for the stored scale."""
     w = weight.detach().float()
-    scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+    scale = (w.abs().amax(dim=1).clamp(min=1e-8) / 127.0).to(scale_dtype).float()
     q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
     return q, scale
 
@@ -42,17 +52,19 @@ class Int8Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
-        q, scale = quantize_int8(weight)
+        dtype = kernel_dtype(weight)
+        q, scale = quantize_int8(weight, dtype)
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.register_buffer("qweight", q)
-        self.register_buffer("scale", scale.to(weight.dtype))  # the kernel wants the activation dtype
+        self.register_buffer("scale", scale.to(dtype))  # the kernel wants the activation dtype
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and x.shape[0] <= KERNEL_ROWS:
-            y = torch.ops.aten._weight_int8pack_mm(x.contiguous(), self.qweight, self.scale)
+            xk = x.to(self.scale.dtype).contiguous()
+            y = torch.ops.aten._weight_int8pack_mm(xk, self.qweight, self.scale).to(x.dtype)
         elif x.device.type == "cpu":
-            y = linear(x, self.qweight.to(x.dtype).mul_(self.scale[:, None]))
+            y = linear(x, self.qweight.to(x.dtype).mul_(self.scale.to(x.dtype)[:, None]))
         else:
             y = F.linear(x, self.qweight.to(x.dtype)) * self.scale
         return y if self.bias is None else y + self.bias

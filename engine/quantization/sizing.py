@@ -22,7 +22,8 @@ def projection_shapes(num_layers: int, hidden: int, num_heads: int, num_kv_heads
 
 
 def quantized_bytes(out_features: int, in_features: int, cfg: WeightQuantConfig, dtype: torch.dtype) -> int:
-    """Bytes of one projection's weight in `cfg`'s format (codes + scales; a bias is not counted)."""
+    """Bytes of one projection's weight in `cfg`'s format (codes + scales; a bias is not counted); `dtype`
+    is the scales' dtype (bf16 on the CPU, the model's dtype elsewhere: int8.kernel_dtype)."""
     item = torch.empty((), dtype=dtype).element_size()
     if cfg.method == "int8":
         return out_features * in_features + out_features * item  # a scale per output channel, in the model dtype
@@ -32,8 +33,10 @@ def quantized_bytes(out_features: int, in_features: int, cfg: WeightQuantConfig,
     return out_features * in_features + out_features * 4  # fp8: fp32 scale per output channel
 
 
-def bytes_saved(mc, cfg: WeightQuantConfig | None) -> int:
-    """Weight bytes `cfg` frees for model config `mc` (an `engine.config.ModelConfig`)."""
+def bytes_saved(mc, cfg: WeightQuantConfig | None, scale_dtype: torch.dtype = torch.bfloat16) -> int:
+    """Weight bytes `cfg` frees for model config `mc` (an `engine.config.ModelConfig`) on the CPU, whose
+    quantized kernels keep their scales in `scale_dtype`. An int8 LM head (`cfg.lm_head`) frees the fp head
+    when it is untied and costs its int8 copy when it is tied (the embedding stays for the lookup)."""
     if cfg is None:
         return 0
     inter = mc.hf_config.intermediate_size
@@ -48,4 +51,11 @@ def bytes_saved(mc, cfg: WeightQuantConfig | None) -> int:
         kinds = [blocks.kind(j // len(FUSED), name) for j, name in enumerate(names)]
         return sum(o * i * item - (o * i + o * (i // 32) * 4 if kind == "int8" else quantized_bytes(o, i, cfg, mc.dtype))
                    for (o, i), kind in zip(shapes, kinds))
-    return sum(o * i * item - quantized_bytes(o, i, cfg, mc.dtype) for o, i in shapes)
+    if cfg.method == "awq":  # pre-quantized int4 keeps its exact scales in the model's dtype (Int4Linear.from_codes)
+        return sum(o * i * item - quantized_bytes(o, i, cfg, mc.dtype) for o, i in shapes)
+    saved = sum(o * i * item - quantized_bytes(o, i, cfg, scale_dtype) for o, i in shapes)
+    if cfg.lm_head and cfg.method in ("int8", "int4"):
+        head = quantized_bytes(mc.vocab_size, mc.hidden_size, WeightQuantConfig("int8"), scale_dtype)
+        tied = bool(getattr(mc.hf_config, "tie_word_embeddings", False))
+        saved += (0 if tied else mc.vocab_size * mc.hidden_size * item) - head
+    return saved

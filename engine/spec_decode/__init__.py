@@ -3,6 +3,9 @@
     config.py  `SpeculativeConfig`: the method, k, the n-gram sizes, the batch size above which it is off
     ngram.py   `NgramProposer`: prompt lookup (the tokens that followed the latest earlier match of the
                sequence's last n tokens)
+    draft_model.py  `DraftProposer`: a smaller model's argmax drafts, batched across sequences, with its own
+               paged KV cache (catch-up after verification, re-prefill after preemption)
+    draft_config.py  the draft model resolved and checked against the target (vocabulary, shape, early exit)
     verify.py  the worker's rows per sequence and the accepted-prefix rule (exact for greedy and sampling)
     penalties.py  penalties at draft positions: prior drafts counted, only kept tokens recorded
     stats.py   `SpecDecodeStats`: drafts, draft tokens, accepted tokens (in total and per position)

@@ -354,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
         from .spec_bench import run_spec_comparison
 
         run_spec_comparison(args, eargs, wl, results)
-        _write_json(args.json, results)
+        write_json(args.json, results)
         return 0
     if args.compare_tp:
         if args.vs_hf:

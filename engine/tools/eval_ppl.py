@@ -40,17 +40,20 @@ class EvalConfig:
     name: str
     quantization: str | None
     kv_cache_dtype: str
+    quantize_lm_head: bool = True
     group_size: int | None = None  # int4 only (`int4-g32`); None: the engine's default
 
 
 def parse_config(name: str) -> EvalConfig:
-    """`base`, a weight format (`int4-g<N>`: int4 with group size N), `kv-<kv_cache_dtype>`, or several
-    joined by `+`."""
-    quant, kv, group = None, "auto", None
+    """`base`, a weight format (`int4-g<N>`: int4 with group size N), `kv-<kv_cache_dtype>`, `fphead` (keep
+    the LM head at the model's dtype), or several joined by `+`."""
+    quant, kv, head, group = None, "auto", True, None
     for part in name.split("+"):
         if part in ("base", "fp32"):
             continue
-        if part.startswith("int4-g") and part[6:].isdigit() and quant is None:
+        if part == "fphead":
+            head = False
+        elif part.startswith("int4-g") and part[6:].isdigit() and quant is None:
             quant, group = "int4", int(part[6:])
         elif part in QUANT_METHODS and quant is None:
             quant = part
@@ -58,8 +61,8 @@ def parse_config(name: str) -> EvalConfig:
             kv = part[3:]
         else:
             raise ValueError(f"configs: {name!r} is not base, one of {QUANT_METHODS}, kv-<one of "
-                             f"{KV_CACHE_DTYPES[1:]}>, or such parts joined by '+'")
-    return EvalConfig(name, quant, kv, group)
+                             f"{KV_CACHE_DTYPES[1:]}>, int4-g<N>, fphead, or such parts joined by '+'")
+    return EvalConfig(name, quant, kv, head, group)
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ def evaluate(base_args: EngineArgs, configs: list[EvalConfig], text: str, window
     for cfg in configs:
         t0 = time.perf_counter()
         args = dataclasses.replace(base_args, quantization=cfg.quantization, kv_cache_dtype=cfg.kv_cache_dtype,
-                                   quantization_group_size=cfg.group_size)
+                                   quantize_lm_head=cfg.quantize_lm_head, quantization_group_size=cfg.group_size)
         llm = LLM(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
         try:
             tok = llm.tokenizer

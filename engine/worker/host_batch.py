@@ -130,7 +130,7 @@ class HostBatchBuilder:
             num_drafts.append(len(drafts))
             if type(s) is NewSeq:
                 tables.set(st.slot, st.block_ids)
-            elif s.new_block_ids:
+            elif s.new_block_ids or s.trim_blocks_to >= 0:
                 tables.extend(st.slot, s.new_block_ids, len(st.block_ids))
             end = start + n
             if drafts:  # the last known token, then the proposed ones (speculative decoding)

@@ -36,6 +36,7 @@ from ..quantization.kv_cache import allocate_kv_cache
 from ..quantization.sizing import bytes_saved
 from ..sample.sampler import Sampler, SamplingBatch, unpack
 from ..sample.tables import PenaltyCounts, SamplingTable
+from ..spec_decode.draft_model import draft_block_bytes
 from ..spec_decode.penalties import draft_penalty_arrays, kept_rows, with_prior_drafts
 from ..spec_decode.verify import accepted_tokens
 from ..step import RunnerOutput, SchedulerOutput
@@ -143,6 +144,12 @@ class ModelRunner:
                     self.num_kv_blocks, tokens, tokens / mc.max_model_len,
                     self.num_kv_blocks * self.block_bytes / 2**20, mc.kv_bytes_per_token,
                     str(mc.dtype).removeprefix("torch.") if not mc.kv_cache.quantized else mc.kv_cache.name)
+        if config.draft_model is not None:
+            draft = draft_block_bytes(config)
+            logger.info("KV cache budget shared with the draft model %s: %d blocks of %d B each (target %d B + "
+                        "draft %d B per block; %.1f MiB for the draft's cache)", config.draft_model.name,
+                        self.num_kv_blocks, self.block_bytes + draft, self.block_bytes, draft,
+                        self.num_kv_blocks * draft / 2**20)
 
     # ---- KV-cache sizing -------------------------------------------------------------------------------------
     @property
@@ -152,8 +159,10 @@ class ModelRunner:
         return self.block_size * mc.kv_bytes_per_token * self.num_kv_heads // mc.num_kv_heads
 
     def _decide_num_blocks(self) -> int:
+        # a speculative draft model's cache has as many blocks as this one: the budget pays for both
+        draft = draft_block_bytes(self.config)
         if self.device.type == "cuda":
-            blocks = decide_num_blocks(self.config, self.block_bytes, self._profile_gpu_blocks)
+            blocks = decide_num_blocks(self.config, self.block_bytes + draft, self._profile_gpu_blocks)
             return blocks if self.tp is None else self.tp.comm.min_int(blocks)  # every rank, the same tables
         # The CPU budget is for all ranks' caches together (they share the machine's memory); every rank
         # computes the same count from the shard plan, no communication needed.
@@ -165,7 +174,7 @@ class ModelRunner:
         saved = bytes_saved(self.config.model, self.config.model.quantization)
         config = dataclasses.replace(self.config, cache=dataclasses.replace(
             cache, cpu_kv_cache_bytes=cache.cpu_kv_cache_bytes + saved))
-        return decide_num_blocks(config, all_ranks, None)
+        return decide_num_blocks(config, all_ranks + draft, None)
 
     @torch.no_grad()
     def _profile_gpu_blocks(self) -> int:
@@ -184,7 +193,7 @@ class ModelRunner:
         peak = torch.cuda.max_memory_allocated(self.device)
         free, total = torch.cuda.mem_get_info(self.device)
         budget = total * self.config.cache.gpu_memory_utilization - peak - (total - free - torch.cuda.memory_reserved(self.device))
-        blocks = int(budget // self.block_bytes)
+        blocks = int(budget // (self.block_bytes + draft_block_bytes(self.config)))
         if blocks < 1:
             raise RuntimeError(f"gpu_memory_utilization: no memory left for the KV cache (peak {peak / 2**30:.1f} GiB)")
         return blocks

@@ -79,6 +79,8 @@ class SeqStates:
             state = self.states[seq.request_id]
             if seq.new_token_ids:
                 state.token_ids.extend(seq.new_token_ids)
+            if seq.trim_blocks_to >= 0:  # blocks of rejected drafts were freed (speculative decoding)
+                del state.block_ids[seq.trim_blocks_to:]
             if seq.new_block_ids:
                 state.block_ids.extend(seq.new_block_ids)
         # one token past the known ones is allowed: the one this worker sampled last step (asynchronous);

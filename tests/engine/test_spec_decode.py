@@ -157,7 +157,7 @@ def test_unsupported_combinations_are_refused(loopy):
     with pytest.raises(ValueError, match="speculative_config: not supported with async_scheduling"):
         LLMEngine.from_args(model=loopy(), device="cpu", async_scheduling=True,
                             speculative_config=NGRAM)
-    with pytest.raises(ValueError, match="speculative_config: not supported with tensor_parallel_size"):
+    with pytest.raises(ValueError, match="speculative_config: method .ngram. is not supported with tensor_parallel_size"):
         LLMEngine.from_args(model=loopy(), device="cpu", tensor_parallel_size=2,
                             speculative_config=NGRAM)
 

@@ -58,3 +58,32 @@ def test_each_request_logs_one_access_line(client, caplog):
     (line,) = [rec.getMessage() for rec in caplog.records if request_id in rec.getMessage()]
     assert '"POST /v1/completions" 200' in line and "prompt_tokens=1 completion_tokens=3" in line
     assert "ttft_s=0." in line and "e2e_s=" in line
+
+
+def test_chat_template_flag_takes_a_shipped_name_a_file_or_jinja_text(tmp_path, monkeypatch):
+    from server.chat_template import SHIPPED
+
+    monkeypatch.delenv("KVSERVE_API_KEY", raising=False)
+    shipped = SHIPPED["smollm2-tools"].read_text()
+    assert ServerConfig.from_cli_args(parse("--chat-template", "smollm2-tools")).chat_template == shipped
+    path = tmp_path / "t.jinja"
+    path.write_text("{{ messages[0]['content'] }}")
+    assert ServerConfig.from_cli_args(parse("--chat-template", str(path))).chat_template == path.read_text()
+    assert ServerConfig.from_cli_args(parse("--chat-template", "{% for m in messages %}x{% endfor %}")) \
+        .chat_template == "{% for m in messages %}x{% endfor %}"
+
+
+@pytest.mark.parametrize("value, words", [("no/such/file.jinja", "neither a file"),
+                                          ("{% for m in messages %}", "not a valid Jinja template")])
+def test_a_chat_template_that_cannot_be_used_is_a_startup_error(value, words):
+    with pytest.raises(ValueError, match=words):
+        ServerConfig.from_cli_args(parse("--chat-template", value))
+
+
+def test_tool_call_and_reasoning_parser_flags():
+    config = ServerConfig.from_cli_args(parse("--tool-call-parser", "llama3_json", "--reasoning-parser", "qwen3"))
+    assert (config.tool_call_parser, config.reasoning_parser) == ("llama3_json", "qwen3")
+    with pytest.raises(SystemExit):
+        parse("--tool-call-parser", "mistral")
+    with pytest.raises(ValueError, match="reasoning_parser"):
+        ServerConfig(reasoning_parser="o1")

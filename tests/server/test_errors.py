@@ -68,7 +68,8 @@ CASES = [
     ("top-logprobs-without-logprobs", CHAT, {"messages": OK_MESSAGES, "top_logprobs": 2}, 400, "top_logprobs"),
     ("max-completion-tokens-zero", CHAT, {"messages": OK_MESSAGES, "max_completion_tokens": 0}, 400,
      "max_completion_tokens"),
-    ("tools-unsupported", CHAT, {"messages": OK_MESSAGES, "tools": [{"type": "function"}]}, 400, "tools"),
+    ("tool-without-function", CHAT, {"messages": OK_MESSAGES, "tools": [{"type": "function"}]}, 400,
+     "tools[0].function"),
     ("detokenize-out-of-vocab", "/detokenize", {"tokens": [1, 10**9]}, 400, "tokens"),
 ]
 
