@@ -70,26 +70,33 @@ def projection_shapes(model: "ModelShape") -> list[tuple[int, int]]:
     return [(q + 2 * kv, h), (h, q), (2 * i, h), (h, i)] * model.num_layers
 
 
-def default_group_size(model: "ModelShape") -> int:
-    """The server's int4 default: the coarsest of 128, 64, 32 that divides every projection input."""
-    inputs = {i for _, i in projection_shapes(model)}
-    return next((g for g in (128, 64, 32) if all(k % g == 0 for k in inputs)), 32)
+DEFAULT_INT4_GROUP = 32  # the server's default int4 group size (engine.config.EngineArgs._resolve_quantization)
 
 
-def quantized_weight_bytes(model: "ModelShape", base_bytes: float, method: str, group_size: int | None) -> int:
-    """The model's weights with its projections in `method` and everything else (embedding, lm_head, norms,
-    biases) at `base_bytes` per parameter: what engine.quantization.sizing counts for the server."""
+def quantized_weight_bytes(model: "ModelShape", base_bytes: float, method: str, group_size: int | None,
+                           scale_bytes: float | None = None, lm_head: bool = True) -> int:
+    """The model's weights with its projections in `method` and everything else (embedding, norms, biases,
+    and the LM head unless `lm_head`) at `base_bytes` per parameter: what engine.quantization.sizing counts
+    for the server. `scale_bytes`: the int8/int4 scales' size (the CPU kernels keep them in bf16: 2; None:
+    the model's dtype). `lm_head` (int8/int4, the server's default): the LM head in int8 with a scale per
+    vocabulary row; a tied head is a copy beside the embedding, which the lookup keeps."""
     shapes = projection_shapes(model)
-    group = group_size or default_group_size(model)
+    group = group_size or DEFAULT_INT4_GROUP
+    sb = base_bytes if scale_bytes is None else scale_bytes
     total = 0
     for o, i in shapes:
         if method == "int8":
-            total += o * i + o * base_bytes  # a scale per output channel, in the model dtype
+            total += o * i + o * sb  # a scale per output channel
         elif method == "int4":
-            total += o * i // 2 + o * (i // group) * 2 * base_bytes  # a scale and a zero per group
+            total += o * i // 2 + o * (i // group) * 2 * sb  # a scale and a zero per group
         else:
             total += o * i + o * 4  # fp8: an fp32 scale per output channel
     rest = model.num_params - sum(o * i for o, i in shapes)
+    if lm_head and method in ("int8", "int4") and model.vocab_size and model.hidden_size and model.breakdown:
+        head = model.vocab_size * model.hidden_size
+        total += head + model.vocab_size * sb
+        if model.breakdown.lm_head:  # untied: the int8 head replaces the full-precision one
+            rest -= head
     return math.ceil(rest * base_bytes + total)
 
 
@@ -185,6 +192,7 @@ class Workload:
     quantization: str | None = None  # the server's --quantization: projections int8 / int4 / fp8, the rest weight_dtype
     group_size: int | None = None  # int4 only; None: the server's default
     cpu_kv_cache_bytes: int | None = None  # plan the CPU server: this KV budget (+ what quantization saves)
+    quantize_lm_head: bool = True  # the server's --quantize-lm-head (int8/int4)
 
     def __post_init__(self) -> None:
         dtype_name(self.weight_dtype, WEIGHT_DTYPE_BYTES, "dtype")
@@ -269,7 +277,10 @@ def plan_capacity(model: ModelShape, gpu: Hardware, work: Workload) -> CapacityP
     kv_elem = KV_DTYPE_BYTES[dtype_name(work.kv_dtype, KV_DTYPE_BYTES, "kv_dtype")]
     cost = model_cost(model, w_bytes, kv_elem)
     if work.quantization is not None:
-        quantized = quantized_weight_bytes(model, w_bytes, work.quantization, work.group_size)
+        # the CPU kernels keep int8/int4 scales in bf16 (engine.quantization.int8.CPU_KERNEL_DTYPE)
+        scale_bytes = 2 if work.cpu_kv_cache_bytes is not None else None
+        quantized = quantized_weight_bytes(model, w_bytes, work.quantization, work.group_size, scale_bytes,
+                                           work.quantize_lm_head)
         # the bytes a decode step reads shrink with the weights (per parameter on average)
         cost = dataclasses.replace(cost, weight_bytes=quantized)
         w_bytes = quantized / model.num_params

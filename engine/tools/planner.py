@@ -49,8 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the server's --quantization: decoder projections in this format (codes + scales), the "
                         "embedding, lm_head and norms at --dtype, which is then the model's dtype")
     w.add_argument("--quantization-group-size", type=int, default=None,
-                   help="int4 only: input columns per scale and zero (default: the server's, the coarsest of 128, 64, "
-                        "32 that divides every projection input)")
+                   help="int4 only: input columns per scale and zero (default: the server's, 32)")
+    w.add_argument("--quantize-lm-head", action=argparse.BooleanOptionalAction, default=True,
+                   help="with int8/int4: the LM head in int8 too, as the server does by default")
     w.add_argument("--cpu-kv-cache-gb", type=float, default=None,
                    help="plan the CPU server instead of a GPU: its KV budget (the server's --cpu-kv-cache-gb), to which "
                         "it adds the bytes quantization saves")
@@ -130,7 +131,7 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
     return Workload(weight_dtype=weight, kv_dtype=dtype_name(kv, KV_DTYPE_BYTES, "kv_dtype"),
                     memory_fraction=args.memory_fraction, context_len=args.context_len, block_size=args.block_size,
                     batch_size=args.batch_size, prompt_len=args.prompt_len, quantization=args.quantization,
-                    group_size=args.quantization_group_size,
+                    group_size=args.quantization_group_size, quantize_lm_head=args.quantize_lm_head,
                     cpu_kv_cache_bytes=None if args.cpu_kv_cache_gb is None else int(args.cpu_kv_cache_gb * 2**30))
 
 

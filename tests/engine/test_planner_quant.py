@@ -17,17 +17,21 @@ from engine.tools.capacity import GPU_PRESETS, Workload, kv_bytes_per_token, pla
 BUDGET_GB = 0.01
 # (architecture, quantization, kv_cache_dtype); qwen2 (projection biases, unquantized) checks the weight bytes
 CASES = [("llama", None, "auto"), ("llama", None, "int8"), ("llama", "int8", "auto"), ("llama", "int8", "int8"),
-         ("llama", "int4", "fp8_e4m3"), ("qwen2", "int8", "auto"), ("qwen2", "int4", "auto")]
+         ("llama", "int4", "fp8_e4m3"), ("qwen2", "int8", "auto"), ("qwen2", "int4", "auto"), ("llama", "int4-fp-head", "auto")]
 
 
 @pytest.mark.parametrize("arch, quantization, kv", CASES)
 def test_planner_block_count_equals_the_cpu_engines(arch, quantization, kv, tiny_model_dir, capsys):
     path = tiny_model_dir(arch)
-    llm = LLM(path, device="cpu", cpu_kv_cache_gb=BUDGET_GB, quantization=quantization, kv_cache_dtype=kv)
+    head = quantization != "int4-fp-head"  # the server's --quantize-lm-head (default on) / --no-quantize-lm-head
+    quantization = "int4" if not head else quantization
+    llm = LLM(path, device="cpu", cpu_kv_cache_gb=BUDGET_GB, quantization=quantization, kv_cache_dtype=kv,
+              quantize_lm_head=head)
     runner = llm.engine.runner
     kv_name = "fp32" if kv == "auto" else kv
     argv = ["plan", "--model", path, "--dtype", "fp32", "--kv-dtype", kv_name, "--cpu-kv-cache-gb", str(BUDGET_GB),
-            "--json"] + ([] if quantization is None else ["--quantization", quantization])
+            "--json"] + ([] if quantization is None else ["--quantization", quantization]) + \
+        ([] if head else ["--no-quantize-lm-head"])
     assert main(argv) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["kv_bytes_per_token"] == runner.config.model.kv_bytes_per_token
