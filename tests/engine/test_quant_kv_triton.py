@@ -48,10 +48,15 @@ def test_chunked_prefill_on_triton_with_an_int8_cache(tiny_model_dir, prompts, t
     assert _greedy(llm, prompts) == triton_int8_reference
 
 
-def test_preemption_on_triton_with_an_int8_cache(tiny_model_dir, prompts, triton_int8_reference):
-    # 12 blocks of 4 tokens for 3 sequences of up to 42 tokens: requests are preempted and recomputed
+def test_preemption_on_triton_with_an_int8_cache(tiny_model_dir, prompts_fn):
+    # tests/engine/test_quant_kv_cache.py's preemption workload: 20 blocks of 4 tokens for 6 sequences of up
+    # to 46 tokens, so requests are preempted and recomputed; the reference is the torch backend's 8-bit
+    # cache without preemption (the same tokens as Triton's, first test above)
+    prompts = prompts_fn(6, [5, 13, 21, 34], seed=11)
+    expected = _greedy(LLM(tiny_model_dir("llama"), device="cpu", kv_cache_dtype="int8", enable_prefix_caching=False),
+                       prompts, max_tokens=12)
     llm = LLM(tiny_model_dir("llama"), device="cpu", kv_cache_dtype="int8", attention_backend="triton",
-              block_size=4, num_kv_blocks=12, enable_prefix_caching=False)
+              block_size=4, num_kv_blocks=20)
     engine, preemptions = llm.engine, []
     original_step = engine.step
 
@@ -61,7 +66,7 @@ def test_preemption_on_triton_with_an_int8_cache(tiny_model_dir, prompts, triton
         return out
 
     engine.step = counting_step
-    assert _greedy(llm, prompts) == triton_int8_reference
+    assert _greedy(llm, prompts, max_tokens=12) == expected
     assert sum(preemptions) > 0
     assert engine.kv.pool.num_free_blocks == engine.kv.pool.num_blocks
 
