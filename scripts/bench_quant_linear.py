@@ -29,7 +29,7 @@ def paths(w: torch.Tensor) -> dict:
     l8, l4 = Int8Linear(w, None), Int4Linear(w, None, 64)
     s8, sz4 = l8.scale.float(), l4.scales_and_zeros.float()
     n, k = w.shape
-    group_scale = w.view(n, -1, 32).abs().amax(-1) / 127  # Q8_0's layout: one scale per 32 columns
+    group_scale = w.view(n, -1, 32).abs().amax(-1) / 127  # GGUF Q8_0's layout: one scale per 32 columns
     codes = torch.round(w.view(n, -1, 32) / group_scale[..., None]).to(torch.int8).view(n, k)
     q8 = GroupedInt8Linear(codes, group_scale, None, torch.float32, torch.device("cpu"))
     return {
@@ -40,6 +40,7 @@ def paths(w: torch.Tensor) -> dict:
         "int4 kernel, bf16 in": lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.bfloat16(), l4.qweight, 64, l4.scales_and_zeros).float(),
         "int8 dequant + GEMM": lambda x: linear(x, l8.qweight.float().mul_(s8[:, None])),
+        "int4 dequant + GEMM": lambda x: linear(x, l4._dequantized_cpu(x.dtype)),
         "Q8_0 grouped int8 (dequant + GEMM)": lambda x: q8(x),
     }
 

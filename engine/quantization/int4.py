@@ -22,7 +22,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.layers import linear
-from .int8 import KERNEL_ROWS, kernel_dtype
+from .int8 import kernel_dtype
+
+KERNEL_ROWS = 64  # up to this many rows the bf16 kernel: unpacking the codes makes dequantize + GEMM dearer
+# than int8's (20 SmolLM2 projections, thread CPU ms: 32 rows kernel 39.7 vs dequantize + GEMM 81.4; 64 rows
+# 66.4 vs 82.3; 256 rows 243 vs 157: scripts/bench_quant_linear.py)
 
 PACK_BLOCK_N = 32  # output channels per block of the CPU kernel's packed layout
 
