@@ -212,9 +212,6 @@ class EngineArgs:
         backend = self.attention_backend
         if backend == "auto":
             backend = "triton" if device.type == "cuda" else "torch"
-        if model.kv_cache.quantized and backend != "torch":
-            raise ValueError(f"kv_cache_dtype: {self.kv_cache_dtype} is implemented on the torch attention backend "
-                             "only (the Triton kernels do not read an 8-bit cache yet); use attention_backend='torch'")
         parallel = self._resolve_parallel(model, device)
         cpu_threads = self.cpu_threads
         if cpu_threads is None and device.type == "cpu" and parallel.tensor_parallel_size > 1:
@@ -259,12 +256,21 @@ class EngineArgs:
 
     def _resolve_quantization(self, model: "ModelConfig", device: torch.device) -> WeightQuantConfig | None:
         """The weight format, its int4 group size checked against every projection input of every rank."""
+        declared = (getattr(model.hf_config, "quantization_config", None) or {}).get("quant_method")
+        if declared == "awq" or self.quantization == "awq":  # a pre-quantized checkpoint decides its format
+            from .quantization.awq import awq_config
+
+            return awq_config(model, self.quantization, self.tensor_parallel_size)
         if self.quantization is None:
             return None
         if self.quantization == "fp8":
             from .quantization.fp8 import check_fp8_device
 
             check_fp8_device(device)
+        if self.quantization == "gguf":
+            from .quantization.gguf_int4 import gguf_int4_config
+
+            return gguf_int4_config(model, self.tensor_parallel_size)
         from .distributed.partition import plan_for_model
 
         shards = plan_for_model(model, self.tensor_parallel_size)

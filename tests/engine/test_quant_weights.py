@@ -235,3 +235,13 @@ def test_prefill_sized_batches_take_the_dequantized_gemm_with_the_same_result(cl
     x = torch.randn(KERNEL_ROWS + 8, 128, generator=torch.Generator().manual_seed(1))
     kernel = torch.cat([layer(x[i:i + KERNEL_ROWS]) for i in range(0, len(x), KERNEL_ROWS)])  # the bf16 kernel
     torch.testing.assert_close(layer(x), kernel, **BF16)  # one call: dequantize + fp32 GEMM
+
+
+def test_eval_ppl_configs_name_an_int4_group_size():
+    from engine.tools.eval_ppl import parse_config
+
+    cfg = parse_config("int4-g32+kv-int8")
+    assert (cfg.quantization, cfg.kv_cache_dtype, cfg.group_size) == ("int4", "int8", 32)
+    assert parse_config("gguf").quantization == "gguf" and parse_config("gguf").group_size is None
+    with pytest.raises(ValueError, match="^configs: 'int4-gx'"):
+        parse_config("int4-gx")
