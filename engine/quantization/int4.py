@@ -27,6 +27,8 @@ from .int8 import kernel_dtype
 KERNEL_ROWS = 64  # up to this many rows the bf16 kernel: unpacking the codes makes dequantize + GEMM dearer
 # than int8's (20 SmolLM2 projections, thread CPU ms: 32 rows kernel 39.7 vs dequantize + GEMM 81.4; 64 rows
 # 66.4 vs 82.3; 256 rows 243 vs 157: scripts/bench_quant_linear.py)
+FP32_KERNEL_ROWS = 1  # pre-quantized layers keep exact fp32 scales (from_codes), and the kernel's fp32 path is
+# slow: ~4x the fp32 GEMM at one row, ~40x at 32 rows; beyond one row their dequantize + GEMM is cheaper
 
 PACK_BLOCK_N = 32  # output channels per block of the CPU kernel's packed layout
 
@@ -95,7 +97,7 @@ class Int4Linear(nn.Module):
         return cls(None, bias, group_size, codes=(codes, scales.float(), zeros.float()), dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed and x.shape[0] <= KERNEL_ROWS:
+        if self.packed and x.shape[0] <= (KERNEL_ROWS if self.dtype == torch.bfloat16 else FP32_KERNEL_ROWS):
             xk = x.to(self.dtype).contiguous()
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(xk, self.qweight, self.group_size,
                                                            self.scales_and_zeros).to(x.dtype)
