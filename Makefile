@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv serve generate test prometheus-check soak bench-busy-core bench-health clean-venv
+.PHONY: venv serve generate test prometheus-check soak bench-busy-core bench-health eval-lm clean-venv
 
 venv: $(STAMP)
 
@@ -43,6 +43,12 @@ bench-busy-core: $(STAMP)
 # /health latency while other clients make the server tokenize and parse as much as it allows.
 bench-health: $(STAMP)
 	$(PY) -m server.bench_health $(ARGS)
+
+# lm-evaluation-harness (the optional `eval` extra, installed here) against a kvserve it starts, on the shipped
+# multiple-choice task (evals/lm_eval_tasks); prints the accuracy. ARGS="--model DIR --check" (docs/evaluation.md).
+eval-lm: $(STAMP)
+	$(PY) -c "import lm_eval" 2>/dev/null || $(PY) -m pip install -q -e '.[eval]'
+	$(PY) scripts/eval_lm.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

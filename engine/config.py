@@ -139,8 +139,8 @@ class EngineArgs:
                        help="quantize the weights at load time: int8 (per output channel), int4 (grouped), "
                             "fp8 (weights and activations; CUDA sm_89+)")
         g.add_argument("--quantization-group-size", type=int, default=None,
-                       help="int4: input columns per scale/zero group, 32/64/128/256 (default: the largest of "
-                            "128, 64, 32 that divides every projection's input)")
+                       help="int4: input columns per scale/zero group, 32/64/128/256 (default 32: the most "
+                            "accurate; larger groups store fewer scales)")
         g.add_argument("--quantize-lm-head", action=argparse.BooleanOptionalAction, default=True,
                        help="with --quantization int8/int4, also store the LM head (tied embedding or not) in "
                             "int8 per output row (default on: it is ~20%% of SmolLM2's bytes per token)")
@@ -212,9 +212,6 @@ class EngineArgs:
         backend = self.attention_backend
         if backend == "auto":
             backend = "triton" if device.type == "cuda" else "torch"
-        if model.kv_cache.quantized and backend != "torch":
-            raise ValueError(f"kv_cache_dtype: {self.kv_cache_dtype} is implemented on the torch attention backend "
-                             "only (the Triton kernels do not read an 8-bit cache yet); use attention_backend='torch'")
         parallel = self._resolve_parallel(model, device)
         cpu_threads = self.cpu_threads
         if cpu_threads is None and device.type == "cpu" and parallel.tensor_parallel_size > 1:
@@ -259,12 +256,21 @@ class EngineArgs:
 
     def _resolve_quantization(self, model: "ModelConfig", device: torch.device) -> WeightQuantConfig | None:
         """The weight format, its int4 group size checked against every projection input of every rank."""
+        declared = (getattr(model.hf_config, "quantization_config", None) or {}).get("quant_method")
+        if declared == "awq" or self.quantization == "awq":  # a pre-quantized checkpoint decides its format
+            from .quantization.awq import awq_config
+
+            return awq_config(model, self.quantization, self.tensor_parallel_size)
         if self.quantization is None:
             return None
         if self.quantization == "fp8":
             from .quantization.fp8 import check_fp8_device
 
             check_fp8_device(device)
+        if self.quantization == "gguf":
+            from .quantization.gguf_int4 import gguf_int4_config
+
+            return gguf_int4_config(model, self.tensor_parallel_size)
         from .distributed.partition import plan_for_model
 
         shards = plan_for_model(model, self.tensor_parallel_size)
@@ -275,9 +281,10 @@ class EngineArgs:
         if self.tensor_parallel_size == 1:
             inputs = {"hidden size": model.hidden_size, "query heads x head_dim": model.num_heads * model.head_dim,
                       "MLP width": shards[0].intermediate_size}
-        group = self.quantization_group_size
-        if group is None:  # the coarsest group (fewest scales) that tiles every input
-            group = next((g for g in (128, 64, 32) if all(k % g == 0 for k in inputs.values())), 32)
+        # Default 32, the finest group and llama.cpp's Q4 block: the coarsest group that tiles (64 for SmolLM2)
+        # costs +43% perplexity on the default model, whose published weights are Q4_1 blocks of 32 that a
+        # 32-group requantizes almost exactly (docs/benchmarks.md, quantization accuracy).
+        group = self.quantization_group_size or 32
         cfg = WeightQuantConfig(self.quantization, group, lm_head=self.quantize_lm_head)
         cfg.check_shapes(inputs)
         return cfg

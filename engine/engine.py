@@ -52,6 +52,7 @@ class _LaunchedStep:
     output: PendingOutput
     requests: dict[str, Request]  # the sampling sequences' requests when the step was launched
     num_drafts: dict[str, int]  # speculative decoding: sequences sent drafts -> how many
+    prompt_requests: dict[str, Request]  # sequences computing prompt logprobs in the step
 
 
 class LLMEngine:
@@ -82,6 +83,8 @@ class LLMEngine:
         self.eos_token_ids = tuple(sorted(eos))
         self._states: dict[str, _SeqState] = {}
         self._children: dict[str, list[str]] = {}  # parent request id -> its sequences' ids
+        # n > 1 with prompt logprobs: parent request id -> its sequence that computes them
+        self._first_sibling: dict[str, Request] = {}
         self._pending: list[SequenceDelta] = []  # deltas produced between steps (aborts)
         self.async_scheduling = config.async_scheduling
         self._in_flight: _LaunchedStep | None = None  # asynchronous scheduling: the step launched last
@@ -145,6 +148,9 @@ class LLMEngine:
         if params.structured_outputs is not None:
             compiled = self.grammars.compile(params.structured_outputs)  # a cache hit when the server compiled it
         share = params.n > 1 and self.config.cache.enable_prefix_caching and len(prompt_ids) > self.config.cache.block_size
+        # with prompt logprobs the first sequence computes them and the others start after its prefill, so
+        # that each one's first delta can carry them
+        share = share or (params.n > 1 and params.prompt_logprobs is not None)
         for i, rid in enumerate(ids):
             req = Request(rid, prompt_ids, params, max_tokens, self.eos_token_ids, parent_id=request_id, index=i,
                           seed=None if params.seed is None else params.seed + i, cache_salt=cache_salt,
@@ -156,6 +162,8 @@ class LLMEngine:
             self._states[rid] = _SeqState(detok, None if compiled is None else SequenceGrammar(compiled))
             if compiled is not None:
                 self._grammar_seqs.add(rid)
+            if i == 0 and params.n > 1 and params.prompt_logprobs is not None:
+                self._first_sibling[request_id] = req
             self.scheduler.add_request(req)
         self._children[request_id] = ids
         return prompt_ids
@@ -186,7 +194,7 @@ class LLMEngine:
         if n + max_tokens > limit:
             raise ParamError("max_tokens", f"the prompt ({n} tokens) plus max_tokens ({max_tokens}) is "
                                            f"{n + max_tokens} tokens, over the context window of {limit} tokens")
-        blocks = self.kv.num_blocks_for(n + max_tokens - 1)  # the last sampled token's K/V is never stored
+        blocks = self.kv.num_blocks_for(n + max(max_tokens, 1) - 1)  # the last sampled token's K/V is never stored
         if blocks > self.kv.num_blocks:
             raise ParamError("max_tokens", f"the prompt ({n} tokens) plus max_tokens ({max_tokens}) needs {blocks} "
                                            f"KV blocks, but the whole cache has {self.kv.num_blocks}")
@@ -198,6 +206,7 @@ class LLMEngine:
         ids = self._children.pop(request_id, None)
         if ids is None:
             return False
+        self._first_sibling.pop(request_id, None)
         now = time.time()
         for rid in ids:
             req = self.scheduler.finish_request(rid, RequestStatus.FINISHED_ABORTED)
@@ -234,7 +243,9 @@ class LLMEngine:
         requests = self.scheduler.requests
         launched = _LaunchedStep(self.executor.execute_async(sched),
                                  {s.request_id: requests[s.request_id] for s in sched.seqs if s.sample},
-                                 {s.request_id: len(s.draft_token_ids) for s in sched.seqs if s.draft_token_ids})
+                                 {s.request_id: len(s.draft_token_ids) for s in sched.seqs if s.draft_token_ids},
+                                 {s.request_id: requests[s.request_id] for s in sched.seqs
+                                  if requests[s.request_id].prompt_logprobs is not None})
         self.scheduler.on_step_done(sched)
         if self.async_scheduling:
             done, self._in_flight = self._in_flight, launched
@@ -293,10 +304,17 @@ class LLMEngine:
         result = step.output.result()
         now = time.time()
         num_generated = 0
+        for chunk in result.prompt_logprobs:  # before the tokens: a first token's delta carries them all
+            req = step.prompt_requests[chunk.request_id]
+            if self.scheduler.requests.get(chunk.request_id) is req:
+                req.add_prompt_logprobs(chunk.first_position, chunk.entries)
         for rid, tokens, logprobs in zip(result.request_ids, result.token_ids, result.logprobs):
             req = step.requests[rid]
             if self.scheduler.requests.get(rid) is not req:
                 continue  # finished or aborted since the step was launched: its token is nobody's
+            if req.max_tokens == 0:  # prefill only (prompt logprobs): the sampled token is nobody's either
+                deltas.append(self._finish(req, "length", "", now, []))
+                continue
             num_drafts = step.num_drafts.get(rid, 0)
             if num_drafts:
                 accepted = len(tokens) - 1
@@ -337,13 +355,32 @@ class LLMEngine:
         if reason is None and (num_output >= req.max_tokens or req.num_tokens >= self.max_model_len):
             reason = "length"
         if reason is not None:
-            if state.detok is not None and state.detok.stopped_by is None:
-                text += state.detok.flush()
-            status = RequestStatus.FINISHED_STOPPED if reason == "stop" else RequestStatus.FINISHED_LENGTH
-            self.scheduler.finish_request(req.request_id, status)
-            self._drop_state(req.request_id)
-            self._forget_child(req)
-        return self._delta(req, [token], text, [logprob] if logprob is not None else None, now, reason)
+            return self._finish(req, reason, text, now, [token], [logprob] if logprob is not None else None)
+        return self._delta(req, [token], text, [logprob] if logprob is not None else None, now, reason,
+                           self._prompt_logprobs_of(req))
+
+    def _finish(self, req: Request, reason: str, text: str, now: float, tokens: list[int],
+                logprobs: list[TokenLogprob] | None = None) -> SequenceDelta:
+        state = self._states[req.request_id]
+        if state.detok is not None and state.detok.stopped_by is None:
+            text += state.detok.flush()
+        status = RequestStatus.FINISHED_STOPPED if reason == "stop" else RequestStatus.FINISHED_LENGTH
+        prompt_lps = self._prompt_logprobs_of(req)  # before the request is forgotten (its first sibling's)
+        self.scheduler.finish_request(req.request_id, status)
+        self._drop_state(req.request_id)
+        self._forget_child(req)
+        return self._delta(req, tokens, text, logprobs, now, reason, prompt_lps)
+
+    def _prompt_logprobs_of(self, req: Request) -> tuple[TokenLogprob | None, ...] | None:
+        """The prompt logprobs for a sequence's first delta (None on any later one, or when not asked for).
+        Sequence 0 of the request computed them; the others started after its prefill had."""
+        if req.params.prompt_logprobs is None or req.num_output_tokens > 1:
+            return None
+        first = req if req.index == 0 else self._first_sibling.get(req.parent_id)
+        if first is None or first.prompt_logprobs is None:
+            return None
+        assert len(first.prompt_logprobs) == req.num_prompt_tokens, f"{req.request_id}: prompt logprobs incomplete"
+        return tuple(first.prompt_logprobs)
 
     def _drop_state(self, rid: str) -> None:
         self._states.pop(rid, None)
@@ -366,11 +403,12 @@ class LLMEngine:
         siblings = self._children.get(req.parent_id)
         if siblings is not None and all(s not in self.scheduler.requests for s in siblings):
             del self._children[req.parent_id]
+            self._first_sibling.pop(req.parent_id, None)
 
-    def _delta(self, req: Request, tokens, text, logprobs, now, reason) -> SequenceDelta:
+    def _delta(self, req: Request, tokens, text, logprobs, now, reason, prompt_logprobs=None) -> SequenceDelta:
         return SequenceDelta(
             request_id=req.parent_id, index=req.index, new_token_ids=tokens, new_text=text, new_logprobs=logprobs,
             token_time=now, num_prompt_tokens=req.num_prompt_tokens, num_output_tokens=req.num_output_tokens,
             num_cached_tokens=max(req.num_cached_tokens, 0), finish_reason=reason, stop_reason=req.stop_reason,
-            times=req.times(),
+            times=req.times(), prompt_logprobs=prompt_logprobs,
         )

@@ -74,6 +74,8 @@ class LLM:
             comp.text += delta.new_text
             if delta.new_logprobs:
                 comp.logprobs = (comp.logprobs or []) + delta.new_logprobs
+            if delta.prompt_logprobs is not None and out.prompt_logprobs is None:
+                out.prompt_logprobs = list(delta.prompt_logprobs)
             if delta.finished:
                 comp.finish_reason, comp.stop_reason = delta.finish_reason, delta.stop_reason
                 out.num_cached_tokens = delta.num_cached_tokens

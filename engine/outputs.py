@@ -14,11 +14,13 @@ from .spec_decode.stats import SpecDecodeStats
 
 @dataclass(frozen=True, slots=True)
 class TokenLogprob:
-    """One sampled token's log-probability and the top-N alternatives (token id -> logprob)."""
+    """One token's log-probability and the top-N alternatives (token id -> logprob). `rank` (1 = the most
+    likely token) is known for prompt tokens (`SamplingParams.prompt_logprobs`), None for sampled ones."""
 
     token_id: int
     logprob: float
     top: dict[int, float]
+    rank: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,9 @@ class SequenceDelta:
     finish_reason: str | None
     stop_reason: str | int | None
     times: RequestTimes
+    # with `SamplingParams.prompt_logprobs`: on each sequence's first delta (its first token, or its final
+    # delta when max_tokens is 0), one entry per prompt token, None for the first one
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
     @property
     def finished(self) -> bool:
@@ -114,6 +119,8 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput] = field(default_factory=list)
     num_cached_tokens: int = 0
+    # with `SamplingParams.prompt_logprobs`: one entry per prompt token, None for the first (nothing predicts it)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
     def token_ids(self) -> list[int]:

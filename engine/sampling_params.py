@@ -62,6 +62,9 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     ignore_eos: bool = False
     logprobs: int | None = None
+    # log-probabilities of every prompt token (and this many alternatives), computed by the prefill itself;
+    # `RequestOutput.prompt_logprobs` / `SequenceDelta.prompt_logprobs` (None for the first prompt token)
+    prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     structured_outputs: StructuredOutputsParams | None = None  # the output must match this (JSON schema, regex...)
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit, in [-100, 100]
@@ -80,7 +83,8 @@ class SamplingParams:
     def validate(self) -> None:
         _int_in("n", self.n, 1, MAX_N)
         if self.max_tokens is not None:
-            _int_in("max_tokens", self.max_tokens, 1, None)
+            # 0 = prefill only, generate nothing: what a request for the prompt's logprobs alone needs
+            _int_in("max_tokens", self.max_tokens, 0 if self.prompt_logprobs is not None else 1, None)
         _int_in("min_tokens", self.min_tokens, 0, None)
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ParamError("min_tokens", f"must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}")
@@ -118,6 +122,8 @@ class SamplingParams:
             _int_in("stop_token_ids", t, 0, None)
         if self.logprobs is not None:
             _int_in("logprobs", self.logprobs, 0, MAX_LOGPROBS)
+        if self.prompt_logprobs is not None:
+            _int_in("prompt_logprobs", self.prompt_logprobs, 0, MAX_PROMPT_LOGPROBS)
         if self.logit_bias is not None:
             if not isinstance(self.logit_bias, dict) or len(self.logit_bias) > MAX_LOGIT_BIAS:
                 raise ParamError("logit_bias", f"must be a map of at most {MAX_LOGIT_BIAS} token ids to numbers")

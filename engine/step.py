@@ -51,6 +51,9 @@ class SamplingOptions:
     repetition_penalty: float = 1.0
     seed: int | None = None
     logprobs: int | None = None
+    # the prompt tokens' logprobs with this many alternatives; None when not wanted (the engine also sends
+    # None once it holds all of them, so a recompute after preemption does not compute them again)
+    prompt_logprobs: int | None = None
     min_tokens: int = 0
     forbidden_ids: tuple[int, ...] = ()
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit); only the sampling rank reads it
@@ -62,6 +65,7 @@ class SamplingOptions:
         return cls(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
                    presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty,
                    repetition_penalty=params.repetition_penalty, seed=seed, logprobs=params.logprobs,
+                   prompt_logprobs=params.prompt_logprobs,
                    min_tokens=params.min_tokens, forbidden_ids=forbidden if params.min_tokens else (),
                    logit_bias=tuple(sorted((params.logit_bias or {}).items())))
 
@@ -149,13 +153,29 @@ class SchedulerOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptLogprobs:
+    """The logprobs of prompt tokens `first_position ..` of one sequence, computed by one prefill chunk.
+
+    A chunk covering prompt positions [start, end) has the logits that predict tokens start + 1 .. end
+    (the last one only while it is still a prompt token), so `first_position` = start + 1 and position 0,
+    which nothing predicts, never appears. After a preemption the recompute sends positions again; the
+    engine keeps the first copy of each."""
+
+    request_id: str
+    first_position: int
+    entries: tuple[TokenLogprob, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RunnerOutput:
     """What the worker sampled: for each sampling sequence, in batch order, its new tokens (one, or with
-    speculative decoding the accepted drafts plus one) and, when asked for, their logprobs."""
+    speculative decoding the accepted drafts plus one) and, when asked for, their logprobs; and the prompt
+    logprobs of the sequences that asked for them (`SamplingOptions.prompt_logprobs`), chunk by chunk."""
 
     request_ids: tuple[str, ...]
     token_ids: tuple[tuple[int, ...], ...]
     logprobs: tuple[tuple[TokenLogprob, ...] | None, ...]
+    prompt_logprobs: tuple[PromptLogprobs, ...] = ()
 
     @classmethod
     def empty(cls) -> "RunnerOutput":

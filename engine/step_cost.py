@@ -12,6 +12,8 @@ preemption) is prefill.
 
 from __future__ import annotations
 
+import dataclasses
+
 from .config import ModelConfig
 from .roofline import ModelCost, Share, StepCost, step_cost
 from .step import NewSeq, ScheduledSeq, SchedulerOutput
@@ -20,8 +22,11 @@ from .step import NewSeq, ScheduledSeq, SchedulerOutput
 def model_cost(mc: ModelConfig) -> ModelCost:
     """The model as the formulas see it, at the dtype it runs in (weights and KV cache share it here)."""
     elem = mc.dtype.itemsize
-    return ModelCost.from_hf_config(mc.hf_config, weight_bytes_per_param=elem, kv_bytes_per_element=elem,
+    cost = ModelCost.from_hf_config(mc.hf_config, weight_bytes_per_param=elem, kv_bytes_per_element=elem,
                                     windows=mc.layer_windows or (None,) * mc.num_layers)
+    # every layer's K and V of a token; an 8-bit cache's 1-byte codes plus a 4-byte scale per KV head
+    per_token = mc.kv_cache.bytes_per_token(mc.num_layers, mc.num_kv_heads, mc.head_dim, mc.dtype)
+    return dataclasses.replace(cost, kv_bytes_per_token=per_token)
 
 
 def is_decode(seq: ScheduledSeq) -> bool:

@@ -4,8 +4,10 @@ element-wise kernels for the model (RMSNorm with the residual add, RoPE, SiLU-an
 Public API (the engine codes against these):
     paged_attention(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out=None,
                     *, max_query_len=None, max_seq_len=None, num_splits=None, sliding_window=None,
-                    softcap=None) -> out
-    store_kv(key, value, key_cache, value_cache, slot_mapping) -> None
+                    softcap=None, k_scales=None, v_scales=None) -> out
+    store_kv(key, value, key_cache, value_cache, slot_mapping, k_scales=None, v_scales=None) -> None
+        with k_scales / v_scales the cache is 8-bit (int8, fp8 e4m3 / e5m2 codes, one fp32 scale per token and
+        KV head beside them): store_kv quantizes, paged_attention dequantizes inside the kernel (kernels.kv_quant)
     fused_moe(x, gate_up, down, topk_weights, topk_ids) -> out
         a sparse MoE MLP: tokens sorted by expert, one grouped GEMM per projection (kernels.fused_moe)
     decode_num_splits(num_seqs, num_heads, num_kv_heads, head_dim, max_seq_len, dtype, device=None) -> int
@@ -19,7 +21,7 @@ Public API (the engine codes against these):
 Triton is imported on first launch only, so `import kernels` and `kernels.reference` work without it.
 Module map: planning (path, tiles, splits; no triton), validation (argument checks), unified_attention
 (varlen kernel), decode_attention (split-KV decode + reduce), attention_tile (their shared inner loop),
-kv_store (store kernel), norm / rotary / activation (the element-wise kernels), launch (a launch as data),
+kv_store (store kernel), kv_quant (the 8-bit cache formats inside the kernels), norm / rotary / activation (the element-wise kernels), launch (a launch as data),
 reference (pure-torch oracle), batch (random paged batches), bench and bench_elementwise (GPU benchmark),
 compile_report (sm_90 ahead-of-time compile report) and specialization (compiled variants per launch; both
 need no GPU); moe_kernel (the fused MoE kernel, its expert sort and launch), moe_reference (its pure-torch
@@ -45,7 +47,8 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
                     block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
                     scale: float, out: torch.Tensor | None = None, *, max_query_len: int | None = None,
                     max_seq_len: int | None = None, num_splits: int | None = None,
-                    sliding_window: int | None = None, softcap: float | None = None) -> torch.Tensor:
+                    sliding_window: int | None = None, softcap: float | None = None,
+                    k_scales: torch.Tensor | None = None, v_scales: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention of a flattened batch of new query tokens over each sequence's paged KV cache.
 
     query [T, H, D]; key_cache, value_cache [num_blocks, block_size, KVH, D] (H a multiple of KVH);
@@ -57,11 +60,15 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
     before the first query's window are never read (they may name released blocks). softcap c: each score s
     becomes c * tanh(s / c) before masking (Gemma 2).
 
+    8-bit cache: key_cache / value_cache hold int8 or fp8 (e4m3fn, e5m2) codes and k_scales / v_scales
+    [num_blocks, block_size, KVH] fp32 their scales (as store_kv writes them); each key and value is read as
+    code * scale, rounded to query's dtype.
+
     Hints: with max_query_len given (and max_seq_len or num_splits when max_query_len <= 1) nothing here
     synchronizes with the device. num_splits only affects decode batches (every q_len <= 1).
     """
     check_paged_attention_args(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out,
-                               max_query_len, max_seq_len, num_splits)
+                               max_query_len, max_seq_len, num_splits, k_scales, v_scales)
     check_window_and_softcap(sliding_window, softcap)
     _check_runnable("query", query.device, query.dtype)
     if out is None:
@@ -74,26 +81,29 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
         from kernels.decode_attention import decode_attention
 
         decode_attention(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, float(scale), out,
-                         plan.tiles, plan.num_splits, sliding_window, softcap)
+                         plan.tiles, plan.num_splits, sliding_window, softcap, k_scales, v_scales)
     elif plan.kind == "unified":
         from kernels.unified_attention import unified_attention
 
         unified_attention(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, float(scale), out,
-                          plan.tiles, sliding_window, softcap)
+                          plan.tiles, sliding_window, softcap, k_scales, v_scales)
     return out
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:
+             slot_mapping: torch.Tensor, k_scales: torch.Tensor | None = None,
+             v_scales: torch.Tensor | None = None) -> None:
     """Write key[t] / value[t] ([T, KVH, D]) into slot slot_mapping[t] of the paged caches; slot -1 skips t.
 
     slot = block_id * block_size + offset, i.e. key_cache.view(-1, KVH, D)[slot] for a contiguous cache.
+    With k_scales / v_scales ([num_blocks, block_size, KVH] fp32) the caches are 8-bit (int8, fp8 e4m3fn /
+    e5m2): each token's head is stored as codes plus one scale (kernels.reference.quantize_kv_ref, bit for bit).
     """
-    check_store_kv_args(key, value, key_cache, value_cache, slot_mapping)
+    check_store_kv_args(key, value, key_cache, value_cache, slot_mapping, k_scales, v_scales)
     _check_runnable("key", key.device, key.dtype)
     from kernels.kv_store import store_kv as launch_store_kv
 
-    launch_store_kv(key, value, key_cache, value_cache, slot_mapping)
+    launch_store_kv(key, value, key_cache, value_cache, slot_mapping, k_scales, v_scales)
 
 
 def fused_moe(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_weights: torch.Tensor,

@@ -14,6 +14,13 @@ Sliding windows: a row at q_pos sees keys q_pos - window + 1 .. q_pos (`window` 
 keys below `kv_lo` (the tile's oldest visible key) are neither looked up nor loaded, so table entries of
 released blocks are never touched. Soft-capping (SOFTCAP): score' = cap * tanh(score / cap), computed in the
 base-2 domain as c2 * tanh(qk / c2) with c2 = cap * log2(e), before the mask.
+
+An 8-bit cache (KV_QUANT): the K and V tiles hold int8 / fp8 codes, and each key's fp32 scale sits at
+(page, slot, head) of k_scale_ptr / v_scale_ptr ([num_blocks, block_size, KVH], strides stride_sb, stride_ss,
+head offset `s_head_off`). The tile is dequantized in registers right after its load, code * scale in fp32
+rounded once to the query's dtype (what kernels.reference computes), so the dot products and the online
+softmax run unchanged; only half (vs 16-bit) or a quarter (vs fp32) of the K/V bytes plus 4 bytes per key and
+head cross the memory bus.
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ import triton.language as tl
 def attend_kv_tile(acc, m_i, l_i, q, tile_start, bt_row_ptr, k_cache_ptr, v_cache_ptr,
                    k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
                    q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
+                   k_scale_ptr, v_scale_ptr, s_head_off, stride_sb, stride_ss,
                    BLOCK_N: tl.constexpr, PAGE: tl.constexpr, MASKED: tl.constexpr,
-                   DOT_PRECISION: tl.constexpr, SOFTCAP: tl.constexpr):
+                   DOT_PRECISION: tl.constexpr, SOFTCAP: tl.constexpr, KV_QUANT: tl.constexpr):
     """One online-softmax step over keys [tile_start, tile_start + BLOCK_N).
 
     MASKED=False promises that every key of the tile exists (kv_lo <= key < kv_len) and is visible to every
@@ -47,6 +55,13 @@ def attend_kv_tile(acc, m_i, l_i, q, tile_start, bt_row_ptr, k_cache_ptr, v_cach
         k = tl.load(k_cache_ptr + k_off[None, :] + offs_d[:, None], mask=d_ok[:, None] & n_ok[None, :], other=0.0)
     else:
         k = tl.load(k_cache_ptr + k_off[None, :] + offs_d[:, None], mask=d_ok[:, None], other=0.0)
+    if KV_QUANT:
+        s_off = page * stride_sb + slot * stride_ss + s_head_off
+        if MASKED:
+            k_scale = tl.load(k_scale_ptr + s_off, mask=n_ok, other=0.0)
+        else:
+            k_scale = tl.load(k_scale_ptr + s_off)
+        k = (k.to(tl.float32) * k_scale[None, :]).to(q.dtype)
 
     qk = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
     if SOFTCAP:
@@ -68,6 +83,12 @@ def attend_kv_tile(acc, m_i, l_i, q, tile_start, bt_row_ptr, k_cache_ptr, v_cach
         v = tl.load(v_cache_ptr + v_off[:, None] + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
     else:
         v = tl.load(v_cache_ptr + v_off[:, None] + offs_d[None, :], mask=d_ok[None, :], other=0.0)
+    if KV_QUANT:
+        if MASKED:
+            v_scale = tl.load(v_scale_ptr + s_off, mask=n_ok, other=0.0)
+        else:
+            v_scale = tl.load(v_scale_ptr + s_off)
+        v = (v.to(tl.float32) * v_scale[:, None]).to(q.dtype)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
@@ -77,8 +98,9 @@ def attend_kv_tile(acc, m_i, l_i, q, tile_start, bt_row_ptr, k_cache_ptr, v_cach
 def attend_kv_range(acc, m_i, l_i, q, tile_begin, full_begin, full_end, tile_end, bt_row_ptr, k_cache_ptr,
                     v_cache_ptr, k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
                     q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
+                    k_scale_ptr, v_scale_ptr, s_head_off, stride_sb, stride_ss,
                     BLOCK_N: tl.constexpr, PAGE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                    SOFTCAP: tl.constexpr):
+                    SOFTCAP: tl.constexpr, KV_QUANT: tl.constexpr):
     """KV tiles [tile_begin, tile_end): [full_begin, full_end) unmasked (every key exists and every row that
     matters sees it), the tiles before (the window's edge) and after (the causal edge) with the masks. Without
     a window full_begin == tile_begin. Separate loops, so the common unmasked tiles carry no mask arithmetic
@@ -87,15 +109,18 @@ def attend_kv_range(acc, m_i, l_i, q, tile_begin, full_begin, full_end, tile_end
         acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
                                        k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
                                        q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
-                                       BLOCK_N, PAGE, True, DOT_PRECISION, SOFTCAP)
+                                       k_scale_ptr, v_scale_ptr, s_head_off, stride_sb, stride_ss,
+                                       BLOCK_N, PAGE, True, DOT_PRECISION, SOFTCAP, KV_QUANT)
     for j in range(full_begin, full_end):
         acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
                                        k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
                                        q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
-                                       BLOCK_N, PAGE, False, DOT_PRECISION, SOFTCAP)
+                                       k_scale_ptr, v_scale_ptr, s_head_off, stride_sb, stride_ss,
+                                       BLOCK_N, PAGE, False, DOT_PRECISION, SOFTCAP, KV_QUANT)
     for j in range(full_end, tile_end):
         acc, m_i, l_i = attend_kv_tile(acc, m_i, l_i, q, j * BLOCK_N, bt_row_ptr, k_cache_ptr, v_cache_ptr,
                                        k_head_off, v_head_off, stride_kb, stride_ks, stride_vb, stride_vs,
                                        q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window, softcap_log2,
-                                       BLOCK_N, PAGE, True, DOT_PRECISION, SOFTCAP)
+                                       k_scale_ptr, v_scale_ptr, s_head_off, stride_sb, stride_ss,
+                                       BLOCK_N, PAGE, True, DOT_PRECISION, SOFTCAP, KV_QUANT)
     return acc, m_i, l_i

@@ -10,7 +10,8 @@ specialization the JIT applies at launch for such values (the engine's strides a
 except those a kernel marks do_not_specialize / do_not_specialize_on_alignment (the JIT skips them too).
 The element-wise kernels (RMSNorm with and without the residual add, RoPE, SiLU-and-mul) are compiled at
 Llama-3.1-8B's widths; for them only registers and spills matter. The fused MoE kernel is compiled for both
-projections with decode and prefill tiles, and the varlen kernel once more with soft-capping (Gemma 2).
+projections with decode and prefill tiles, and the varlen kernel once more with soft-capping (Gemma 2). The
+8-bit KV cache (int8 and fp8 e4m3 codes with fp32 scales) is compiled for the store, decode and varlen kernels.
 Uses triton's compiler internals (ASTSource, GPUTarget), present from triton 3.2 on. TRITON_INTERPRET must be
 unset: the interpreter replaces @triton.jit functions.
 """
@@ -31,6 +32,9 @@ from kernels.planning import decode_tiles, unified_tiles
 
 HOPPER_SHARED_LIMIT = 227 * 1024  # bytes of shared memory one block may use on sm_90
 TRITON_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+CODE_TYPES = {torch.int8: "i8", torch.float8_e4m3fn: "fp8e4nv", torch.float8_e5m2: "fp8e5"}
+KV_CACHE_POINTERS = ("k_cache_ptr", "v_cache_ptr")
+SCALE_POINTERS = ("k_scale_ptr", "v_scale_ptr")
 INDEX_POINTERS = {"block_tables_ptr": "*i32", "cu_seqlens_q_ptr": "*i32", "seq_lens_ptr": "*i32",
                   "slot_mapping_ptr": "*i64", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
                   "sorted_token_ids_ptr": "*i32", "expert_ids_ptr": "*i32", "num_tokens_post_padded_ptr": "*i32",
@@ -38,6 +42,8 @@ INDEX_POINTERS = {"block_tables_ptr": "*i32", "cu_seqlens_q_ptr": "*i32", "seq_l
 # Integer arguments the JIT specialises as divisible by 16 at launch for real models (the MoE GEMMs' N and K:
 # hidden and intermediate sizes), like pointers and strides
 DIVISIBLE_INTS = ("N", "K")
+# An 8-bit cache's scale strides are KV-head counts (8 for Llama-3.1-8B, 3 for SmolLM2): not multiples of 16
+SCALE_STRIDES = ("stride_sb", "stride_ss")
 
 
 @dataclass
@@ -59,7 +65,7 @@ FLOAT_ARGS = ("qk_scale", "softcap_log2", "eps")
 
 
 def _compile(fn, constants: dict, dtype: torch.dtype, num_warps: int, num_stages: int, arch: int,
-             options: dict | None = None):
+             options: dict | None = None, kv_dtype: torch.dtype | None = None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -68,13 +74,19 @@ def _compile(fn, constants: dict, dtype: torch.dtype, num_warps: int, num_stages
     for i, (name, param) in enumerate(zip(fn.arg_names, fn.params)):
         if name in constants:
             signature[name] = "constexpr"
+        elif name in KV_CACHE_POINTERS and kv_dtype is not None:
+            signature[name] = "*" + CODE_TYPES[kv_dtype]  # an 8-bit cache's codes
+        elif name in SCALE_POINTERS:
+            # the scales of an 8-bit cache; without one the launchers pass the caches (never read)
+            signature[name] = "*fp32" if kv_dtype is not None else "*" + TRITON_TYPES[dtype]
         elif name.endswith("_ptr"):
             signature[name] = INDEX_POINTERS.get(name, "*" + TRITON_TYPES[dtype])
         else:
             signature[name] = "fp32" if name in FLOAT_ARGS else "i32"
         specialized = not (param.do_not_specialize or param.do_not_specialize_on_alignment)
         runtime = name not in constants
-        if runtime and specialized and (name.endswith("_ptr") or name.startswith("stride") or name in DIVISIBLE_INTS):
+        if runtime and specialized and name not in SCALE_STRIDES and (
+                name.endswith("_ptr") or name.startswith("stride") or name in DIVISIBLE_INTS):
             attrs[(i,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn, signature, constants, attrs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32),
@@ -106,8 +118,8 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int | None, int | None]:
 
 
 def report(fn, config: str, constants: dict, dtype: torch.dtype, num_warps: int, num_stages: int,
-           arch: int, options: dict | None = None) -> KernelReport:
-    compiled = _compile(fn, constants, dtype, num_warps, num_stages, arch, options)
+           arch: int, options: dict | None = None, kv_dtype: torch.dtype | None = None) -> KernelReport:
+    compiled = _compile(fn, constants, dtype, num_warps, num_stages, arch, options, kv_dtype)
     ttgir = compiled.asm["ttgir"]
     registers, spills = _ptxas_usage(compiled.asm["ptx"], arch)
     return KernelReport(fn.__name__.strip("_"), config, compiled.metadata.shared, registers, spills,
@@ -115,7 +127,8 @@ def report(fn, config: str, constants: dict, dtype: torch.dtype, num_warps: int,
 
 
 def configurations(quick: bool) -> list[tuple]:
-    """(kernel, config label, constants, dtype, num_warps, num_stages[, options]) as the launchers use them."""
+    """(kernel, config label, constants, dtype, num_warps, num_stages[, options[, kv_dtype]]) as the launchers
+    use them."""
     from kernels import decode_attention, kv_store, unified_attention
 
     shapes = [(torch.bfloat16, 128, 4)] if quick else [
@@ -140,7 +153,36 @@ def configurations(quick: bool) -> list[tuple]:
     constants = kv_store.launch_constants(8, 128, block_size)
     out.append((kv_store._store_kv_kernel, "bf16 KVH=8 D=128", constants, torch.bfloat16,
                 kv_store.store_num_warps(constants), 1))
-    return out + moe_configurations(quick) + elementwise_configurations()
+    return out + kv_8bit_configurations(quick) + moe_configurations(quick) + elementwise_configurations()
+
+
+def kv_8bit_configurations(quick: bool) -> list[tuple]:
+    """The 8-bit KV cache: the store kernel quantizing, the decode (with and without splits) and varlen kernels
+    dequantizing, bf16 activations at D=128 group 4 (Llama-3.1-8B), int8 and fp8 e4m3 codes (and e5m2 in the
+    full report; the kernels only differ in the code type and the store's rounding constants)."""
+    from kernels import decode_attention, kv_store, unified_attention
+
+    dtype, head_dim, group, num_heads, block_size = torch.bfloat16, 128, 4, 32, 16
+    formats = [torch.int8, torch.float8_e4m3fn] + ([] if quick else [torch.float8_e5m2])
+    out = []
+    for kv_dtype in formats:
+        kv = f"kv={CODE_TYPES[kv_dtype]}"
+        constants = kv_store.launch_constants(8, head_dim, block_size, kv_dtype)
+        out.append((kv_store._store_kv_kernel, f"bf16 KVH=8 D={head_dim} {kv}", constants, dtype,
+                    kv_store.store_num_warps(constants), 1, None, kv_dtype))
+        tiles = unified_tiles(head_dim, group, dtype)
+        out.append((unified_attention._unified_attention_kernel, f"bf16 D={head_dim} group={group} {kv} "
+                    f"tiles={tiles.block_m}x{tiles.block_n}",
+                    unified_attention.launch_constants(head_dim, group, block_size, dtype, tiles, kv_quant=True),
+                    dtype, tiles.num_warps, tiles.num_stages, None, kv_dtype))
+        tiles = decode_tiles(head_dim, group, dtype)
+        for num_splits in (1, 8):
+            out.append((decode_attention._decode_kernel, f"bf16 D={head_dim} group={group} {kv} "
+                        f"rows={tiles.block_m} keys={tiles.block_n} splits={num_splits}",
+                        decode_attention.launch_constants(num_heads, head_dim, group, block_size, dtype, tiles,
+                                                          num_splits, kv_quant=True),
+                        dtype, tiles.num_warps, tiles.num_stages, None, kv_dtype))
+    return out
 
 
 def moe_configurations(quick: bool) -> list[tuple]:

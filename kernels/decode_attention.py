@@ -30,7 +30,7 @@ import triton.language as tl
 from kernels.attention_tile import attend_kv_range
 from kernels.launch import Launch
 from kernels.planning import AttentionTiles, next_power_of_2
-from kernels.unified_attention import dot_precision, window_args
+from kernels.unified_attention import dot_precision, scale_args, window_args
 
 
 # The block-table width and the index tensors' offsets in a packed buffer change from step to step.
@@ -41,10 +41,10 @@ def _decode_kernel(
     cu_seqlens_q_ptr, seq_lens_ptr, qk_scale,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
-    window, softcap_log2,
+    window, softcap_log2, k_scale_ptr, v_scale_ptr, stride_sb, stride_ss,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr, SPLIT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, SOFTCAP: tl.constexpr = False,
+    DOT_PRECISION: tl.constexpr, SOFTCAP: tl.constexpr = False, KV_QUANT: tl.constexpr = False,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -84,7 +84,8 @@ def _decode_kernel(
     acc, m_i, l_i = attend_kv_range(acc, m_i, l_i, q, tile_begin, full_begin, full_end, tile_end, bt_row_ptr,
                                     k_cache_ptr, v_cache_ptr, k_head_off, v_head_off, stride_kb, stride_ks,
                                     stride_vb, stride_vs, q_pos, seq_len, qk_scale, offs_d, d_ok, kv_lo, window,
-                                    softcap_log2, BLOCK_N, PAGE, DOT_PRECISION, SOFTCAP)
+                                    softcap_log2, k_scale_ptr, v_scale_ptr, kv_head.to(tl.int64), stride_sb, stride_ss,
+                                    BLOCK_N, PAGE, DOT_PRECISION, SOFTCAP, KV_QUANT)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
@@ -131,17 +132,19 @@ def _reduce_splits_kernel(
 def decode_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                      block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
                      scale: float, out: torch.Tensor, tiles: AttentionTiles, num_splits: int,
-                     sliding_window: int | None = None, softcap: float | None = None) -> None:
+                     sliding_window: int | None = None, softcap: float | None = None,
+                     k_scales: torch.Tensor | None = None, v_scales: torch.Tensor | None = None) -> None:
     """Launch the decode kernel (and the reduce when num_splits > 1). Arguments are already validated."""
     for launch in decode_launches(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out,
-                                  tiles, num_splits, sliding_window, softcap):
+                                  tiles, num_splits, sliding_window, softcap, k_scales, v_scales):
         launch.run()
 
 
 def decode_launches(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                     block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
                     scale: float, out: torch.Tensor, tiles: AttentionTiles, num_splits: int,
-                    sliding_window: int | None = None, softcap: float | None = None) -> list[Launch]:
+                    sliding_window: int | None = None, softcap: float | None = None,
+                    k_scales: torch.Tensor | None = None, v_scales: torch.Tensor | None = None) -> list[Launch]:
     """The decode launch, then the reduce launch when num_splits > 1 (allocates the split partials)."""
     _, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
@@ -159,9 +162,9 @@ def decode_launches(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
             query.stride(0), query.stride(1), out.stride(0), out.stride(1),
             key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
             value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0),
-            *window_args(sliding_window, softcap))
+            *window_args(sliding_window, softcap), *scale_args(key_cache, value_cache, k_scales, v_scales))
     kwargs = dict(launch_constants(num_heads, head_dim, group, key_cache.shape[1], query.dtype, tiles, num_splits,
-                                   softcap is not None),
+                                   softcap is not None, k_scales is not None),
                   num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     launches = [Launch(_decode_kernel, (num_seqs, num_kv_heads, num_splits), args, kwargs)]
     if num_splits > 1:
@@ -172,11 +175,11 @@ def decode_launches(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
 
 
 def launch_constants(num_heads: int, head_dim: int, group: int, block_size: int, dtype: torch.dtype,
-                     tiles: AttentionTiles, num_splits: int, softcap: bool = False) -> dict:
+                     tiles: AttentionTiles, num_splits: int, softcap: bool = False, kv_quant: bool = False) -> dict:
     """The decode kernel's constexpr arguments (shared with kernels.compile_report)."""
     return dict(NUM_HEADS=num_heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, next_power_of_2(head_dim)), GROUP=group,
                 BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, PAGE=block_size, SPLIT=num_splits > 1,
-                DOT_PRECISION=dot_precision(dtype), SOFTCAP=softcap)
+                DOT_PRECISION=dot_precision(dtype), SOFTCAP=softcap, KV_QUANT=kv_quant)
 
 
 def reduce_constants(num_heads: int, head_dim: int, num_splits: int) -> dict:

@@ -5,6 +5,8 @@ repeated for GQA, an explicit causal mask with the position offset, softmax in f
 kernels (the launch hints are accepted and ignored). Reads tensor values freely; never needs triton.
 The element-wise references (RMSNorm, RoPE, SiLU-and-mul) are transformers' Llama formulas with torch's own
 rounding to the activation dtype after each op, which the fused kernels reproduce.
+The 8-bit KV cache (quantize_kv_ref / dequantize_kv_ref) is the format kernels.kv_quant implements and the
+engine's CPU path uses: one fp32 scale per (token, KV head), int8 or fp8 codes.
 """
 
 from __future__ import annotations
@@ -16,15 +18,20 @@ def paged_attention_ref(query: torch.Tensor, key_cache: torch.Tensor, value_cach
                         block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
                         scale: float, out: torch.Tensor | None = None, *, max_query_len: int | None = None,
                         max_seq_len: int | None = None, num_splits: int | None = None,
-                        sliding_window: int | None = None, softcap: float | None = None) -> torch.Tensor:
+                        sliding_window: int | None = None, softcap: float | None = None,
+                        k_scales: torch.Tensor | None = None, v_scales: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention of each sequence's new query tokens over its whole paged context.
 
     Query token i of sequence s sits at position seq_lens[s] - q_len + i and sees keys 0..that position, or
     with `sliding_window` W only keys position - W + 1 .. position (pages wholly before the first query's window
     are never read: their table entries may name released blocks). `softcap` caps each score as
     softcap * tanh(score / softcap) before masking. A query that sees no key at all (only when seq_len is 0)
-    gets a zero output.
+    gets a zero output. With k_scales / v_scales the caches hold 8-bit codes, read as dequantize_kv_ref(codes,
+    scales, query.dtype).
     """
+    if k_scales is not None:
+        key_cache = dequantize_kv_ref(key_cache, k_scales, query.dtype)
+        value_cache = dequantize_kv_ref(value_cache, v_scales, query.dtype)
     del max_query_len, max_seq_len, num_splits  # launch hints of the kernels; the reference needs none
     num_heads = query.shape[1]
     block_size, num_kv_heads = key_cache.shape[1], key_cache.shape[2]
@@ -62,14 +69,42 @@ def paged_attention_ref(query: torch.Tensor, key_cache: torch.Tensor, value_cach
 
 
 def store_kv_ref(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
-                 slot_mapping: torch.Tensor) -> None:
-    """key[t] -> key_cache[slot // block_size, slot % block_size] (same for value); slot < 0 is skipped."""
+                 slot_mapping: torch.Tensor, k_scales: torch.Tensor | None = None,
+                 v_scales: torch.Tensor | None = None) -> None:
+    """key[t] -> key_cache[slot // block_size, slot % block_size] (same for value); slot < 0 is skipped.
+    With k_scales / v_scales: quantize_kv_ref's codes into the caches, its scales at the same (page, offset)."""
     block_size = key_cache.shape[1]
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
     pages, offsets = slots // block_size, slots % block_size
-    key_cache[pages, offsets] = key[keep]
-    value_cache[pages, offsets] = value[keep]
+    if k_scales is None:
+        key_cache[pages, offsets] = key[keep]
+        value_cache[pages, offsets] = value[keep]
+        return
+    for x, cache, scales in ((key, key_cache, k_scales), (value, value_cache, v_scales)):
+        codes, scale = quantize_kv_ref(x[keep], cache.dtype)
+        cache.view(torch.uint8)[pages, offsets] = codes.view(torch.uint8)  # no fp8 indexing kernels on the CPU
+        scales[pages, offsets] = scale
+
+
+QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
+
+
+def quantize_kv_ref(x: torch.Tensor, code_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., D] -> (codes [..., D] of code_dtype, scales [...] fp32): per vector scale = max|x| / qmax (at
+    least 1e-12 / qmax), code = x / scale rounded to nearest even (int8: clamped to +-127; fp8: torch's cast)."""
+    qmax = QMAX[code_dtype]
+    x32 = x.float()
+    scale = x32.abs().amax(dim=-1).clamp_(min=1e-12) / qmax
+    y = x32 / scale[..., None]
+    if code_dtype == torch.int8:
+        return torch.round(y).clamp_(-127, 127).to(torch.int8), scale
+    return y.clamp_(-qmax, qmax).to(code_dtype), scale
+
+
+def dequantize_kv_ref(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """codes [..., D], scales [...] -> codes * scales computed in fp32, rounded once to `dtype`."""
+    return (codes.float() * scales[..., None]).to(dtype)
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

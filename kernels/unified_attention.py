@@ -44,10 +44,11 @@ def _unified_attention_kernel(
     qk_scale, num_seqs,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
-    window, softcap_log2,
+    window, softcap_log2, k_scale_ptr, v_scale_ptr, stride_sb, stride_ss,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, SEQ_CHUNK: tl.constexpr, SOFTCAP: tl.constexpr = False,
+    KV_QUANT: tl.constexpr = False,
 ):
     # Highest tile ids first: the last tiles of a sequence see the most keys, so start them early (less tail).
     tile_id = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -105,7 +106,8 @@ def _unified_attention_kernel(
     acc, m_i, l_i = attend_kv_range(acc, m_i, l_i, q, first_tile, full_begin, full_end, num_tiles, bt_row_ptr,
                                     k_cache_ptr, v_cache_ptr, k_head_off, v_head_off, stride_kb, stride_ks,
                                     stride_vb, stride_vs, q_pos, kv_len, qk_scale, offs_d, d_ok, kv_lo, window,
-                                    softcap_log2, BLOCK_N, PAGE, DOT_PRECISION, SOFTCAP)
+                                    softcap_log2, k_scale_ptr, v_scale_ptr, kv_head.to(tl.int64), stride_sb, stride_ss,
+                                    BLOCK_N, PAGE, DOT_PRECISION, SOFTCAP, KV_QUANT)
 
     # A row with no visible key (only possible for a misused position < 0) is written as zeros, not NaN.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -122,16 +124,18 @@ def dot_precision(dtype: torch.dtype) -> str:
 def unified_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                       block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
                       scale: float, out: torch.Tensor, tiles: AttentionTiles, sliding_window: int | None = None,
-                      softcap: float | None = None) -> None:
+                      softcap: float | None = None, k_scales: torch.Tensor | None = None,
+                      v_scales: torch.Tensor | None = None) -> None:
     """Launch the varlen kernel. Arguments are already validated; the grid depends on shapes only."""
     unified_attention_launch(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out,
-                             tiles, sliding_window, softcap).run()
+                             tiles, sliding_window, softcap, k_scales, v_scales).run()
 
 
 def unified_attention_launch(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                              block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
                              scale: float, out: torch.Tensor, tiles: AttentionTiles,
-                             sliding_window: int | None = None, softcap: float | None = None) -> Launch:
+                             sliding_window: int | None = None, softcap: float | None = None,
+                             k_scales: torch.Tensor | None = None, v_scales: torch.Tensor | None = None) -> Launch:
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -143,8 +147,9 @@ def unified_attention_launch(query: torch.Tensor, key_cache: torch.Tensor, value
             query.stride(0), query.stride(1), out.stride(0), out.stride(1),
             key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
             value_cache.stride(0), value_cache.stride(1), value_cache.stride(2), block_tables.stride(0),
-            *window_args(sliding_window, softcap))
-    kwargs = dict(launch_constants(head_dim, group, key_cache.shape[1], query.dtype, tiles, softcap is not None),
+            *window_args(sliding_window, softcap), *scale_args(key_cache, value_cache, k_scales, v_scales))
+    kwargs = dict(launch_constants(head_dim, group, key_cache.shape[1], query.dtype, tiles, softcap is not None,
+                                   k_scales is not None),
                   num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     return Launch(_unified_attention_kernel, (num_tokens // block_q + num_seqs, num_kv_heads), args, kwargs)
 
@@ -158,9 +163,18 @@ def window_args(sliding_window: int | None, softcap: float | None) -> tuple[int,
             1.0 if softcap is None else float(softcap) * 1.4426950408889634)
 
 
+def scale_args(key_cache: torch.Tensor, value_cache: torch.Tensor, k_scales: torch.Tensor | None,
+               v_scales: torch.Tensor | None) -> tuple:
+    """The kernels' (k_scale_ptr, v_scale_ptr, stride_sb, stride_ss) arguments. Without an 8-bit cache the
+    pointers are never read: the caches stand in, so the argument types stay fixed."""
+    if k_scales is None:
+        return key_cache, value_cache, 0, 0
+    return k_scales, v_scales, k_scales.stride(0), k_scales.stride(1)
+
+
 def launch_constants(head_dim: int, group: int, block_size: int, dtype: torch.dtype, tiles: AttentionTiles,
-                     softcap: bool = False) -> dict:
+                     softcap: bool = False, kv_quant: bool = False) -> dict:
     """The kernel's constexpr arguments for one configuration (shared with kernels.compile_report)."""
     return dict(HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, next_power_of_2(head_dim)), GROUP=group,
                 BLOCK_M=tiles.block_m, BLOCK_Q=tiles.tokens_per_tile(group), BLOCK_N=tiles.block_n, PAGE=block_size,
-                DOT_PRECISION=dot_precision(dtype), SEQ_CHUNK=SEQ_CHUNK, SOFTCAP=softcap)
+                DOT_PRECISION=dot_precision(dtype), SEQ_CHUNK=SEQ_CHUNK, SOFTCAP=softcap, KV_QUANT=kv_quant)

@@ -15,6 +15,7 @@ from kernels.planning import MAX_NUM_SPLITS
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INDEX_DTYPES = (torch.int32,)
 SLOT_DTYPES = (torch.int32, torch.int64)
+CODE_DTYPES = (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2)  # an 8-bit KV cache's element types
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 
 
@@ -45,11 +46,34 @@ def _optional_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name}: must be >= {minimum}, got {value}")
 
 
+def _check_kv_scales(key_cache, k_scales, v_scales) -> None:
+    """An 8-bit cache comes with both scale tensors, [num_blocks, block_size, KVH] fp32, equal strides, heads
+    contiguous; a cache in the activations' dtype with neither."""
+    if (k_scales is None) != (v_scales is None):
+        raise ValueError(f"{'v_scales' if k_scales is not None else 'k_scales'}: k_scales and v_scales go together")
+    if k_scales is None:
+        return
+    if key_cache.dtype not in CODE_DTYPES:
+        raise ValueError(f"k_scales: given, but key_cache's dtype {key_cache.dtype} is not an 8-bit format "
+                         f"({[str(d) for d in CODE_DTYPES]})")
+    for name, s in (("k_scales", k_scales), ("v_scales", v_scales)):
+        _tensor(name, s, 3, (torch.float32,))
+        if tuple(s.shape) != tuple(key_cache.shape[:3]):
+            raise ValueError(f"{name}: expected shape {tuple(key_cache.shape[:3])} (key_cache's blocks, block_size, "
+                             f"KV heads), got {tuple(s.shape)}")
+        _same_device("key_cache", key_cache.device, **{name: s})
+    if v_scales.stride() != k_scales.stride():
+        raise ValueError(f"v_scales: strides {v_scales.stride()} differ from k_scales' {k_scales.stride()}")
+
+
 def check_paged_attention_args(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, out,
-                               max_query_len, max_seq_len, num_splits) -> None:
+                               max_query_len, max_seq_len, num_splits, k_scales=None, v_scales=None) -> None:
     _tensor("query", query, 3, FLOAT_DTYPES)
-    _tensor("key_cache", key_cache, 4, FLOAT_DTYPES)
-    _tensor("value_cache", value_cache, 4, FLOAT_DTYPES)
+    quantized = k_scales is not None or v_scales is not None
+    cache_dtypes = CODE_DTYPES if quantized else FLOAT_DTYPES
+    _tensor("key_cache", key_cache, 4, cache_dtypes)
+    _tensor("value_cache", value_cache, 4, cache_dtypes)
+    _check_kv_scales(key_cache, k_scales, v_scales)
     _tensor("block_tables", block_tables, 2, INDEX_DTYPES)
     _tensor("cu_seqlens_q", cu_seqlens_q, 1, INDEX_DTYPES)
     _tensor("seq_lens", seq_lens, 1, INDEX_DTYPES)
@@ -58,10 +82,10 @@ def check_paged_attention_args(query, key_cache, value_cache, block_tables, cu_s
     num_blocks, block_size, num_kv_heads, cache_head_dim = key_cache.shape
     if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"query: head_dim must be in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {head_dim}")
-    if key_cache.dtype != query.dtype:
+    if not quantized and key_cache.dtype != query.dtype:
         raise ValueError(f"key_cache: dtype {key_cache.dtype} differs from query's {query.dtype}")
-    if value_cache.dtype != query.dtype:
-        raise ValueError(f"value_cache: dtype {value_cache.dtype} differs from query's {query.dtype}")
+    if value_cache.dtype != key_cache.dtype:
+        raise ValueError(f"value_cache: dtype {value_cache.dtype} differs from key_cache's {key_cache.dtype}")
     if cache_head_dim != head_dim:
         raise ValueError(f"key_cache: head_dim {cache_head_dim} differs from query's {head_dim}")
     if value_cache.shape != key_cache.shape:
@@ -108,11 +132,14 @@ def check_window_and_softcap(sliding_window, softcap) -> None:
         raise ValueError(f"softcap: expected None or a finite Python float > 0, got {softcap!r}")
 
 
-def check_store_kv_args(key, value, key_cache, value_cache, slot_mapping) -> None:
+def check_store_kv_args(key, value, key_cache, value_cache, slot_mapping, k_scales=None, v_scales=None) -> None:
     _tensor("key", key, 3, FLOAT_DTYPES)
     _tensor("value", value, 3, FLOAT_DTYPES)
-    _tensor("key_cache", key_cache, 4, FLOAT_DTYPES)
-    _tensor("value_cache", value_cache, 4, FLOAT_DTYPES)
+    quantized = k_scales is not None or v_scales is not None
+    cache_dtypes = CODE_DTYPES if quantized else FLOAT_DTYPES
+    _tensor("key_cache", key_cache, 4, cache_dtypes)
+    _tensor("value_cache", value_cache, 4, cache_dtypes)
+    _check_kv_scales(key_cache, k_scales, v_scales)
     _tensor("slot_mapping", slot_mapping, 1, SLOT_DTYPES)
     if value_cache.shape != key_cache.shape:
         raise ValueError(f"value_cache: shape {tuple(value_cache.shape)} differs from key_cache's "
@@ -124,9 +151,12 @@ def check_store_kv_args(key, value, key_cache, value_cache, slot_mapping) -> Non
                          f"{tuple(key_cache.shape[2:])}")
     if value.shape != key.shape:
         raise ValueError(f"value: shape {tuple(value.shape)} differs from key's {tuple(key.shape)}")
-    for name, x in (("key", key), ("value", value), ("value_cache", value_cache)):
-        if x.dtype != key_cache.dtype:
-            raise ValueError(f"{name}: dtype {x.dtype} differs from key_cache's {key_cache.dtype}")
+    if value_cache.dtype != key_cache.dtype:
+        raise ValueError(f"value_cache: dtype {value_cache.dtype} differs from key_cache's {key_cache.dtype}")
+    if not quantized and key.dtype != key_cache.dtype:
+        raise ValueError(f"key: dtype {key.dtype} differs from key_cache's {key_cache.dtype}")
+    if value.dtype != key.dtype:
+        raise ValueError(f"value: dtype {value.dtype} differs from key's {key.dtype}")
     if slot_mapping.shape[0] != key.shape[0]:
         raise ValueError(f"slot_mapping: expected {key.shape[0]} entries (one per token), got {slot_mapping.shape[0]}")
     _same_device("key", key.device, value=value, key_cache=key_cache, value_cache=value_cache,

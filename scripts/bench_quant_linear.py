@@ -1,7 +1,8 @@
 """SmolLM2-135M's 120 decoder projections (30 layers x q/k/v, o, gate/up, down, distinct weights so that they
 come from memory, not the cache, as in a decode step) through each CPU matmul path, at several row counts:
 the fp32 GEMM, PyTorch's int8 and int4 weight-only kernels fed fp32 or bf16 activations, and int8
-dequantize + GEMM. One thread, thread CPU time (a busy shared machine inflates it less than wall time),
+dequantize + GEMM, and GGUF Q8_0's grouped int8 (a scale per 32 columns: no library kernel, so dequantize +
+GEMM, `engine/quantization/int8_grouped.py`). One thread, thread CPU time (a busy shared machine inflates it less than wall time),
 configurations alternating round by round, medians; ratios are what matter.
 
     .venv/bin/python scripts/bench_quant_linear.py [--rows 1,4,16,32,64] [--rounds 5] [--layers 30]
@@ -18,6 +19,7 @@ import torch
 from engine.models.layers import linear
 from engine.quantization.int4 import Int4Linear
 from engine.quantization.int8 import Int8Linear
+from engine.quantization.int8_grouped import GroupedInt8Linear
 
 HIDDEN, INTERMEDIATE, QKV = 576, 1536, 960  # SmolLM2-135M
 
@@ -26,6 +28,10 @@ def paths(w: torch.Tensor) -> dict:
     """name -> fn(x) for one projection weight w [N, K]."""
     l8, l4 = Int8Linear(w, None), Int4Linear(w, None, 64)
     s8, sz4 = l8.scale.float(), l4.scales_and_zeros.float()
+    n, k = w.shape
+    group_scale = w.view(n, -1, 32).abs().amax(-1) / 127  # GGUF Q8_0's layout: one scale per 32 columns
+    codes = torch.round(w.view(n, -1, 32) / group_scale[..., None]).to(torch.int8).view(n, k)
+    q8 = GroupedInt8Linear(codes, group_scale, None, torch.float32, torch.device("cpu"))
     return {
         "fp32 GEMM": lambda x: linear(x, w),
         "int8 kernel, fp32 in": lambda x: torch.ops.aten._weight_int8pack_mm(x, l8.qweight, s8),
@@ -34,6 +40,8 @@ def paths(w: torch.Tensor) -> dict:
         "int4 kernel, bf16 in": lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.bfloat16(), l4.qweight, 64, l4.scales_and_zeros).float(),
         "int8 dequant + GEMM": lambda x: linear(x, l8.qweight.float().mul_(s8[:, None])),
+        "int4 dequant + GEMM": lambda x: linear(x, l4._dequantized_cpu(x.dtype)),
+        "Q8_0 grouped int8 (dequant + GEMM)": lambda x: q8(x),
     }
 
 

@@ -15,6 +15,7 @@ from .chat_template import load_chat_template
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20  # a 128k-token prompt as a JSON list of ids is ~0.8 MB
 DEFAULT_MAX_QUEUE = 4096
 MAX_CHAT_MESSAGES = 512
+MAX_PROMPTS = 256  # prompts in one /v1/completions request (each is an engine request)
 MAX_ERROR_MESSAGE_CHARS = 512
 API_KEY_ENV = "KVSERVE_API_KEY"
 # Text longer than this many characters per token of the context window will not fit in it (English

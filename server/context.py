@@ -65,6 +65,20 @@ class Ticket:
             self._ctx._release()
 
 
+class QueueSlots:
+    """Places in the waiting queue held for a request's sequences from its admission until they are handed
+    to the engine loop (which counts them from then on); `release()` is idempotent."""
+
+    def __init__(self, ctx: "ServerContext", num_seqs: int):
+        self._ctx = ctx
+        self.num_seqs = num_seqs
+
+    def release(self) -> None:
+        if self.num_seqs:
+            self._ctx._reserved -= self.num_seqs
+            self.num_seqs = 0
+
+
 class ServerContext:
     def __init__(self, config: ServerConfig, engine_factory: Callable[[], object], peak_args: PeakArgs | None = None):
         self.config = config
@@ -87,6 +101,7 @@ class ServerContext:
         self.recent = RecentActivity()  # the last minute, for /dashboard
         self._cpu_worker = ThreadPoolExecutor(2, thread_name_prefix="kvserve-cpu")
         self._in_flight = 0
+        self._reserved = 0  # queue places held by requests being tokenized (QueueSlots), event loop only
         self._idle: asyncio.Event | None = None
         self._closing = False  # drained past the timeout: no new submissions at all
 
@@ -208,11 +223,20 @@ class ServerContext:
             raise APIError(404, f"model: the model {model[:200]!r} does not exist; this server serves "
                                 f"{self.model_name!r}", param="model", code="model_not_found")
 
-    def check_queue(self) -> None:
-        if self.engine_loop.num_waiting >= self.config.max_queue:
-            raise APIError(429, f"the server is overloaded: {self.config.max_queue} sequences are already waiting; "
-                                "retry later", code="queue_full",
-                           headers={"Retry-After": str(self.config.retry_after_s)})
+    def reserve_queue(self, num_seqs: int, param: str) -> QueueSlots:
+        """Hold `num_seqs` places in the waiting queue (n x prompts), or 429 when they would take it past
+        --max-queue. Checked and taken in one go on the event loop, before the prompt is tokenized: a burst
+        of requests all awaiting their tokenizer can never pass the cap together. `param` names the field
+        that makes a request too large to ever fit (a 400)."""
+        cap = self.config.max_queue
+        if num_seqs > cap:
+            raise bad_request(param, f"{param}: the request has {num_seqs} sequences (n x prompts), more than "
+                                     f"the server's queue limit of {cap}")
+        if self.engine_loop.num_waiting + self._reserved + num_seqs > cap:
+            raise APIError(429, f"the server is overloaded: {cap} sequences are already waiting; retry later",
+                           code="queue_full", headers={"Retry-After": str(self.config.retry_after_s)})
+        self._reserved += num_seqs
+        return QueueSlots(self, num_seqs)
 
     def submit(self, stream: RequestStream, prompt_token_ids: list[int], params, cache_salt: str | None = None) -> None:
         if self._closing or self.phase is Phase.FAILED:

@@ -17,9 +17,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from engine.sampling_params import MAX_LOGPROBS, MAX_N, MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS
+from engine.sampling_params import (MAX_LOGPROBS, MAX_N, MAX_PROMPT_LOGPROBS, MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS,
+                                    MAX_STOP_TOKEN_IDS)
 
-from .config import MAX_CHAT_MESSAGES
+from .config import MAX_CHAT_MESSAGES, MAX_PROMPTS
 from .unsupported import drop_neutral
 
 _STR = {"type": "string"}
@@ -33,8 +34,8 @@ _STOP = {"anyOf": [{**_STR, "minLength": 1, "maxLength": MAX_STOP_STRING_CHARS},
                    {"type": "array", "maxItems": MAX_STOP_STRINGS,
                     "items": {**_STR, "minLength": 1, "maxLength": MAX_STOP_STRING_CHARS}}, _NULL]}
 _PROMPT = {"anyOf": [{**_STR, "minLength": 1}, _TOKEN_IDS,
-                     {"type": "array", "minItems": 1, "maxItems": 1, "items": {"anyOf": [{**_STR, "minLength": 1},
-                                                                                           _TOKEN_IDS]}}]}
+                     {"type": "array", "minItems": 1, "maxItems": MAX_PROMPTS, "items": {**_STR, "minLength": 1}},
+                     {"type": "array", "minItems": 1, "maxItems": MAX_PROMPTS, "items": _TOKEN_IDS}]}
 _TEXT_PART = {"type": "object", "additionalProperties": False, "required": ["type", "text"],
               "properties": {"type": {"const": "text"}, "text": _STR}}
 _CONTENT = {"anyOf": [_STR, {"type": "array", "items": _TEXT_PART}, _NULL]}
@@ -139,6 +140,8 @@ class SamplingFields(StructuredFields):
     logit_bias: dict[str, float] | None = Field(None, description="token id (as a string) -> bias in [-100, 100]")
     cache_salt: str | None = Field(None, max_length=256, description="prefix-cache isolation: only requests with "
                                                                     "the same salt share cached blocks")
+    prompt_logprobs: int | None = _range(None, "logprobs of every prompt token, with this many alternatives "
+                                               "(not with stream)", minimum=0, maximum=MAX_PROMPT_LOGPROBS)
 
     @field_validator("logit_bias", mode="after")
     @classmethod
@@ -160,27 +163,42 @@ class SamplingFields(StructuredFields):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
+def _prompt_list(value: Any) -> list[str | list[int]]:
+    """OpenAI's four shapes -> a list of prompts: a string, a list of token ids, a list of strings, or a list
+    of token-id lists."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError("must not be empty" if isinstance(value, list) else
+                         "must be a string, a list of token ids, a list of strings or a list of token-id lists")
+    if all(_is_int(t) for t in value):
+        return [value]
+    if len(value) > MAX_PROMPTS:
+        raise ValueError(f"at most {MAX_PROMPTS} prompts per request, got {len(value)}")
+    if all(isinstance(p, str) for p in value):
+        return value
+    if all(isinstance(p, list) for p in value):
+        for i, p in enumerate(value):
+            if not p or not all(_is_int(t) for t in p):
+                raise ValueError(f"prompt {i}: must be a non-empty list of token ids")
+        return value
+    raise ValueError("must be a string, a list of token ids, a list of strings or a list of token-id lists "
+                     "(not a mix)")
+
+
 class CompletionRequest(SamplingFields):
     prompt: Annotated[Any, WithJsonSchema(_PROMPT)]
-    max_tokens: int | None = _range(16, "null = up to the context window", minimum=1, **_CONTEXT_BOUND)
+    max_tokens: int | None = _range(16, "null = up to the context window; 0 only with echo or prompt_logprobs",
+                                    minimum=0, **_CONTEXT_BOUND)
     logprobs: int | None = _range(None, "alternatives per token", minimum=0, maximum=MAX_LOGPROBS)
+    echo: bool = Field(False, description="the prompt's text (and, with logprobs, its tokens' logprobs) before "
+                                          "each choice's completion")
     best_of: int | None = Field(None, description="only null or equal to n")
 
     @field_validator("prompt", mode="before")
     @classmethod
-    def _check_prompt(cls, value: Any) -> str | list[int]:
-        """A string, a list of token ids, or a list holding exactly one of those."""
-        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
-            value = value[0]
-        if isinstance(value, str):
-            return value
-        if isinstance(value, list) and value and all(_is_int(t) for t in value):
-            return value
-        if isinstance(value, list) and value and all(isinstance(p, (str, list)) for p in value):
-            raise ValueError(f"one prompt per request is supported, got a batch of {len(value)}")
-        if isinstance(value, list) and not value:
-            raise ValueError("must not be empty")
-        raise ValueError("must be a string, a list of token ids, or a list with one of those")
+    def _check_prompt(cls, value: Any) -> list[str | list[int]]:
+        return _prompt_list(value)
 
 
 class FunctionCall(StrictModel):

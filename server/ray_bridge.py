@@ -78,6 +78,8 @@ def routing_key(method: str, path: str, body: bytes) -> str:
 def _prompt_text(prompt: object) -> str:
     if isinstance(prompt, str):
         return prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        return _prompt_text(prompt[0])  # several prompts (they usually share a prefix): keyed by the first
     if isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         if all(0 <= t < 0x110000 - _TOKEN_CHAR_BASE for t in prompt):
             return "".join(chr(_TOKEN_CHAR_BASE + t) for t in prompt)

@@ -32,9 +32,18 @@ class Usage(_Exact):
 
 class CompletionLogprobs(_Exact):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None] = Field(description="null for an echoed prompt's first token")
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
+
+
+class PromptLogprob(_Exact):
+    logprob: float
+    rank: int | None = Field(description="the token's place in the vocabulary, 1 = most likely")
+    decoded_token: str
+
+
+PromptLogprobs = list[dict[str, PromptLogprob] | None]  # per prompt token (null for the first), by token id
 
 
 class CompletionChoice(_Exact):
@@ -43,6 +52,7 @@ class CompletionChoice(_Exact):
     logprobs: CompletionLogprobs | None
     finish_reason: FinishReason | None
     stop_reason: str | int | None = Field(description="the stop string or stop token id that ended the choice")
+    prompt_logprobs: PromptLogprobs | None = Field(None, description="with prompt_logprobs: this choice's prompt's")
 
 
 class CompletionResponse(_Exact):
@@ -98,6 +108,7 @@ class ChatCompletionResponse(_Exact):
     created: int
     model: str
     choices: list[ChatChoice]
+    prompt_logprobs: PromptLogprobs | None = Field(None, description="with prompt_logprobs")
     usage: Usage
 
 

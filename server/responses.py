@@ -4,6 +4,11 @@ One formatter per request. `chunk(delta)` gives the stream chunk for one engine 
 carries nothing a client could see); `ChoiceAccumulator` gathers a choice's deltas for a non-streaming
 response, which `response(choices, usage)` turns into the final body. Completions and chat differ only in
 the object names, where the text goes (`text` vs `message`/`delta`) and the logprobs format.
+
+A choice's first delta carries what comes before its generated text: with `echo` (completions) the prompt's
+text, and with logprobs the prompt tokens' logprobs (None for the first token, as OpenAI does); with
+vLLM's `prompt_logprobs` the prompt tokens' logprobs in vLLM's format (per choice for completions, once at
+the top of a chat response).
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class ChoiceAccumulator:
     num_output_tokens: int = 0
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+    prompt_logprobs: list | None = None
 
     def add(self, delta: SequenceDelta, logprobs: dict[str, list] | None) -> None:
         self.texts.append(delta.new_text)
@@ -101,10 +107,16 @@ class Formatter:
         return {"id": self.request_id, "object": object_name, "created": self.created, "model": self.model,
                 "choices": choices}
 
+    want_prompt_logprobs: int | None = None  # vLLM's prompt_logprobs: alternatives per prompt token
+
     def logprobs(self, delta: SequenceDelta) -> dict[str, list] | None:
         if not self.want_logprobs:
             return None
         return self._logprobs(delta.index, delta.new_logprobs or [])
+
+    def add(self, choice: ChoiceAccumulator, delta: SequenceDelta) -> None:
+        """A delta into its choice of a non-streaming response."""
+        choice.add(delta, self.logprobs(delta))
 
     def chunk(self, delta: SequenceDelta) -> dict | None:
         logprobs = self.logprobs(delta)
@@ -113,6 +125,24 @@ class Formatter:
         body = self._envelope(self.chunk_object_name, [self._chunk_choice(delta, logprobs)])
         if self.include_usage:
             body["usage"] = None
+        return body
+
+    def prompt_logprobs_body(self, delta: SequenceDelta) -> list | None:
+        """vLLM's format: per prompt token None (the first) or {token id: {logprob, rank, decoded_token}} with
+        the token itself and its top alternatives."""
+        if self.want_prompt_logprobs is None or delta.prompt_logprobs is None:
+            return None
+        k = self.want_prompt_logprobs
+        body: list = []
+        for lp in delta.prompt_logprobs:
+            if lp is None:
+                body.append(None)
+                continue
+            entry = {str(lp.token_id): {"logprob": finite_logprob(lp.logprob), "rank": lp.rank,
+                                        "decoded_token": self.texts(lp.token_id)}}
+            for rank, (t, v) in enumerate(list(lp.top.items())[:k], start=1):
+                entry.setdefault(str(t), {"logprob": finite_logprob(v), "rank": rank, "decoded_token": self.texts(t)})
+            body.append(entry)
         return body
 
     def usage_chunk(self, usage: Usage) -> dict:
@@ -136,33 +166,91 @@ class CompletionFormatter(Formatter):
 
     object_name = chunk_object_name = "text_completion"
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, n: int = 1, echo_texts: list[str] | None = None, echo_first_tokens: list[int] = (),
+                 echo_k: int = 0, prompt_logprobs: int | None = None, **kwargs):
+        """`echo_texts`: each prompt's text, prepended to its choices (`echo`); `echo_first_tokens`: each
+        prompt's first token id, `echo_k`: alternatives of each echoed prompt token (echo with `logprobs`);
+        `n`: choices per prompt."""
         super().__init__(*args, **kwargs)
+        self.n, self.echo_texts, self.echo_k = n, echo_texts, echo_k
+        self.echo_first_tokens = list(echo_first_tokens)
+        self.want_prompt_logprobs = prompt_logprobs
         self._offsets: dict[int, int] = {}  # choice index -> characters of token text so far
+        self._started: set[int] = set()  # choices whose first delta has gone out
 
-    def _logprobs(self, index: int, lps: list[TokenLogprob]) -> dict[str, list]:
+    def _entries(self, index: int, lps, k: int | None = None, first_token: int | None = None) -> dict[str, list]:
+        """OpenAI's logprobs object for `lps` (a None entry is an echoed first prompt token, `first_token`)."""
         tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
         offset = self._offsets.get(index, 0)
         for lp in lps:
-            text = self.texts(lp.token_id)
-            tokens.append(text)
-            token_logprobs.append(finite_logprob(lp.logprob))
-            top = {self.texts(t): finite_logprob(v) for t, v in lp.top.items()}
-            top.setdefault(text, finite_logprob(lp.logprob))  # the sampled token is always listed (OpenAI)
-            top_logprobs.append(top)
+            if lp is None:
+                text = self.texts(first_token) if first_token is not None else ""
+                tokens.append(text)
+                token_logprobs.append(None)
+                top_logprobs.append(None)
+            else:
+                text = self.texts(lp.token_id)
+                tokens.append(text)
+                token_logprobs.append(finite_logprob(lp.logprob))
+                top = {self.texts(t): finite_logprob(v) for t, v in list(lp.top.items())[:k]}
+                top.setdefault(text, finite_logprob(lp.logprob))  # the token itself is always listed (OpenAI)
+                top_logprobs.append(top)
             text_offset.append(offset)
             offset += len(text)
         self._offsets[index] = offset
         return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
                 "text_offset": text_offset}
 
+    def _logprobs(self, index: int, lps: list[TokenLogprob]) -> dict[str, list]:
+        return self._entries(index, lps)
+
+    def _echo(self, delta: SequenceDelta) -> tuple[str, dict[str, list] | None]:
+        """What goes before a choice's generated text, once: its prompt's text and, with logprobs, the
+        prompt tokens' entries (the first token's text is its prompt's, its logprob null)."""
+        if self.echo_texts is None or delta.index in self._started:
+            return "", None
+        self._started.add(delta.index)
+        prompt = delta.index // self.n
+        if not self.want_logprobs:
+            return self.echo_texts[prompt], None
+        # an aborted choice's only delta has no prompt logprobs: then nothing is echoed for them
+        entries = self._entries(delta.index, delta.prompt_logprobs or (), self.echo_k, self.echo_first_tokens[prompt])
+        return self.echo_texts[prompt], entries
+
+    def add(self, choice: ChoiceAccumulator, delta: SequenceDelta) -> None:
+        text, entries = self._echo(delta)
+        if choice.prompt_logprobs is None:
+            choice.prompt_logprobs = self.prompt_logprobs_body(delta)
+        if text or entries:
+            choice.texts.append(text)
+            if entries is not None:
+                choice.logprobs = entries
+        choice.add(delta, self.logprobs(delta))
+
+    def chunk(self, delta: SequenceDelta) -> dict | None:
+        text, entries = self._echo(delta)
+        if not (text or entries):
+            return super().chunk(delta)
+        logprobs = self.logprobs(delta)
+        if entries is not None and logprobs is not None:
+            logprobs = {k: entries[k] + logprobs[k] for k in entries}
+        choice = self._chunk_choice(delta, logprobs)
+        choice["text"] = text + choice["text"]
+        body = self._envelope(self.chunk_object_name, [choice])
+        if self.include_usage:
+            body["usage"] = None
+        return body
+
     def _chunk_choice(self, delta: SequenceDelta, logprobs: dict | None) -> dict:
         return {"index": delta.index, "text": delta.new_text, "logprobs": logprobs,
                 "finish_reason": delta.finish_reason, "stop_reason": delta.stop_reason}
 
     def _final_choice(self, c: ChoiceAccumulator) -> dict:
-        return {"index": c.index, "text": c.text, "logprobs": c.logprobs, "finish_reason": c.finish_reason,
-                "stop_reason": c.stop_reason}
+        choice = {"index": c.index, "text": c.text, "logprobs": c.logprobs, "finish_reason": c.finish_reason,
+                  "stop_reason": c.stop_reason}
+        if self.want_prompt_logprobs is not None:
+            choice["prompt_logprobs"] = c.prompt_logprobs
+        return choice
 
 
 class ChatFormatter(Formatter):
@@ -170,6 +258,24 @@ class ChatFormatter(Formatter):
 
     object_name = "chat.completion"
     chunk_object_name = "chat.completion.chunk"
+
+    def __init__(self, *args, parsing: ChatParsing | None = None, prompt_logprobs: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.parsing = parsing if parsing is not None and parsing.active else None
+        self._parsers: dict[int, ChoiceParser] = {}  # choice index -> its running split (streaming)
+        self.want_prompt_logprobs = prompt_logprobs
+        self._prompt_logprobs: list | None = None
+
+    def add(self, choice: ChoiceAccumulator, delta: SequenceDelta) -> None:
+        if self._prompt_logprobs is None:
+            self._prompt_logprobs = self.prompt_logprobs_body(delta)
+        choice.add(delta, self.logprobs(delta))
+
+    def response(self, choices: list[ChoiceAccumulator], usage: Usage) -> dict:
+        body = super().response(choices, usage)
+        if self.want_prompt_logprobs is not None:
+            body["prompt_logprobs"] = self._prompt_logprobs
+        return body
 
     def _entry(self, token_id: int, logprob: float) -> dict:
         text = self.texts(token_id)
@@ -182,11 +288,6 @@ class ChatFormatter(Formatter):
             entry["top_logprobs"] = [self._entry(t, v) for t, v in lp.top.items()]
             content.append(entry)
         return {"content": content}
-
-    def __init__(self, *args, parsing: ChatParsing | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.parsing = parsing if parsing is not None and parsing.active else None
-        self._parsers: dict[int, ChoiceParser] = {}  # choice index -> its running split (streaming)
 
     def role_chunk(self, index: int) -> dict:
         body = self._envelope(self.chunk_object_name, [{"index": index, "delta": {"role": "assistant", "content": ""},

@@ -64,10 +64,30 @@ def apply_model_limits(params: SamplingParams, vocab_size: int) -> SamplingParam
     return params
 
 
+def _check_prompt_logprobs(req: SamplingFields) -> None:
+    if req.prompt_logprobs is not None and req.stream:
+        raise bad_request("prompt_logprobs", "prompt_logprobs: is not available with stream (the prompt's logprobs "
+                                             "would all arrive in one chunk); use a non-streaming request")
+
+
+def completion_prompt_logprobs(req: CompletionRequest) -> int | None:
+    """The engine's prompt_logprobs: the request's own, and with echo + logprobs the echoed tokens' top-k."""
+    k = req.prompt_logprobs
+    if req.echo and req.logprobs is not None:
+        k = max(k or 0, req.logprobs)
+    if k is None and req.echo and req.max_tokens == 0:
+        k = 0  # the engine runs a prefill-only request (max_tokens 0) for the sake of prompt logprobs only
+    return k
+
+
 def completion_params(req: CompletionRequest) -> SamplingParams:
     if req.best_of is not None and req.best_of != req.n:
         raise _unsupported("best_of", "best_of other than n")
-    return _build(dict(_common_kwargs(req), max_tokens=req.max_tokens, logprobs=req.logprobs), structured_renames(req))
+    _check_prompt_logprobs(req)
+    if req.max_tokens == 0 and not req.echo and req.prompt_logprobs is None:
+        raise bad_request("max_tokens", "max_tokens: must be >= 1 (0 is allowed with echo or prompt_logprobs)")
+    return _build(dict(_common_kwargs(req), max_tokens=req.max_tokens, logprobs=req.logprobs,
+                       prompt_logprobs=completion_prompt_logprobs(req)), structured_renames(req))
 
 
 def chat_renames(req: ChatCompletionRequest, tool_constraint: StructuredOutputsParams | None = None) -> dict[str, str]:
@@ -82,9 +102,10 @@ def chat_params(req: ChatCompletionRequest, tool_constraint: StructuredOutputsPa
     """`tool_constraint`: the grammar of a forced tool call (`tools.ToolPlan.constraint`), if any."""
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs", "top_logprobs: requires logprobs to be true")
+    _check_prompt_logprobs(req)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    kwargs = dict(_common_kwargs(req), max_tokens=max_tokens, logprobs=logprobs)
+    kwargs = dict(_common_kwargs(req), max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=req.prompt_logprobs)
     if tool_constraint is not None:
         other = structured_spec(req)[1]
         if other is not None:

@@ -123,6 +123,17 @@ def detokenize_body(tokenizer, ids: list[int]) -> bytes:
 
 
 # ---- from the routes (event loop) -------------------------------------------------------------------------
+def decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids)
+
+
+async def prompt_text(ctx: ServerContext, ids: list[int]) -> str:
+    """A token-id prompt's text (for echo); `token_id:N` pieces when the model has no tokenizer."""
+    if not ctx.tokenizers.available:
+        return "".join(f"token_id:{t}" for t in ids)
+    return await ctx.run_tokenizer(len(ids) * 4, decode, ids)
+
+
 async def prompt_ids(ctx: ServerContext, text: str, param: str = "prompt", add_special_tokens: bool = True) -> list[int]:
     check_text_size(ctx, text, param)
     return await ctx.run_tokenizer(len(text), encode, text, add_special_tokens)

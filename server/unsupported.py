@@ -26,7 +26,7 @@ _FUNCTIONS = "the deprecated functions API (use tools and tool_choice)"
 
 NOT_YET_SUPPORTED: dict[str, Unsupported] = {
     # OpenAI
-    "echo": Unsupported("echo (returning the prompt with the completion)", (False,)),
+    "echo": Unsupported("echo on chat completions (it is a /v1/completions field)", (False,)),
     "suffix": Unsupported("suffix (insertion)", ("",)),
     "functions": Unsupported(_FUNCTIONS, ([],)),
     "function_call": Unsupported(_FUNCTIONS, ("none",)),
@@ -46,7 +46,6 @@ NOT_YET_SUPPORTED: dict[str, Unsupported] = {
     # vLLM extensions
     "guided_decoding_backend": Unsupported("a structured-output backend other than xgrammar", ("xgrammar", "auto")),
     "guided_whitespace_pattern": Unsupported("guided_whitespace_pattern (JSON is generated without free whitespace)"),
-    "prompt_logprobs": Unsupported("prompt_logprobs (log-probabilities of the prompt tokens)"),
     "chat_template": Unsupported("a chat template sent with the request (client-supplied Jinja; the server's "
                                  "--chat-template sets it)"),
     "continue_final_message": Unsupported("continue_final_message", (False,)),

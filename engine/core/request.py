@@ -7,11 +7,12 @@ manager owns which blocks it holds; the scheduler owns which queue it is in.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from dataclasses import dataclass, field
 
-from ..outputs import RequestTimes
+from ..outputs import RequestTimes, TokenLogprob
 from ..sampling_params import SamplingParams
 from ..step import SamplingOptions
 
@@ -68,6 +69,9 @@ class Request:
     draft_token_ids: list[int] = field(default_factory=list)
     block_hashes: list[bytes] = field(default_factory=list)
     stop_reason: str | int | None = None
+    # SamplingParams.prompt_logprobs: what the prefill has computed so far, one entry per prompt position from
+    # 0 (None); only the first of n sequences computes them (the others wait for it: `wait_for`)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
@@ -77,8 +81,30 @@ class Request:
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_token_ids)
         self.sampling = SamplingOptions.from_params(self.params, self.seed, self.eos_token_ids)
+        if self.params.prompt_logprobs is not None and self.index == 0:
+            self.prompt_logprobs = [None]
+        elif self.sampling.prompt_logprobs is not None:
+            self.sampling = dataclasses.replace(self.sampling, prompt_logprobs=None)
         if self.parent_id is None:
             self.parent_id = self.request_id
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Prompt logprobs are wanted and some are still missing: its prefill must compute every prompt
+        position itself (no prefix-cache hit for its own prompt; its blocks are still cached for others)."""
+        return self.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens
+
+    def add_prompt_logprobs(self, first_position: int, entries) -> None:
+        """Keep the entries for positions not held yet (a recompute after preemption sends some again)."""
+        have = len(self.prompt_logprobs)
+        assert first_position <= have, f"{self.request_id}: prompt logprobs skip positions {have}..{first_position}"
+        self.prompt_logprobs.extend(entries[have - first_position:])
+
+    def worker_sampling(self) -> SamplingOptions:
+        """The options sent with the whole sequence: without prompt logprobs once all are held."""
+        if self.sampling.prompt_logprobs is not None and not self.needs_prompt_logprobs:
+            return dataclasses.replace(self.sampling, prompt_logprobs=None)
+        return self.sampling
 
     @property
     def num_prompt_tokens(self) -> int:

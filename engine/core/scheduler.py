@@ -18,6 +18,10 @@ KV blocks for all of them are free (otherwise it decodes without drafts; drafts 
 the step the engine reports how many drafts were rejected (`on_verified`): the computed count goes back and
 the blocks wholly past it are freed.
 
+A request that wants prompt logprobs (`SamplingParams.prompt_logprobs`) and does not hold them all yet is
+admitted without a prefix-cache lookup: every prompt position must run through the model to have logits.
+Its blocks are still cached for others, and once it holds them all (after a preemption) it looks up again.
+
 The scheduler owns the queues and request statuses; the KV-cache manager owns blocks.
 """
 
@@ -122,12 +126,14 @@ class Scheduler:
                 if request.num_pending_tokens or self._waits_for_sibling(request):
                     skipped.append(request)
                     continue
-                hit_blocks, num_hit = self.kv.get_computed_blocks(request)
+                lookup = self.kv.enable_caching and not request.needs_prompt_logprobs
+                # prompt logprobs need every prompt position's logits: such a request computes them all
+                hit_blocks, num_hit = self.kv.get_computed_blocks(request) if lookup else ([], 0)
                 num_new = min(request.num_tokens - num_hit, budget)
                 if self.kv.allocate_slots(request, num_new, hit_blocks) is None:
                     self.waiting.appendleft(request)
                     break
-                queries += request.num_tokens if self.kv.enable_caching else 0
+                queries += request.num_tokens if lookup else 0
                 hits += num_hit
                 request.num_computed_tokens = num_hit
                 if request.num_cached_tokens < 0:
@@ -164,7 +170,7 @@ class Scheduler:
         if synced is None:
             assert not request.num_pending_tokens, f"{rid}: sent whole while a sampled token is in flight"
             return NewSeq(rid, tuple(tokens), request.num_prompt_tokens, tuple(block_ids), start, num_new, sample,
-                          request.sampling, drafts)
+                          request.worker_sampling(), drafts)
         num_tokens, num_blocks = synced
         return CachedSeq(rid, tuple(tokens[num_tokens:]), tuple(block_ids[num_blocks:]), start, num_new, sample,
                          drafts, self._trim_to.pop(rid, -1))

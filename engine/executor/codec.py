@@ -8,7 +8,8 @@ ints, floats and strings cannot be made to run code, whatever bytes it gets. Lit
                  u8 sample, sampling                                               (a NewSeq)
                | u8 1, str id, ints new_token_ids, ints new_block_ids, i64 start, i64 num_new, u8 sample
     sampling  := f64 temperature, int top_k, f64 top_p, f64 min_p, f64 presence, f64 frequency,
-                 f64 repetition, opt-int seed, opt-int logprobs, int min_tokens, ints forbidden_ids
+                 f64 repetition, opt-int seed, opt-int logprobs, opt-int prompt_logprobs, int min_tokens,
+                 ints forbidden_ids
     ints      := u32 n, i64 * n          str := u32 n, n bytes of UTF-8       strs := u32 n, str * n
     int       := u8 n, n bytes (two's complement: any Python int, e.g. a seed of 2**63 + i)
     opt-int   := u8 0 | u8 1, int
@@ -76,6 +77,7 @@ def _sampling(out: bytearray, o: SamplingOptions) -> None:
     out += _F64.pack(o.repetition_penalty)
     _opt_int(out, o.seed)
     _opt_int(out, o.logprobs)
+    _opt_int(out, o.prompt_logprobs)
     _int(out, o.min_tokens)
     _ints(out, o.forbidden_ids)
 
@@ -158,7 +160,7 @@ class _Reader:
         return SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                presence_penalty=presence, frequency_penalty=frequency,
                                repetition_penalty=repetition, seed=self.opt_int(), logprobs=self.opt_int(),
-                               min_tokens=self.int_(), forbidden_ids=self.ints())
+                               prompt_logprobs=self.opt_int(), min_tokens=self.int_(), forbidden_ids=self.ints())
 
 
 def decode_step(buf: bytes | memoryview) -> SchedulerOutput:

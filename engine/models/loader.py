@@ -61,7 +61,7 @@ def build_model(cfg: ModelConfig, device: torch.device, seed: int = 0, tp: TPCon
     if cfg.load_format == "dummy":
         init_dummy_weights(model, seed + (0 if tp is None else tp.shard.rank))
     else:
-        load_safetensors(model, cfg.path)
+        load_safetensors(model, cfg.path, prepacked=cfg.quantization is not None and cfg.quantization.prepacked)
     model.eval()
     return model
 
@@ -110,7 +110,13 @@ def _target(model: nn.Module, name: str) -> tuple[str, Dest | None, int | None] 
     return name, None, None
 
 
-def load_safetensors(model: nn.Module, path) -> None:
+PACKED_SUFFIXES = (".qweight", ".qzeros", ".scales")  # a pre-quantized (AWQ) projection's tensors
+PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+
+
+def load_safetensors(model: nn.Module, path, prepacked: bool = False) -> None:
+    """Fill every parameter from the checkpoint. `prepacked`: its projections are stored quantized (AWQ); their
+    tensors are left to `engine.quantization.apply`, which replaces those projections after loading."""
     from safetensors import safe_open
 
     files = sorted(glob.glob(os.path.join(str(path), "*.safetensors")))
@@ -121,6 +127,8 @@ def load_safetensors(model: nn.Module, path) -> None:
     for file in files:
         with safe_open(file, framework="pt", device="cpu") as f:
             for key in f.keys():
+                if prepacked and key.endswith(PACKED_SUFFIXES):
+                    continue
                 target = _target(model, key)
                 if target is None:
                     continue
@@ -141,7 +149,8 @@ def load_safetensors(model: nn.Module, path) -> None:
                     raise ValueError(f"model: {key} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
                 dest.copy_(tensor)
                 filled[name] += tensor.numel()
-    missing = [n for n, count in filled.items() if count != params[n].numel()]
+    missing = [n for n, count in filled.items() if count != params[n].numel()
+               and not (prepacked and n.endswith(".weight") and n.rsplit(".", 2)[-2] in PROJECTIONS)]
     if missing:
         raise ValueError(f"model: checkpoint is missing weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
 

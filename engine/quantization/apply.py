@@ -74,6 +74,32 @@ class QuantRowParallel(nn.Module):
         return y if self.bias is None else y.add_(self.bias)
 
 
+def _from_gguf(name: str, mod: nn.Module, parent: nn.Module, blocks) -> nn.Module:
+    """The projection built from a pre-quantized source: a GGUF file's Q4 / Q8_0 blocks (the loaded fp32
+    weight is only dropped), or an AWQ checkpoint's packed tensors (no dense weight was loaded)."""
+    from .gguf_int4 import layer_index
+
+    kind = name.rsplit(".", 1)[-1]
+    layer = layer_index(name)
+    if blocks.method == "awq":
+        codes = blocks.projection(layer, kind)
+    else:
+        heads = (parent.num_heads, parent.num_kv_heads) if kind == "qkv_proj" else (0, 0)
+        codes = blocks.projection(layer, kind, *heads)
+    if codes[0].shape != mod.weight.shape:
+        raise ValueError(f"quantization: the GGUF blocks of {name} are {tuple(codes[0].shape)}, the model's weight "
+                         f"{tuple(mod.weight.shape)}")
+    if blocks.method == "awq":
+        return Int4Linear.from_codes(*codes, group_size=blocks.group_size, bias=mod.bias, dtype=mod.weight.dtype,
+                                     device=mod.weight.device)
+    if blocks.kind(layer, kind) == "int8":  # Q8_0
+        from .int8_grouped import GroupedInt8Linear
+
+        return GroupedInt8Linear(*codes, bias=mod.bias, dtype=mod.weight.dtype, device=mod.weight.device)
+    return Int4Linear.from_codes(*codes, group_size=32, bias=mod.bias, dtype=mod.weight.dtype,
+                                 device=mod.weight.device)
+
+
 def _quantized(weight: torch.Tensor, bias: torch.Tensor | None, cfg: WeightQuantConfig) -> nn.Module:
     if cfg.method == "int8":
         return Int8Linear(weight, bias)
@@ -89,11 +115,24 @@ def quantize_model(model: nn.Module, cfg: WeightQuantConfig | None) -> WeightRep
     if cfg is None:
         return WeightReport(None, before, before)
     targets = [(name, mod) for name, mod in model.named_modules() if name.rsplit(".", 1)[-1] in QUANTIZED_PROJECTIONS]
+    blocks = None
+    if cfg.method == "gguf":
+        from pathlib import Path
+
+        from .gguf_int4 import GGUFProjections
+
+        blocks = GGUFProjections(Path(cfg.source))
+    elif cfg.method == "awq":
+        from .awq import AWQCheckpoint
+
+        blocks = AWQCheckpoint(cfg.source, cfg.group_size)
     for name, mod in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         tp = getattr(mod, "tp", None)
-        if tp is not None:  # row-parallel: quantize the local columns, keep the all-reduce and the bias after it
+        if blocks is not None:
+            new = _from_gguf(name, mod, parent, blocks)
+        elif tp is not None:  # row-parallel: quantize the local columns, keep the all-reduce and the bias after it
             new = QuantRowParallel(_quantized(mod.weight, None, cfg), mod.bias, tp)
         else:
             new = _quantized(mod.weight, mod.bias, cfg)

@@ -1,7 +1,8 @@
 """The quantization choices as frozen data, validated where they are made (errors name the parameter).
 
 `WeightQuantConfig`: which weight format (`quantization`) and, for int4, how many input columns share one
-scale and zero point (`quantization_group_size`). `KVCacheDtype`: how the paged cache stores keys and values
+scale and zero point (`quantization_group_size`); `gguf` runs a GGUF file's own Q4_0/Q4_1 blocks as int4 with group size 32.
+`KVCacheDtype`: how the paged cache stores keys and values
 (`kv_cache_dtype`): `auto` keeps the model's dtype; the 8-bit formats store one byte per element plus one fp32
 scale per (token, KV head).
 """
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-QUANT_METHODS = ("int8", "int4", "fp8")
+QUANT_METHODS = ("int8", "int4", "fp8", "gguf", "awq")
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel accepts
 KV_CACHE_DTYPES = ("auto", "int8", "fp8_e4m3", "fp8_e5m2")
 
@@ -25,6 +26,12 @@ class WeightQuantConfig:
     method: str
     group_size: int = 32
     lm_head: bool = True  # int8/int4: the LM head too, in int8 per vocabulary row (apply.quantize_lm_head)
+    source: str | None = None  # gguf: the GGUF file whose Q4 blocks the projections are built from; awq: the checkpoint
+
+    @property
+    def prepacked(self) -> bool:
+        """The checkpoint holds the projections already packed (no dense weights to load for them)."""
+        return self.method == "awq"
 
     def __post_init__(self) -> None:
         if self.method not in QUANT_METHODS:

@@ -22,7 +22,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.layers import linear
-from .int8 import KERNEL_ROWS, kernel_dtype
+from .int8 import kernel_dtype
+
+KERNEL_ROWS = 64  # up to this many rows the bf16 kernel: unpacking the codes makes dequantize + GEMM dearer
+# than int8's (20 SmolLM2 projections, thread CPU ms: 32 rows kernel 39.7 vs dequantize + GEMM 81.4; 64 rows
+# 66.4 vs 82.3; 256 rows 243 vs 157: scripts/bench_quant_linear.py)
+FP32_KERNEL_ROWS = 1  # pre-quantized layers keep exact fp32 scales (from_codes), and the kernel's fp32 path is
+# slow: ~4x the fp32 GEMM at one row, ~40x at 32 rows; beyond one row their dequantize + GEMM is cheaper
 
 PACK_BLOCK_N = 32  # output channels per block of the CPU kernel's packed layout
 
@@ -52,28 +58,46 @@ def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gr
 class Int4Linear(nn.Module):
     """y = x @ dequant(q)^T + bias for x [M, K]."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group_size: int):
+    def __init__(self, weight: torch.Tensor | None, bias: torch.Tensor | None, group_size: int, *,
+                 codes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                 dtype: torch.dtype | None = None, device: torch.device | None = None):
         super().__init__()
-        self.dtype = kernel_dtype(weight)
-        q, scale, zero = quantize_int4(weight, group_size, self.dtype)
-        self.in_features, self.out_features, self.group_size = weight.shape[1], weight.shape[0], group_size
-        if weight.device.type == "cpu":
-            if weight.shape[0] % PACK_BLOCK_N:
+        if codes is None:  # quantize here, choosing codes for scales rounded to the kernel's dtype
+            self.dtype = kernel_dtype(weight)
+            q, scale, zero = quantize_int4(weight, group_size, self.dtype)
+            device = weight.device
+        else:  # pre-quantized: the source's exact scales, kept in `dtype` (see from_codes)
+            (q, scale, zero), self.dtype = codes, dtype
+        self.out_features, self.in_features = q.shape
+        self.group_size = group_size
+        if device.type == "cpu":
+            if self.out_features % PACK_BLOCK_N:
                 raise ValueError(f"quantization: int4 on the CPU needs output sizes that are multiples of "
-                                 f"{PACK_BLOCK_N}; a projection has {weight.shape[0]}")
+                                 f"{PACK_BLOCK_N}; a projection has {self.out_features}")
             self.packed = True
-            self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+            self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.cpu(), 1))
             # [K / g, N, 2]: the kernel's layout for (scale, zero) pairs, in the kernel's activation dtype
             self.register_buffer("scales_and_zeros",
                                  torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(self.dtype))
         else:
             self.packed = False
+            q = q.to(device)
             self.register_buffer("qweight", ((q[:, 0::2] << 4) | q[:, 1::2]).to(torch.uint8))  # 2 codes a byte
-            self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).to(self.dtype))
+            self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).to(device, self.dtype))
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int,
+                   bias: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> "Int4Linear":
+        """A layer from codes [N, K] (0..15), scales and zeros [N, K / group_size] already in this format
+        (a pre-quantized checkpoint, e.g. GGUF Q4 blocks: `gguf_blocks.py`), with no requantization. The
+        scales stay in `dtype` (the model's: fp32 on the CPU), not the bf16 that load-time quantization uses
+        for the CPU kernel's speed: bf16 would round the file's fp16 scales (8 vs 11 significant bits), and
+        the weights would no longer be the checkpoint's. The price: the CPU kernel then runs in fp32."""
+        return cls(None, bias, group_size, codes=(codes, scales.float(), zeros.float()), dtype=dtype, device=device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed and x.shape[0] <= KERNEL_ROWS:
+        if self.packed and x.shape[0] <= (KERNEL_ROWS if self.dtype == torch.bfloat16 else FP32_KERNEL_ROWS):
             xk = x.to(self.dtype).contiguous()
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(xk, self.qweight, self.group_size,
                                                            self.scales_and_zeros).to(x.dtype)

@@ -15,30 +15,28 @@ hold exactly the same bytes. It costs 4 bytes per head per token (6% of a 64-ele
 scale would be better for keys' outlier channels but needs statistics over many tokens, i.e. calibration.
 
 The cache stores q in the block layout of the unquantized cache ([blocks, block_size, KVH, D], storage dtype)
-plus a scale tensor [blocks, block_size, KVH] (fp32) beside it, for K and for V. These functions are the
-reference the Triton store and attention kernels are tested against, and the CPU path itself.
+plus a scale tensor [blocks, block_size, KVH] (fp32) beside it, for K and for V. The arithmetic itself is
+`kernels.reference.quantize_kv_ref` / `dequantize_kv_ref`, the oracle the Triton store and attention kernels
+are tested against (bit for bit for the codes): the CPU path and the GPU kernels write the same bytes.
 """
 
 from __future__ import annotations
 
 import torch
 
+from kernels.reference import dequantize_kv_ref, quantize_kv_ref
+
 from .config import SCALE_DTYPE, KVCacheDtype
 
 
 def quantize_kv(x: torch.Tensor, spec: KVCacheDtype) -> tuple[torch.Tensor, torch.Tensor]:
     """x [..., D] -> (codes [..., D] in spec.storage, scales [...] fp32)."""
-    x32 = x.float()
-    scale = x32.abs().amax(dim=-1).clamp_(min=1e-12) / spec.qmax
-    y = x32 / scale[..., None]
-    if spec.storage == torch.int8:
-        return torch.round(y).clamp_(-127, 127).to(torch.int8), scale.to(SCALE_DTYPE)
-    return y.clamp_(-spec.qmax, spec.qmax).to(spec.storage), scale.to(SCALE_DTYPE)
+    return quantize_kv_ref(x, spec.storage)
 
 
 def dequantize_kv(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """codes [..., D], scales [...] -> values [..., D] in `dtype` (computed in fp32, rounded once)."""
-    return (q.float() * scale[..., None]).to(dtype)
+    return dequantize_kv_ref(q, scale, dtype)
 
 
 def fake_quantize_kv(x: torch.Tensor, spec: KVCacheDtype) -> torch.Tensor:

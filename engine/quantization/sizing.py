@@ -27,7 +27,7 @@ def quantized_bytes(out_features: int, in_features: int, cfg: WeightQuantConfig,
     item = torch.empty((), dtype=dtype).element_size()
     if cfg.method == "int8":
         return out_features * in_features + out_features * item  # a scale per output channel, in the model dtype
-    if cfg.method == "int4":
+    if cfg.method in ("int4", "gguf", "awq"):  # gguf: Q4 blocks as int4, group 32
         groups = in_features // cfg.group_size
         return out_features * in_features // 2 + out_features * groups * 2 * item  # scale and zero per group
     return out_features * in_features + out_features * 4  # fp8: fp32 scale per output channel
@@ -42,6 +42,17 @@ def bytes_saved(mc, cfg: WeightQuantConfig | None, scale_dtype: torch.dtype = to
     inter = mc.hf_config.intermediate_size
     item = torch.empty((), dtype=mc.dtype).element_size()
     shapes = projection_shapes(mc.num_layers, mc.hidden_size, mc.num_heads, mc.num_kv_heads, mc.head_dim, inter)
+    if cfg.method == "gguf":  # each projection as its file stores it: Q4 -> int4 (group 32), Q8_0 -> grouped int8
+        from pathlib import Path
+
+        from .gguf_int4 import FUSED, GGUFProjections
+
+        blocks, names = GGUFProjections(Path(cfg.source)), list(FUSED) * mc.num_layers
+        kinds = [blocks.kind(j // len(FUSED), name) for j, name in enumerate(names)]
+        return sum(o * i * item - (o * i + o * (i // 32) * 4 if kind == "int8" else quantized_bytes(o, i, cfg, mc.dtype))
+                   for (o, i), kind in zip(shapes, kinds))
+    if cfg.method == "awq":  # pre-quantized int4 keeps its exact scales in the model's dtype (Int4Linear.from_codes)
+        return sum(o * i * item - quantized_bytes(o, i, cfg, mc.dtype) for o, i in shapes)
     saved = sum(o * i * item - quantized_bytes(o, i, cfg, scale_dtype) for o, i in shapes)
     if cfg.lm_head and cfg.method in ("int8", "int4"):
         head = quantized_bytes(mc.vocab_size, mc.hidden_size, WeightQuantConfig("int8"), scale_dtype)

@@ -4,9 +4,12 @@ Pure Python on integers and floats: no torch, no transformers (a transformers co
 attribute in `shape_from_hf_config`). `engine.tools.planner` turns flags into these inputs and prints the plan.
 
     weight_bytes          = params x bytes per weight
+                            (with `quantization`: the decoder projections' codes and scales, the rest as is)
     kv_bytes_per_token    = 2 (K and V) x layers x kv_heads x head_dim x bytes per KV element
+                            (+ 2 x layers x kv_heads x 4 for an 8-bit cache's fp32 scales, one per token and head)
     kv_bytes_per_sequence = kv_bytes_per_token x context_len
     kv_budget_bytes       = floor(gpu_memory x memory_fraction) - weight_bytes
+                            (on the CPU, `cpu_kv_cache_bytes` + the bytes quantization saved, as the server does)
     num_blocks            = floor(kv_budget_bytes / (block_size x kv_bytes_per_token))
     max_concurrent_seqs   = floor(num_blocks / ceil(context_len / block_size))
     decode step bytes     = weight_bytes + batch x context_len x kv_bytes_per_token
@@ -31,6 +34,7 @@ and the times are lower bounds: a real server does worse, never better.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -40,8 +44,60 @@ __all__ = ["GIB", "GPU_PRESETS", "Hardware", "ParamBreakdown", "count_params", "
            "plan_capacity", "shape_from_hf_config", "dtype_name", "WEIGHT_DTYPE_BYTES", "KV_DTYPE_BYTES"]
 
 WEIGHT_DTYPE_BYTES: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
-KV_DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
-_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float8": "fp8"}
+KV_DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
+# an 8-bit KV cache stores one fp32 scale per (token, KV head) beside the codes: engine.quantization.config
+KV_SCALE_BYTES = 4
+QUANT_METHODS = ("int8", "int4", "fp8")
+_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float8": "fp8",
+            "fp8_e4m3": "fp8", "fp8_e5m2": "fp8"}
+
+
+def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, kv_bytes_per_element: int) -> int:
+    """K and V of one token over every layer; a 1-byte (int8 / fp8) cache adds its per-head fp32 scales."""
+    scales = KV_SCALE_BYTES if kv_bytes_per_element == 1 else 0
+    return 2 * num_layers * num_kv_heads * (head_dim * kv_bytes_per_element + scales)
+
+
+def projection_shapes(model: "ModelShape") -> list[tuple[int, int]]:
+    """(out_features, in_features) of every decoder projection the server quantizes (q/k/v, o, gate/up, down)."""
+    if model.hidden_size is None or model.num_heads is None or model.intermediate_size is None:
+        raise ValueError("quantization: needs the model's hidden size, heads and MLP width (give --model or "
+                         "--model-config, not an explicit shape)")
+    if model.num_experts:
+        raise ValueError("quantization: the server quantizes dense models only; this one has experts")
+    q, kv, h, i = model.num_heads * model.head_dim, model.num_kv_heads * model.head_dim, model.hidden_size, \
+        model.intermediate_size
+    return [(q + 2 * kv, h), (h, q), (2 * i, h), (h, i)] * model.num_layers
+
+
+DEFAULT_INT4_GROUP = 32  # the server's default int4 group size (engine.config.EngineArgs._resolve_quantization)
+
+
+def quantized_weight_bytes(model: "ModelShape", base_bytes: float, method: str, group_size: int | None,
+                           scale_bytes: float | None = None, lm_head: bool = True) -> int:
+    """The model's weights with its projections in `method` and everything else (embedding, norms, biases,
+    and the LM head unless `lm_head`) at `base_bytes` per parameter: what engine.quantization.sizing counts
+    for the server. `scale_bytes`: the int8/int4 scales' size (the CPU kernels keep them in bf16: 2; None:
+    the model's dtype). `lm_head` (int8/int4, the server's default): the LM head in int8 with a scale per
+    vocabulary row; a tied head is a copy beside the embedding, which the lookup keeps."""
+    shapes = projection_shapes(model)
+    group = group_size or DEFAULT_INT4_GROUP
+    sb = base_bytes if scale_bytes is None else scale_bytes
+    total = 0
+    for o, i in shapes:
+        if method == "int8":
+            total += o * i + o * sb  # a scale per output channel
+        elif method == "int4":
+            total += o * i // 2 + o * (i // group) * 2 * sb  # a scale and a zero per group
+        else:
+            total += o * i + o * 4  # fp8: an fp32 scale per output channel
+    rest = model.num_params - sum(o * i for o, i in shapes)
+    if lm_head and method in ("int8", "int4") and model.vocab_size and model.hidden_size and model.breakdown:
+        head = model.vocab_size * model.hidden_size
+        total += head + model.vocab_size * sb
+        if model.breakdown.lm_head:  # untied: the int8 head replaces the full-precision one
+            rest -= head
+    return math.ceil(rest * base_bytes + total)
 
 
 
@@ -69,6 +125,7 @@ class ModelShape:
     layer_windows: tuple[int | None, ...] = ()  # each layer's sliding window (None: full); empty: all full
     num_experts: int = 0  # routed experts per MoE layer (0: dense)
     experts_per_token: int = 0
+    intermediate_size: int | None = None  # the MLP width (for the quantized projections' shapes)
 
     def __post_init__(self) -> None:
         for field in ("num_layers", "num_kv_heads", "head_dim", "num_params"):
@@ -117,6 +174,7 @@ def shape_from_hf_config(cfg, name: str) -> ModelShape:
         layer_windows=windows if any(w is not None for w in windows) else (),
         num_experts=experts,
         experts_per_token=cfg.num_experts_per_tok if experts else 0,
+        intermediate_size=getattr(cfg, "intermediate_size", None),
     )
 
 
@@ -131,10 +189,24 @@ class Workload:
     block_size: int = 16
     batch_size: int | None = None
     prompt_len: int | None = None  # for TTFT; None: context_len
+    quantization: str | None = None  # the server's --quantization: projections int8 / int4 / fp8, the rest weight_dtype
+    group_size: int | None = None  # int4 only; None: the server's default
+    cpu_kv_cache_bytes: int | None = None  # plan the CPU server: this KV budget (+ what quantization saves)
+    quantize_lm_head: bool = True  # the server's --quantize-lm-head (int8/int4)
 
     def __post_init__(self) -> None:
         dtype_name(self.weight_dtype, WEIGHT_DTYPE_BYTES, "dtype")
         dtype_name(self.kv_dtype, KV_DTYPE_BYTES, "kv_dtype")
+        if self.quantization is not None:
+            if self.quantization not in QUANT_METHODS:
+                raise ValueError(f"quantization: must be one of {QUANT_METHODS}, got {self.quantization!r}")
+            if self.weight_dtype not in ("fp32", "fp16", "bf16"):
+                raise ValueError(f"dtype: with quantization it is the model's dtype (fp32, fp16 or bf16), "
+                                 f"got {self.weight_dtype}")
+        if self.group_size is not None and self.quantization != "int4":
+            raise ValueError("quantization_group_size: only applies with quantization='int4'")
+        if self.cpu_kv_cache_bytes is not None and self.cpu_kv_cache_bytes < 1:
+            raise ValueError(f"cpu_kv_cache_gb: must be > 0, got {self.cpu_kv_cache_bytes} bytes")
         if not 0 < self.memory_fraction <= 1:
             raise ValueError(f"memory_fraction: must be in (0, 1], got {self.memory_fraction}")
         for field in ("context_len", "block_size"):
@@ -193,7 +265,8 @@ def model_cost(model: ModelShape, weight_bytes_per_param: float, kv_bytes_per_el
     return ModelCost(num_layers=model.num_layers, num_heads=model.num_heads or 0, head_dim=model.head_dim,
                      hidden_size=(model.hidden_size or 0) if known else 0, vocab_size=(model.vocab_size or 0) if known else 0,
                      dense_params=model.dense_params, weight_bytes=math.ceil(model.num_params * weight_bytes_per_param),
-                     kv_bytes_per_token=2 * model.num_layers * model.num_kv_heads * model.head_dim * kv_bytes_per_element,
+                     kv_bytes_per_token=kv_bytes_per_token(model.num_layers, model.num_kv_heads, model.head_dim,
+                                                           kv_bytes_per_element),
                      layer_windows=model.layer_windows, expert_weight_bytes=math.ceil(experts * weight_bytes_per_param),
                      num_experts=model.num_experts, experts_per_token=model.experts_per_token)
 
@@ -203,9 +276,21 @@ def plan_capacity(model: ModelShape, gpu: Hardware, work: Workload) -> CapacityP
     w_bytes = WEIGHT_DTYPE_BYTES[dtype_name(work.weight_dtype, WEIGHT_DTYPE_BYTES, "dtype")]
     kv_elem = KV_DTYPE_BYTES[dtype_name(work.kv_dtype, KV_DTYPE_BYTES, "kv_dtype")]
     cost = model_cost(model, w_bytes, kv_elem)
+    if work.quantization is not None:
+        # the CPU kernels keep int8/int4 scales in bf16 (engine.quantization.int8.CPU_KERNEL_DTYPE)
+        scale_bytes = 2 if work.cpu_kv_cache_bytes is not None else None
+        quantized = quantized_weight_bytes(model, w_bytes, work.quantization, work.group_size, scale_bytes,
+                                           work.quantize_lm_head)
+        # the bytes a decode step reads shrink with the weights (per parameter on average)
+        cost = dataclasses.replace(cost, weight_bytes=quantized)
+        w_bytes = quantized / model.num_params
     weight_bytes, kv_token = cost.weight_bytes, cost.kv_bytes_per_token
     kv_seq = kv_token // model.num_layers * model.kv_tokens(work.context_len)
     usable = math.floor(gpu.memory_bytes * work.memory_fraction)
+    if work.cpu_kv_cache_bytes is not None:
+        # the CPU server: the weights as loaded at the model's dtype plus --cpu-kv-cache-gb; quantizing the
+        # weights gives the bytes it saves to the KV cache (engine.worker.model_runner)
+        usable = work.cpu_kv_cache_bytes + model_cost(model, WEIGHT_DTYPE_BYTES[work.weight_dtype], kv_elem).weight_bytes
     budget = usable - weight_bytes
     block_bytes = work.block_size * kv_token
     blocks = max(budget, 0) // block_bytes

@@ -41,25 +41,28 @@ class EvalConfig:
     quantization: str | None
     kv_cache_dtype: str
     quantize_lm_head: bool = True
+    group_size: int | None = None  # int4 only (`int4-g32`); None: the engine's default
 
 
 def parse_config(name: str) -> EvalConfig:
-    """`base`, a weight format, `kv-<kv_cache_dtype>`, `fphead` (keep the LM head at the model's dtype), or
-    several joined by `+`."""
-    quant, kv, head = None, "auto", True
+    """`base`, a weight format (`int4-g<N>`: int4 with group size N), `kv-<kv_cache_dtype>`, `fphead` (keep
+    the LM head at the model's dtype), or several joined by `+`."""
+    quant, kv, head, group = None, "auto", True, None
     for part in name.split("+"):
         if part in ("base", "fp32"):
             continue
         if part == "fphead":
             head = False
+        elif part.startswith("int4-g") and part[6:].isdigit() and quant is None:
+            quant, group = "int4", int(part[6:])
         elif part in QUANT_METHODS and quant is None:
             quant = part
         elif part.startswith("kv-") and part[3:] in KV_CACHE_DTYPES and kv == "auto":
             kv = part[3:]
         else:
             raise ValueError(f"configs: {name!r} is not base, one of {QUANT_METHODS}, kv-<one of "
-                             f"{KV_CACHE_DTYPES[1:]}>, fphead, or such parts joined by '+'")
-    return EvalConfig(name, quant, kv, head)
+                             f"{KV_CACHE_DTYPES[1:]}>, int4-g<N>, fphead, or such parts joined by '+'")
+    return EvalConfig(name, quant, kv, head, group)
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ def evaluate(base_args: EngineArgs, configs: list[EvalConfig], text: str, window
     for cfg in configs:
         t0 = time.perf_counter()
         args = dataclasses.replace(base_args, quantization=cfg.quantization, kv_cache_dtype=cfg.kv_cache_dtype,
-                                   quantize_lm_head=cfg.quantize_lm_head)
+                                   quantize_lm_head=cfg.quantize_lm_head, quantization_group_size=cfg.group_size)
         llm = LLM(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
         try:
             tok = llm.tokenizer

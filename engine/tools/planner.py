@@ -42,7 +42,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     w = parser.add_argument_group("workload")
     w.add_argument("--dtype", default="bf16", help=f"weight dtype: {', '.join(WEIGHT_DTYPE_BYTES)} (default bf16)")
-    w.add_argument("--kv-dtype", default="auto", help=f"KV-cache dtype: {', '.join(KV_DTYPE_BYTES)} or auto = the weight dtype, bf16 for fp8/int weights")
+    w.add_argument("--kv-dtype", default="auto", help=f"KV-cache dtype: {', '.join(KV_DTYPE_BYTES)} (the server's fp8_e4m3, "
+                   "fp8_e5m2 are fp8; 8-bit caches count their per-token, per-head fp32 scales too) or auto = the "
+                   "weight dtype, bf16 for fp8/int weights")
+    w.add_argument("--quantization", default=None, choices=("int8", "int4", "fp8"),
+                   help="the server's --quantization: decoder projections in this format (codes + scales), the "
+                        "embedding, lm_head and norms at --dtype, which is then the model's dtype")
+    w.add_argument("--quantization-group-size", type=int, default=None,
+                   help="int4 only: input columns per scale and zero (default: the server's, 32)")
+    w.add_argument("--quantize-lm-head", action=argparse.BooleanOptionalAction, default=True,
+                   help="with int8/int4: the LM head in int8 too, as the server does by default")
+    w.add_argument("--cpu-kv-cache-gb", type=float, default=None,
+                   help="plan the CPU server instead of a GPU: its KV budget (the server's --cpu-kv-cache-gb), to which "
+                        "it adds the bytes quantization saves")
     w.add_argument("--memory-fraction", type=float, default=0.9, help="share of GPU memory for weights + KV cache (default 0.9)")
     w.add_argument("--context-len", type=int, default=2048, help="tokens per sequence (prompt + output) (default 2048)")
     w.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default 16)")
@@ -118,7 +130,9 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
     kv = (weight if weight in ("fp32", "fp16", "bf16") else "bf16") if args.kv_dtype == "auto" else args.kv_dtype
     return Workload(weight_dtype=weight, kv_dtype=dtype_name(kv, KV_DTYPE_BYTES, "kv_dtype"),
                     memory_fraction=args.memory_fraction, context_len=args.context_len, block_size=args.block_size,
-                    batch_size=args.batch_size, prompt_len=args.prompt_len)
+                    batch_size=args.batch_size, prompt_len=args.prompt_len, quantization=args.quantization,
+                    group_size=args.quantization_group_size, quantize_lm_head=args.quantize_lm_head,
+                    cpu_kv_cache_bytes=None if args.cpu_kv_cache_gb is None else int(args.cpu_kv_cache_gb * 2**30))
 
 
 # ---- output ------------------------------------------------------------------------------------------
@@ -177,16 +191,28 @@ def render(shape: ModelShape, gpu: Hardware, work: Workload, p: CapacityPlan, me
     if memory_note:
         out.append(f"  memory  --gpu-memory {memory_note}")
     out += ["", "Memory"]
-    out.append(f"  weights         = params x bytes = {shape.num_params:,} x {p.weight_bytes_per_param:g} = {_b(p.weight_bytes)}")
-    out.append(f"  KV per token    = 2 x layers x kv_heads x head_dim x bytes = 2 x {shape.num_layers} x {shape.num_kv_heads} x "
-               f"{shape.head_dim} x {p.kv_bytes_per_element} = {_b(p.kv_bytes_per_token)}")
+    if work.quantization is None:
+        out.append(f"  weights         = params x bytes = {shape.num_params:,} x {p.weight_bytes_per_param:g} = {_b(p.weight_bytes)}")
+    else:
+        out.append(f"  weights         = {work.quantization} projections (codes + scales) + the rest in {work.weight_dtype} "
+                   f"= {_b(p.weight_bytes)} ({p.weight_bytes_per_param:.2f} B per param)")
+    if p.kv_bytes_per_element == 1:
+        out.append(f"  KV per token    = 2 x layers x kv_heads x (head_dim x 1 B + a 4 B fp32 scale) = 2 x {shape.num_layers} x "
+                   f"{shape.num_kv_heads} x ({shape.head_dim} + 4) = {_b(p.kv_bytes_per_token)}")
+    else:
+        out.append(f"  KV per token    = 2 x layers x kv_heads x head_dim x bytes = 2 x {shape.num_layers} x {shape.num_kv_heads} x "
+                   f"{shape.head_dim} x {p.kv_bytes_per_element} = {_b(p.kv_bytes_per_token)}")
     if shape.layer_windows:
         held = shape.kv_tokens(work.context_len)
         out.append(f"  KV per sequence = KV per layer-token x sum over layers of min(context, window) = "
                    f"{p.kv_bytes_per_token // shape.num_layers:,} x {held:,} = {_b(p.kv_bytes_per_sequence)}")
     else:
         out.append(f"  KV per sequence = KV per token x context = {p.kv_bytes_per_token:,} x {work.context_len:,} = {_b(p.kv_bytes_per_sequence)}")
-    out.append(f"  usable memory   = memory x fraction = {gpu.memory_bytes:,} x {work.memory_fraction:g} = {_b(p.usable_memory_bytes)}")
+    if work.cpu_kv_cache_bytes is None:
+        out.append(f"  usable memory   = memory x fraction = {gpu.memory_bytes:,} x {work.memory_fraction:g} = {_b(p.usable_memory_bytes)}")
+    else:
+        out.append(f"  usable memory   = CPU KV budget + weights at {work.weight_dtype} = {work.cpu_kv_cache_bytes:,} + "
+                   f"{p.usable_memory_bytes - work.cpu_kv_cache_bytes:,} = {_b(p.usable_memory_bytes)} (the CPU server)")
     out.append(f"  KV budget       = usable - weights = {p.usable_memory_bytes:,} - {p.weight_bytes:,} = {_b(p.kv_budget_bytes)}")
     out.append(f"  KV blocks       = budget / (block_size x KV per token) = {max(p.kv_budget_bytes, 0):,} / ({work.block_size} x "
                f"{p.kv_bytes_per_token:,}) = {p.num_blocks:,} blocks = {p.num_kv_tokens:,} tokens")

@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from . import cpu_allocator, cpu_threads
+from . import cpu_allocator, cpu_threads, prompt_logprobs
 from ..attention import AttentionMetadata, get_attention_backend
 from ..config import EngineConfig
 from ..models.loader import build_model
@@ -59,28 +59,36 @@ class PendingOutput:
         return pending
 
     def __init__(self, request_ids: tuple[str, ...] = (), batch: SamplingBatch | None = None,
-                 readback: Readback | None = None, drafts: tuple[tuple[int, ...], ...] | None = None):
-        """`drafts`: each sampling sequence's draft tokens (speculative decoding), None when none has any."""
+                 readback: Readback | None = None, drafts: tuple[tuple[int, ...], ...] | None = None,
+                 prompt_plan: prompt_logprobs.PromptRowPlan | None = None):
+        """`drafts`: each sampling sequence's draft tokens (speculative decoding), None when none has any.
+        `prompt_plan`: the step's prompt-logprob rows, whose values follow the sampled ones in the readback."""
         self._request_ids, self._batch, self._readback = request_ids, batch, readback
         self._drafts = drafts
+        self._prompt_plan = prompt_plan
         self._result: RunnerOutput | None = None
 
     def result(self) -> RunnerOutput:
         """Wait for the step's device-to-host copy; the tokens (and logprobs) in batch order."""
         if self._result is None:
+            packed = self._readback.ready() if self._readback is not None else None
+            prompt = ()
+            if self._prompt_plan is not None:
+                tail = 0 if self._batch is None else self._batch.packed_size()
+                prompt = prompt_logprobs.unpack(packed[tail:], self._prompt_plan)
             if not self._request_ids:
-                self._result = RunnerOutput.empty()
+                self._result = RunnerOutput((), (), (), prompt)
             elif self._drafts is None:
-                tokens, logprobs = unpack(self._readback.ready(), self._batch)
+                tokens, logprobs = unpack(packed, self._batch)
                 self._result = RunnerOutput(self._request_ids, tuple((t,) for t in tokens),
-                                            tuple(None if lp is None else (lp,) for lp in logprobs))
+                                            tuple(None if lp is None else (lp,) for lp in logprobs), prompt)
             else:
-                self._result = self._verified()
+                self._result = self._verified(packed, prompt)
         return self._result
 
-    def _verified(self) -> RunnerOutput:
+    def _verified(self, packed, prompt) -> RunnerOutput:
         """Speculative decoding: each sequence's rows (one per position) cut to the accepted drafts plus one."""
-        tokens, logprobs = unpack(self._readback.ready(), self._batch)
+        tokens, logprobs = unpack(packed, self._batch)
         out_tokens, out_logprobs = [], []
         row = 0
         for drafts in self._drafts:
@@ -90,7 +98,7 @@ class PendingOutput:
             lps = logprobs[row:row + len(kept)]
             out_logprobs.append(None if lps[0] is None else tuple(lps))
             row += rows
-        return RunnerOutput(self._request_ids, tuple(out_tokens), tuple(out_logprobs))
+        return RunnerOutput(self._request_ids, tuple(out_tokens), tuple(out_logprobs), prompt)
 
 
 class ModelRunner:
@@ -265,6 +273,11 @@ class ModelRunner:
         size = self._graph_size(hb)
         arrays = self._model_arrays(hb, size)
         num_model = len(arrays)
+        # prompt logprobs: their token rows' hidden states come out of the forward after the sampling rows
+        prompt_plan = prompt_logprobs.plan(out.seqs, states, hb.query_lens)
+        num_sample_rows = len(hb.logits_indices)
+        if prompt_plan is not None:
+            arrays[6] = np.concatenate([hb.logits_indices, prompt_plan.rows])  # _model_arrays' logits_indices
         sb = None
         if len(hb.sample_idx):
             sb = self.sampling.batch(hb.row_slots, hb.out_pos)  # one row per position sampled
@@ -286,14 +299,26 @@ class ModelRunner:
         if fresh:
             arrays += PenaltyCounts.init_arrays([st.slot for st in fresh], [st.token_ids for st in fresh],
                                                 [st.num_prompt_tokens for st in fresh], self.config.model.vocab_size)
+        if prompt_plan is not None:
+            arrays.append(prompt_plan.targets)
         views = self.staging.upload(arrays)  # the step's one host-to-device copy
         hidden = self._run_model(hb, views[:num_model], size)
+        prompt_packed = None
+        if prompt_plan is not None:
+            hidden, prompt_hidden = hidden[:num_sample_rows], hidden[num_sample_rows:]
+            prompt_packed = prompt_logprobs.compute(prompt_hidden, views[-1], prompt_plan.k,
+                                                    self.model.compute_logits)
+            views = views[:-1]
+            if prompt_packed is None:  # a tensor-parallel rank > 0: rank 0 has the values
+                prompt_plan = None
         if fresh:
             self.penalties.ensure(self.seqs.num_slots)
             self.penalties.apply_init(*views[-5:])
         if sb is None:
             self._prev_tokens, self._prev_rows = None, {}
-            return PendingOutput()
+            if prompt_plan is None:
+                return PendingOutput()
+            return PendingOutput(readback=self.readback.download(prompt_packed), prompt_plan=prompt_plan)
         logits = self.model.compute_logits(hidden)
         if logits is None:  # a tensor-parallel rank > 0: it sent its logits to rank 0, which samples
             self._prev_tokens, self._prev_rows = None, {}
@@ -319,8 +344,9 @@ class ModelRunner:
             self._prev_tokens, self._prev_rows = None, {}
         else:
             self._prev_tokens, self._prev_rows = result.tokens, {rid: j for j, rid in enumerate(request_ids)}
+        packed = result.packed if prompt_packed is None else torch.cat([result.packed, prompt_packed])
         # the one device-to-host copy
-        return PendingOutput(request_ids, sb, self.readback.download(result.packed), drafts)
+        return PendingOutput(request_ids, sb, self.readback.download(packed), drafts, prompt_plan)
 
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         """Run one step and wait for its tokens."""

@@ -149,9 +149,9 @@ def test_fp8_on_the_cpu_is_refused_at_resolve(tiny_model_dir):
         EngineArgs(model=tiny_model_dir("llama"), device="cpu", quantization="fp8").resolve()
 
 
-def test_int4_group_size_defaults_to_the_coarsest_that_tiles_every_input(tiny_model_dir):
+def test_int4_group_size_defaults_to_32_the_finest(tiny_model_dir):
     mc = EngineArgs(model=tiny_model_dir("llama"), device="cpu", quantization="int4").resolve().model
-    assert mc.quantization == WeightQuantConfig("int4", 64)  # 128 does not divide the hidden size 64
+    assert mc.quantization == WeightQuantConfig("int4", 32)
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])
@@ -227,10 +227,21 @@ def test_int4_cpu_packing_layout():
 
 @pytest.mark.parametrize("cls, args", [(Int8Linear, ()), (Int4Linear, (32,))])
 def test_prefill_sized_batches_take_the_dequantized_gemm_with_the_same_result(cls, args):
-    from engine.quantization.int8 import KERNEL_ROWS
+    import importlib
 
+    KERNEL_ROWS = importlib.import_module(cls.__module__).KERNEL_ROWS  # each format has its own crossover
     w, b, _ = _weights()
     layer = cls(w, b, *args)
     x = torch.randn(KERNEL_ROWS + 8, 128, generator=torch.Generator().manual_seed(1))
     kernel = torch.cat([layer(x[i:i + KERNEL_ROWS]) for i in range(0, len(x), KERNEL_ROWS)])  # the bf16 kernel
     torch.testing.assert_close(layer(x), kernel, **BF16)  # one call: dequantize + fp32 GEMM
+
+
+def test_eval_ppl_configs_name_an_int4_group_size():
+    from engine.tools.eval_ppl import parse_config
+
+    cfg = parse_config("int4-g32+kv-int8")
+    assert (cfg.quantization, cfg.kv_cache_dtype, cfg.group_size) == ("int4", "int8", 32)
+    assert parse_config("gguf").quantization == "gguf" and parse_config("gguf").group_size is None
+    with pytest.raises(ValueError, match="^configs: 'int4-gx'"):
+        parse_config("int4-gx")

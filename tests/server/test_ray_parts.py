@@ -36,6 +36,12 @@ def test_token_ids_become_one_character_each_so_a_shared_token_prefix_is_a_share
     assert len(a) == 4 and len(b) == 5 and a[:3] == b[:3] and a[3] != b[3]
 
 
+def test_several_prompts_are_keyed_by_the_first():
+    texts = routing_key("POST", "/v1/completions", json.dumps({"prompt": ["Q: 1+1?", "Q: 2+2?"]}).encode())
+    ids = routing_key("POST", "/v1/completions", json.dumps({"prompt": [[1, 2, 3], [4]]}).encode())
+    assert texts == "Q: 1+1?" and ids == routing_key("POST", "/v1/completions", b'{"prompt": [1, 2, 3]}')
+
+
 def test_a_chat_is_keyed_by_its_messages_in_order():
     body = json.dumps({"messages": [{"role": "system", "content": "Be brief."},
                                     {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}).encode()

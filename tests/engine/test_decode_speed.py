@@ -1,0 +1,26 @@
+"""`kvserve speed`: every configuration decodes the same prompts at every stream count, the table and JSON carry
+one row per (configuration, streams), and `--profile` splits a step into its parts."""
+
+from __future__ import annotations
+
+import json
+
+from engine.cli import main
+
+
+def test_speed_compares_configurations_side_by_side_and_profiles_a_step(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    rc = main(["speed", "--model", tiny_model_dir("llama"), "--configs", "base,int8,int4+fphead",
+               "--streams", "1,3", "--input-len", "5", "--output-len", "4", "--rounds", "2", "--profile",
+               "--cpu-threads", "1", "--json", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    rows = {(x["config"], x["streams"]): x for x in r["results"]}
+    assert set(rows) == {(c, s) for c in ("base", "int8", "int4+fphead") for s in (1, 3)}
+    assert all(x["output_tok_s"] > 0 and x["tpot_ms"] > 0 and x["tpot_cpu_ms"] > 0 for x in rows.values())
+    assert [p["config"] for p in r["profiles"]] == ["base", "int8", "int4+fphead"]
+    for p in r["profiles"]:  # the parts never exceed the step they split
+        assert 0 < p["matmul_ms"] <= p["step_ms"] and p["attention_ms"] >= 0
+        assert p["matmul_ms"] + p["attention_ms"] + p["other_ops_ms"] + p["outside_ops_ms"] >= 0.99 * p["step_ms"]
+    text = capsys.readouterr().out
+    assert "x base" in text and "int4+fphead" in text and "outside ops" in text
