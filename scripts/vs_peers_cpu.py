@@ -212,14 +212,14 @@ def print_table(summary: dict, order: list[str]) -> None:
     for key in sorted(summary):
         base = order[0]
         print(f"\n{key}: medians over rounds (ratio to {base})")
-        print(f"| server | output tok/s | TPOT ms | TTFT ms | rounds |\n|---|---|---|---|---|")
+        print("| server | output tok/s | TPOT ms | TTFT ms | rounds |\n|---|---|---|---|---|")
         for name in order:
             m = summary[key].get(name)
             if m is None:
                 continue
-            r = lambda k: f" ({m[k]:.2f}x)" if k in m else ""
-            print(f"| {name} | {m['tok_s']:.1f}{r('tok_s_ratio')} | {m['tpot']:.1f}{r('tpot_ratio')} | "
-                  f"{m['ttft']:.0f}{r('ttft_ratio')} | {m['rounds']} |")
+            ratio = {k: f" ({m[k]:.2f}x)" if k in m else "" for k in ("tok_s_ratio", "tpot_ratio", "ttft_ratio")}
+            print(f"| {name} | {m['tok_s']:.1f}{ratio['tok_s_ratio']} | {m['tpot']:.1f}{ratio['tpot_ratio']} | "
+                  f"{m['ttft']:.0f}{ratio['ttft_ratio']} | {m['rounds']} |")
 
 
 def main() -> int:
