@@ -148,3 +148,17 @@ def decode_one(kv, req, token: int = 99):
     req.num_computed_tokens = req.num_tokens
     req.append_output_token(token, now=0.0)
     return kv.allocate_slots(req, 1)
+
+
+def count_preemptions(engine) -> list[int]:
+    """Wrap `engine.step` so that every step appends its preemption count to the returned list."""
+    counts: list[int] = []
+    original_step = engine.step
+
+    def counting_step():
+        out = original_step()
+        counts.append(out.stats.num_preemptions)
+        return out
+
+    engine.step = counting_step
+    return counts

@@ -13,6 +13,7 @@ from engine.attention import build_attention_metadata, get_attention_backend
 from engine.quantization import kv_cache_dtype
 from engine.quantization.kv_cache import allocate_kv_cache, dequantize_kv, fake_quantize_kv, quantize_kv
 from kernels.reference import paged_attention_ref
+from tests.engine.helpers_core import count_preemptions
 
 FORMATS = ["int8", "fp8_e4m3", "fp8_e5m2"]
 # worst relative error of one element against its row's largest magnitude: half a step (int8), half an
@@ -106,15 +107,8 @@ def test_preemption_gives_the_same_tokens_with_an_int8_cache(tiny_model_dir, int
     prompts, expected = int8_reference
     # 20 blocks of 4 tokens for 6 sequences of up to 46 tokens: requests are preempted and recomputed
     llm = LLM(tiny_model_dir("llama"), device="cpu", kv_cache_dtype="int8", block_size=4, num_kv_blocks=20)
-    engine, preemptions = llm.engine, []
-    original_step = engine.step
-
-    def counting_step():
-        out = original_step()
-        preemptions.append(out.stats.num_preemptions)
-        return out
-
-    engine.step = counting_step
+    engine = llm.engine
+    preemptions = count_preemptions(engine)
     assert _greedy(llm, prompts) == expected
     assert sum(preemptions) > 0
     assert engine.kv.pool.num_free_blocks == engine.kv.pool.num_blocks

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engine import LLM, SamplingParams
+from tests.engine.helpers_core import count_preemptions
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.slow  # the interpreter runs every kernel launch in Python: ~30 s a test here
@@ -57,15 +58,8 @@ def test_preemption_on_triton_with_an_int8_cache(tiny_model_dir, prompts_fn):
                        prompts, max_tokens=12)
     llm = LLM(tiny_model_dir("llama"), device="cpu", kv_cache_dtype="int8", attention_backend="triton",
               block_size=4, num_kv_blocks=20)
-    engine, preemptions = llm.engine, []
-    original_step = engine.step
-
-    def counting_step():
-        out = original_step()
-        preemptions.append(out.stats.num_preemptions)
-        return out
-
-    engine.step = counting_step
+    engine = llm.engine
+    preemptions = count_preemptions(engine)
     assert _greedy(llm, prompts, max_tokens=12) == expected
     assert sum(preemptions) > 0
     assert engine.kv.pool.num_free_blocks == engine.kv.pool.num_blocks
