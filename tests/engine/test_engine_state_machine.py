@@ -160,6 +160,10 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(prompt=PROMPTS, max_tokens=st.integers(1, 8), n=st.integers(1, 3), salt=st.sampled_from([None, "t"]))
     def add(self, prompt, max_tokens, n, salt):
         prompt, max_tokens = fit(prompt, max_tokens, self.sched.kv.num_blocks)
+        self.add_group(prompt, max_tokens, n, salt)
+
+    def add_group(self, prompt, max_tokens, n, salt):
+        """One request of n sequences: the first, and n - 1 that wait for its prefill (n > 1 sampling)."""
         first = f"r{self.num_added}"
         self.num_added += 1
         for i in range(n):

@@ -21,7 +21,7 @@ from engine.core.kv_cache_manager import KVCacheManager
 from engine.core.scheduler import Scheduler
 from engine.step import SchedulerOutput
 from engine.worker.seq_states import SeqStates
-from tests.engine.helpers_core import BLOCK_SIZE, make_request, next_token_of
+from tests.engine.helpers_core import BLOCK_SIZE, next_token_of
 from tests.engine.test_engine_state_machine import PROMPTS, SchedulerMachine
 
 LAYOUTS = [(4,), (6,), (9,), (None, 5), (None, 8), (7, 4)]
@@ -80,13 +80,7 @@ class WindowSchedulerMachine(SchedulerMachine):
         if kv.num_blocks_for(len(prompt) + max_tokens - 1) > kv.num_blocks:
             return
         self.tally["longer than the pool"] += int(len(prompt) + max_tokens > kv.num_blocks * BLOCK_SIZE)
-        first = f"r{self.num_added}"
-        self.num_added += 1
-        for i in range(n):
-            req = make_request(first if i == 0 else f"{first}#{i}", prompt, max_tokens,
-                               wait_for=first if i else None, cache_salt=salt)
-            self.sched.add_request(req)
-            self.all_requests[req.request_id] = req
+        self.add_group(prompt, max_tokens, n, salt)
 
 
 def test_window_scheduler_state_machine_reads_only_live_blocks_and_completes_every_request():
