@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from .quantization.config import KV_CACHE_DTYPES, QUANT_METHODS, KVCacheDtype, WeightQuantConfig, kv_cache_dtype
+from .quantization.config import (KV_CACHE_DTYPES, LM_HEAD_METHODS, QUANT_METHODS, KVCacheDtype, WeightQuantConfig,
+                                   kv_cache_dtype)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16}
@@ -98,6 +99,9 @@ class EngineArgs:
         if self.quantization_group_size is not None and self.quantization != "int4":
             raise ValueError(f"quantization_group_size: only applies with quantization='int4', "
                              f"got quantization={self.quantization!r}")
+        if not self.quantize_lm_head and self.quantization not in LM_HEAD_METHODS:
+            raise ValueError(f"quantize_lm_head: only {LM_HEAD_METHODS} quantize the LM head, so turning it off "
+                             f"means nothing with quantization={self.quantization!r}")
         kv_cache_dtype(self.kv_cache_dtype)
         if self.model_config is not None and self.load_format not in ("auto", "dummy"):
             raise ValueError("load_format: a named model_config has no weights; use load_format='dummy'")

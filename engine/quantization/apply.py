@@ -138,7 +138,7 @@ def quantize_model(model: nn.Module, cfg: WeightQuantConfig | None) -> WeightRep
             new = _quantized(mod.weight, mod.bias, cfg)
         setattr(parent, child, new)
         del mod
-    if cfg.lm_head and cfg.method in ("int8", "int4"):
+    if cfg.quantizes_lm_head:
         quantize_lm_head(model)
     report = WeightReport(cfg.method, before, weight_bytes(model))
     return report
@@ -147,8 +147,6 @@ def quantize_model(model: nn.Module, cfg: WeightQuantConfig | None) -> WeightRep
 def quantize_lm_head(model: nn.Module) -> None:
     """Give the model an int8 LM head (`model.quant_head`, which `compute_logits` uses when set); an untied
     head's full-precision weight is freed, a tied one stays as the embedding."""
-    if not hasattr(model, "quant_head"):
-        return  # a model whose compute_logits does not read quant_head keeps its head
     tied = getattr(model, "tie_word_embeddings", False)
     weight = model.embed_tokens.weight if tied else model.lm_head.weight
     model.quant_head = Int8Linear(weight, None)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 QUANT_METHODS = ("int8", "int4", "fp8", "gguf", "awq")
+LM_HEAD_METHODS = ("int8", "int4")  # the methods that also store the LM head in int8 (quantize_lm_head)
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel accepts
 KV_CACHE_DTYPES = ("auto", "int8", "fp8_e4m3", "fp8_e5m2")
 
@@ -27,6 +28,11 @@ class WeightQuantConfig:
     group_size: int = 32
     lm_head: bool = True  # int8/int4: the LM head too, in int8 per vocabulary row (apply.quantize_lm_head)
     source: str | None = None  # gguf: the GGUF file whose Q4 blocks the projections are built from; awq: the checkpoint
+
+    @property
+    def quantizes_lm_head(self) -> bool:
+        """Whether the LM head is read in int8 too: asked for (`lm_head`), and the method is int8 or int4."""
+        return self.lm_head and self.method in LM_HEAD_METHODS
 
     @property
     def prepacked(self) -> bool:

@@ -54,7 +54,7 @@ def bytes_saved(mc, cfg: WeightQuantConfig | None, scale_dtype: torch.dtype = to
     if cfg.method == "awq":  # pre-quantized int4 keeps its exact scales in the model's dtype (Int4Linear.from_codes)
         return sum(o * i * item - quantized_bytes(o, i, cfg, mc.dtype) for o, i in shapes)
     saved = sum(o * i * item - quantized_bytes(o, i, cfg, scale_dtype) for o, i in shapes)
-    if cfg.lm_head and cfg.method in ("int8", "int4"):
+    if cfg.quantizes_lm_head:
         head = quantized_bytes(mc.vocab_size, mc.hidden_size, WeightQuantConfig("int8"), scale_dtype)
         tied = bool(getattr(mc.hf_config, "tie_word_embeddings", False))
         saved += (0 if tied else mc.vocab_size * mc.hidden_size * item) - head

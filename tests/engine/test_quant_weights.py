@@ -132,6 +132,8 @@ def test_fp8_linear_on_a_gpu_matches_the_dequantized_product():
     (dict(quantization="int8", quantization_group_size=32), "^quantization_group_size: only applies"),
     (dict(quantization_group_size=32), "^quantization_group_size: only applies"),
     (dict(kv_cache_dtype="fp16"), "^kv_cache_dtype: must be one of"),
+    (dict(quantize_lm_head=False), "^quantize_lm_head: only"),  # without quantization it would be ignored
+    (dict(quantization="fp8", quantize_lm_head=False), "^quantize_lm_head: only"),
 ])
 def test_bad_values_are_refused_naming_the_parameter(kwargs, message):
     with pytest.raises(ValueError, match=message):
