@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import EngineArgs
-from .eval_ppl import EvalConfig, parse_config
+from .eval_ppl import parse_config
 
 WEIGHT_MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_weight_int8pack_mm",
                   "aten::_weight_int4pack_mm_for_cpu", "aten::_scaled_mm")
@@ -65,14 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--profile", action="store_true", help="also split a one-stream decode step (torch.profiler)")
     s.add_argument("--json", type=Path, default=None)
     s.add_argument("--log-level", default="WARNING")
-
-
-def build(base: EngineArgs, cfg: EvalConfig):
-    from ..llm import LLM
-
-    args = dataclasses.replace(base, quantization=cfg.quantization, kv_cache_dtype=cfg.kv_cache_dtype,
-                               quantize_lm_head=cfg.quantize_lm_head)
-    return LLM(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
 
 
 def prompts(vocab: int, streams: int, input_len: int, seed: int = 0) -> list[list[int]]:
@@ -133,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if base.num_kv_blocks is None:  # every engine stays loaded: give each the cache its longest run needs, not 2 GiB
         per_seq = -(-(args.input_len + args.output_len + 1) // base.block_size)
         base = dataclasses.replace(base, num_kv_blocks=max(streams + [1]) * per_seq + 1)
-    llms = {cfg.name: build(base, cfg) for cfg in configs}
+    llms = {cfg.name: cfg.build(base) for cfg in configs}
     vocab = next(iter(llms.values())).engine.runner.config.model.vocab_size
     samples: dict[tuple[str, int], list[tuple[float, ...]]] = {}
     for name, llm in llms.items():  # warm-up: one short run each, untimed

@@ -43,6 +43,14 @@ class EvalConfig:
     quantize_lm_head: bool = True
     group_size: int | None = None  # int4 only (`int4-g32`); None: the engine's default
 
+    def build(self, base_args: EngineArgs):
+        """An `LLM` of `base_args` with this configuration's weight and KV-cache formats."""
+        from ..llm import LLM
+
+        args = dataclasses.replace(base_args, quantization=self.quantization, kv_cache_dtype=self.kv_cache_dtype,
+                                   quantize_lm_head=self.quantize_lm_head, quantization_group_size=self.group_size)
+        return LLM(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
+
 
 def parse_config(name: str) -> EvalConfig:
     """`base`, a weight format (`int4-g<N>`: int4 with group size N), `kv-<kv_cache_dtype>`, `fphead` (keep
@@ -128,14 +136,10 @@ def agreement(reference: list[list[int]], other: list[list[int]]) -> tuple[float
 
 def evaluate(base_args: EngineArgs, configs: list[EvalConfig], text: str, window: int, stride: int,
              prompt_tokens: int, max_tokens: int, log=lambda line: print(line, flush=True)) -> list[EvalResult]:
-    from ..llm import LLM
-
     results, reference = [], None
     for cfg in configs:
         t0 = time.perf_counter()
-        args = dataclasses.replace(base_args, quantization=cfg.quantization, kv_cache_dtype=cfg.kv_cache_dtype,
-                                   quantize_lm_head=cfg.quantize_lm_head, quantization_group_size=cfg.group_size)
-        llm = LLM(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
+        llm = cfg.build(base_args)
         try:
             tok = llm.tokenizer
             ids = tok(text)["input_ids"]

@@ -24,3 +24,14 @@ def test_speed_compares_configurations_side_by_side_and_profiles_a_step(tiny_mod
         assert p["matmul_ms"] + p["attention_ms"] + p["other_ops_ms"] + p["outside_ops_ms"] >= 0.99 * p["step_ms"]
     text = capsys.readouterr().out
     assert "x base" in text and "int4+fphead" in text and "outside ops" in text
+
+
+def test_a_configuration_builds_an_engine_with_every_part_of_its_name(tiny_model_dir):
+    # `kvserve speed` and `kvserve eval-ppl` build their engines through the same EvalConfig.build
+    from engine.config import EngineArgs
+    from engine.tools.eval_ppl import parse_config
+
+    llm = parse_config("int4-g64+kv-int8+fphead").build(EngineArgs(model=tiny_model_dir("llama"), device="cpu"))
+    mc = llm.engine.runner.config.model
+    assert (mc.quantization.method, mc.quantization.group_size, mc.quantization.lm_head) == ("int4", 64, False)
+    assert mc.kv_cache.name == "int8"
