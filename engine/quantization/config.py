@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-QUANT_METHODS = ("int8", "int4", "fp8", "gguf", "awq")
-LM_HEAD_METHODS = ("int8", "int4")  # the methods that also store the LM head in int8 (quantize_lm_head)
+QUANT_METHODS = ("int8", "int4", "fp8", "w8a8", "gguf", "awq")
+LM_HEAD_METHODS = ("int8", "int4", "w8a8")  # the methods that also store the LM head in int8 (quantize_lm_head;
+# w8a8: the head in W8A8 as well)
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel accepts
 KV_CACHE_DTYPES = ("auto", "int8", "fp8_e4m3", "fp8_e5m2")
 
@@ -22,7 +23,8 @@ KV_CACHE_DTYPES = ("auto", "int8", "fp8_e4m3", "fp8_e5m2")
 @dataclass(frozen=True)
 class WeightQuantConfig:
     """Weight-only int8 (one scale per output channel), int4 (asymmetric, one scale and zero per group of
-    `group_size` input columns), or fp8 (weights per output channel, activations per token; CUDA sm_89+)."""
+    `group_size` input columns), fp8 (weights per output channel, activations per token; CUDA sm_89+), or
+    w8a8 (int8 weights per output channel, int8 activations per step; CPU only)."""
 
     method: str
     group_size: int = 32

@@ -47,7 +47,7 @@ WEIGHT_DTYPE_BYTES: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 
 KV_DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 # an 8-bit KV cache stores one fp32 scale per (token, KV head) beside the codes: engine.quantization.config
 KV_SCALE_BYTES = 4
-QUANT_METHODS = ("int8", "int4", "fp8")
+QUANT_METHODS = ("int8", "int4", "fp8", "w8a8")
 _ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float8": "fp8",
             "fp8_e4m3": "fp8", "fp8_e5m2": "fp8"}
 
@@ -90,11 +90,11 @@ def quantized_weight_bytes(model: "ModelShape", base_bytes: float, method: str, 
         elif method == "int4":
             total += o * i // 2 + o * (i // group) * 2 * sb  # a scale and a zero per group
         else:
-            total += o * i + o * 4  # fp8: an fp32 scale per output channel
+            total += o * i + o * 4  # fp8, w8a8: an fp32 scale per output channel
     rest = model.num_params - sum(o * i for o, i in shapes)
-    if lm_head and method in ("int8", "int4") and model.vocab_size and model.hidden_size and model.breakdown:
+    if lm_head and method in ("int8", "int4", "w8a8") and model.vocab_size and model.hidden_size and model.breakdown:
         head = model.vocab_size * model.hidden_size
-        total += head + model.vocab_size * sb
+        total += head + model.vocab_size * (4 if method == "w8a8" else sb)
         if model.breakdown.lm_head:  # untied: the int8 head replaces the full-precision one
             rest -= head
     return math.ceil(rest * base_bytes + total)

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     w.add_argument("--kv-dtype", default="auto", help=f"KV-cache dtype: {', '.join(KV_DTYPE_BYTES)} (the server's fp8_e4m3, "
                    "fp8_e5m2 are fp8; 8-bit caches count their per-token, per-head fp32 scales too) or auto = the "
                    "weight dtype, bf16 for fp8/int weights")
-    w.add_argument("--quantization", default=None, choices=("int8", "int4", "fp8"),
+    w.add_argument("--quantization", default=None, choices=("int8", "int4", "fp8", "w8a8"),
                    help="the server's --quantization: decoder projections in this format (codes + scales), the "
                         "embedding, lm_head and norms at --dtype, which is then the model's dtype")
     w.add_argument("--quantization-group-size", type=int, default=None,

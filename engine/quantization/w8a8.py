@@ -1,0 +1,92 @@
+"""int8 weights and int8 activations (W8A8) on the CPU, through PyTorch's dynamic int8 GEMM (fbgemm / oneDNN).
+
+Weights: int8, one scale per output channel (`int8.quantize_int8`'s codes and fp32 scales), packed once at
+load by `torch.ops.quantized.linear_prepack`. Activations: quantized at every call, one scale per token
+(row), symmetric, 63 levels a side:
+
+    r[m] = max_k |x[m, k]|,   xq[m, k] = round(63 x[m, k] / r[m])  in [-63, 63]
+    y[m, n] = r[m] / 63 * sw[n] * sum_k xq[m, k] wq[n, k]      (exact int32 sums, then fp32)
+
+The kernel, `torch.ops.quantized.linear_dynamic`, chooses one affine scale and zero point for its whole
+input from the input's min and max, 7-bit (`reduce_range`: AVX2's u8 x s8 multiply-add sums pairs of products
+into 16 bits, which saturate with full-range codes). So each row is first divided by its own max |x| (every
+value then lies in [-1, 1]) and one extra row `PIN_ROW` pins the input's range to [-1, 1 + 1/63]: the kernel
+then always picks scale 1/63 and zero point 63, which is the per-token quantization above. Two things follow:
+one token's large activations do not coarsen the others' codes, and a row's output does not depend on the
+other rows of the step (batching leaves every sequence's result bit-identical; tested).
+
+The multiply-adds run on int8 lanes: on the 2-core AVX2 CI machine SmolLM2-135M's 120 projections at 32
+rows took 54 ms of thread CPU against the fp32 GEMM's 184 and the bf16 weight-only int4 kernel's 222; at one
+row 21 ms against 68 (fp32) and 24 (int4) (scripts/bench_quant_linear.py). This is what batched decode on the
+CPU wants; the price is accuracy (perplexity in docs/benchmarks.md). PyTorch marks its quantized-tensor API
+deprecated (torchao is its successor, whose int8 x int8 CPU path goes through `torch._int_mm`, ~40x slower
+here); kvserve pins torch 2.13, where it works. CPU only: on a GPU use fp8 (`check_w8a8_device`).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn as nn
+
+from .int8 import quantize_int8
+
+REDUCE_RANGE = True  # 7-bit activation codes: see the module docstring
+LEVELS = 63  # codes per side of zero once the range is pinned to [-1, 1 + 1/LEVELS] (scale 1/63, zero point 63)
+
+
+def check_w8a8_device(device: torch.device) -> None:
+    """ValueError naming `quantization` unless `device` is the CPU (where the dynamic int8 GEMM runs)."""
+    if device.type != "cpu":
+        raise ValueError(f"quantization: w8a8 runs on the CPU (PyTorch's dynamic int8 GEMM); the device is {device}; "
+                         "on a GPU use fp8 (compute capability 8.9+), int8 or int4")
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes [M, K] in -63..63 as int32, per-row scales [M, 1]): the activation quantization of the module
+    docstring, written out in torch so that tests can check the kernel path against it."""
+    r = row_scales(x)
+    return torch.round(x / r * LEVELS).to(torch.int32), r / LEVELS
+
+
+def row_scales(x: torch.Tensor) -> torch.Tensor:
+    """max |x| per row [M, 1] (1 for an all-zero row, whose codes are then all zero)."""
+    r = x.abs().amax(dim=-1, keepdim=True)
+    return torch.where(r > 0, r, torch.ones_like(r))
+
+
+class W8A8Linear(nn.Module):
+    """y = dynamic_int8(x) @ (q * scale)^T + bias for x [M, K] on the CPU."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        check_w8a8_device(weight.device)
+        q, scale = quantize_int8(weight)
+        self.out_features, self.in_features = q.shape
+        with warnings.catch_warnings():  # the quantized-tensor API's deprecation notice (module docstring)
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
+            qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros(q.shape[0], dtype=torch.long), 0)
+        self.packed = torch.ops.quantized.linear_prepack(qw, None)  # not a tensor: counted by `packed_bytes`
+        self.register_buffer("scale", scale)
+        pin = torch.zeros(1, self.in_features)
+        pin[0, 0], pin[0, 1] = 1.0 + 1.0 / LEVELS, -1.0  # the range-pinning row (module docstring)
+        self.register_buffer("pin_row", pin, persistent=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @property
+    def packed_bytes(self) -> int:
+        """The packed int8 weight's bytes (one per weight), which no parameter or buffer holds."""
+        return self.out_features * self.in_features
+
+    def codes(self) -> torch.Tensor:
+        """The int8 weight codes [N, K] back out of the packed weight."""
+        qw, _ = torch.ops.quantized.linear_unpack(self.packed)
+        return qw.int_repr()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        r = row_scales(x32)
+        y = torch.ops.quantized.linear_dynamic(torch.cat((x32 / r, self.pin_row)), self.packed, REDUCE_RANGE)
+        y = y[:-1].mul_(r).to(x.dtype)
+        return y if self.bias is None else y.add_(self.bias)
