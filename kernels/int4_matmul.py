@@ -67,6 +67,12 @@ def int4_splits(num_programs: int, num_k_blocks: int, num_sms: int) -> int:
     return cdiv(num_k_blocks, cdiv(num_k_blocks, splits))
 
 
+def int4_num_splits(m: int, n: int, k: int, dtype: torch.dtype, num_sms: int) -> int:
+    """The split count the launcher uses for an [M, K] x [N, K] product (int4_splits over its tiles)."""
+    tiles = int4_tiles(m, dtype)
+    return int4_splits(cdiv(n, tiles.block_n) * cdiv(m, tiles.block_m), k // int4_block_k(k, tiles), num_sms)
+
+
 @triton.jit(do_not_specialize=["M", "blocks_per_split"])  # M changes per batch; N, K are fixed per layer
 def _int4_matmul_kernel(
     x_ptr, qweight_ptr, sz_ptr, out_ptr, part_out_ptr,
@@ -145,8 +151,7 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    tiles = int4_tiles(m, x.dtype)
-    num_splits = int4_splits(cdiv(n, tiles.block_n) * cdiv(m, tiles.block_m), k // int4_block_k(k, tiles), num_sms)
+    num_splits = int4_num_splits(m, n, k, x.dtype, num_sms)
     partials = torch.empty((num_splits, m, n), dtype=torch.float32, device=x.device) if num_splits > 1 else None
     int4_matmul_launch(x, qweight, scales_and_zeros, group_size, out, partials, num_splits).run()
     if partials is not None:

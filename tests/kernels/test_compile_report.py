@@ -44,6 +44,7 @@ def test_quick_configurations_compile_for_hopper_without_spills(tmp_path):
         assert reports[name]["async_loads"], f"{name}: K/V loads are not pipelined"
     assert reports["unified_attention_kernel"]["wgmma"]
     int4 = {r["config"]: r for r in rows if r["kernel"] == "int4_matmul_kernel"}
-    assert list(int4) == ["bf16 K=4096 g=128 rows=1 tiles=16x64x128 split-K", "bf16 K=4096 g=128 rows=64 tiles=64x64x128"]
+    assert list(int4) == ["bf16 K=4096 g=128 rows=1 tiles=16x64x128 split-K",
+                          "bf16 K=4096 g=128 rows=64 tiles=64x64x128"]
     assert all(r["async_loads"] for r in int4.values()), int4
     assert int4["bf16 K=4096 g=128 rows=64 tiles=64x64x128"]["wgmma"]
