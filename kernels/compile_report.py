@@ -214,10 +214,11 @@ def moe_configurations(quick: bool) -> list[tuple]:
 def int4_configurations(quick: bool) -> list[tuple]:
     """The weight-only int4 GEMM at K = 4096 in bf16, group size 128: one row with split-K partial sums (decode)
     and 64 rows stored directly (its largest batch); the full report adds group size 32 (several groups per
-    K tile, as GGUF's Q4 blocks have) and fp16."""
+    K tile, as GGUF's Q4 blocks have), fp16 and fp32 (an fp32 model on CUDA)."""
     from kernels import int4_matmul
 
-    cases = [(torch.bfloat16, 128)] + ([] if quick else [(torch.bfloat16, 32), (torch.float16, 128)])
+    cases = [(torch.bfloat16, 128)] + ([] if quick else [(torch.bfloat16, 32), (torch.float16, 128),
+                                                          (torch.float32, 32)])
     out = []
     for dtype, group in cases:
         for rows, partials in ((1, True), (64, False)):
