@@ -69,9 +69,8 @@ class W8A8Linear(nn.Module):
             qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros(q.shape[0], dtype=torch.long), 0)
         self.packed = torch.ops.quantized.linear_prepack(qw, None)  # not a tensor: counted by `packed_bytes`
         self.register_buffer("scale", scale)
-        pin = torch.zeros(1, self.in_features)
-        pin[0, 0], pin[0, 1] = 1.0 + 1.0 / LEVELS, -1.0  # the range-pinning row (module docstring)
-        self.register_buffer("pin_row", pin, persistent=False)
+        self.pin_row = torch.zeros(1, self.in_features)  # the range-pinning row (module docstring): a constant
+        self.pin_row[0, 0], self.pin_row[0, 1] = 1.0 + 1.0 / LEVELS, -1.0  # on the CPU, not a model weight
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @property
