@@ -27,10 +27,11 @@ TENSORS = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point",
 
 
 def int4_from_compressed(weight_packed: torch.Tensor, weight_scale: torch.Tensor, weight_shape: torch.Tensor,
-                         group_size: int | None, zero_point: torch.Tensor | None = None,
-                         g_idx: torch.Tensor | None = None) -> Int4Codes:
+                         group_size: int | None, weight_zero_point: torch.Tensor | None = None,
+                         weight_g_idx: torch.Tensor | None = None) -> Int4Codes:
     """compressed-tensors tensors -> (codes int32 [N, K], scales fp32 [N, K / g], zeros fp32 [N, K / g])
-    for `Int4Linear.from_codes`; no `zero_point`: symmetric."""
+    for `Int4Linear.from_codes`; no `weight_zero_point`: symmetric."""
+    zero_point, g_idx = weight_zero_point, weight_g_idx
     n, k = (int(v) for v in weight_shape.tolist())
     g = source_group(k, group_size)
     tensors = {"weight_packed": weight_packed, "weight_scale": weight_scale, "weight_shape": weight_shape,
