@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .quantization.checkpoint_formats import PREPACKED_METHODS
+from .quantization.checkpoint_formats import declared_format
 from .quantization.config import (KV_CACHE_DTYPES, LM_HEAD_METHODS, QUANT_METHODS, KVCacheDtype, WeightQuantConfig,
                                    kv_cache_dtype)
 
@@ -263,12 +263,11 @@ class EngineArgs:
 
     def _resolve_quantization(self, model: "ModelConfig", device: torch.device) -> WeightQuantConfig | None:
         """The weight format, its int4 group size checked against every projection input of every rank."""
-        declared = (getattr(model.hf_config, "quantization_config", None) or {}).get("quant_method")
-        if declared in PREPACKED_METHODS or self.quantization in PREPACKED_METHODS:
-            # a pre-quantized checkpoint decides its format
+        prepacked = declared_format(model.hf_config, self.quantization)
+        if prepacked is not None:  # a pre-quantized checkpoint decides its format
             from .quantization.prepacked import prepacked_config
 
-            return prepacked_config(model, self.quantization, self.tensor_parallel_size)
+            return prepacked_config(model, prepacked, self.tensor_parallel_size)
         if self.quantization is None:
             return None
         if self.quantization == "fp8":

@@ -50,6 +50,29 @@ class CheckpointFormat:
         return max(fits)
 
 
+def declared_format(hf_config, requested: str | None) -> CheckpointFormat | None:
+    """The pre-quantized format a model config's `quantization_config` declares (None: none of them), with
+    `requested` (the `quantization` option) checked against it: it may only name that same format."""
+    qc = getattr(hf_config, "quantization_config", None) or {}
+    declared = qc.get("quant_method")
+    if declared not in PREPACKED_METHODS:
+        if requested in PREPACKED_METHODS:
+            raise ValueError(f"quantization: {requested!r} needs a checkpoint whose config declares quant_method "
+                             f"{requested!r}")
+        return None
+    if requested not in (None, declared):
+        raise ValueError(f"quantization: the checkpoint is already {LABELS[declared]}-quantized; {requested!r} "
+                         "cannot apply (leave quantization unset)")
+    return checkpoint_format(qc)
+
+
+def in_features(hf_config) -> list[int]:
+    """Every projection input of a (Llama-family) model config: hidden size, query heads x head_dim, MLP width."""
+    heads = hf_config.num_attention_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
+    return [hf_config.hidden_size, heads * head_dim, hf_config.intermediate_size]
+
+
 def checkpoint_format(qc: dict) -> CheckpointFormat:
     """The `CheckpointFormat` of a `quantization_config` dict (ValueError naming quantization if unsupported)."""
     method = qc.get("quant_method")

@@ -10,8 +10,8 @@ exact (q - z) s, itself representable. The formats differ only in how q and z ar
 nibbles a word, along the inputs or the outputs, in natural or AWQ's interleaved order) and in the names of
 their tensors; each format's module turns its tensors into (codes [N, K], scales [N, K / g], zeros [N, K / g]).
 
-Here: the config check (`prepacked_config`, which `EngineArgs` calls for a checkpoint declaring one of the
-formats or for `quantization=` one of them), the nibble unpacking, and `PrepackedCheckpoint`, which finds the
+Here: the engine's config for such a checkpoint (`prepacked_config`, after `checkpoint_formats` has read and
+checked what it declares), the nibble unpacking, and `PrepackedCheckpoint`, which finds the
 tensors of layer i's module in the safetensors files, converts them with the format's module, stacks q/k/v and
 gate/up by output rows and repeats scales to the kernel group (`CheckpointFormat.kernel_group`).
 The loader leaves these tensors alone (`load_safetensors(prepacked=True)`) and `apply.quantize_model` builds
@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from .checkpoint_formats import LABELS, PREPACKED_METHODS, CheckpointFormat, checkpoint_format
+from .checkpoint_formats import LABELS, CheckpointFormat, checkpoint_format, in_features
 
 FUSED = {"qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o_proj": ("self_attn.o_proj",),
          "gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"), "down_proj": ("mlp.down_proj",)}
@@ -79,29 +79,15 @@ def regroup(codes: Int4Codes, kernel_group: int) -> Int4Codes:
     return q, s.repeat_interleave(repeat, dim=1), z.repeat_interleave(repeat, dim=1)
 
 
-def model_in_features(model) -> list[int]:
-    """Every projection input of an (unsharded) `ModelConfig`: hidden size, query heads x head_dim, MLP width."""
-    return [model.hidden_size, model.num_heads * model.head_dim, model.hf_config.intermediate_size]
-
-
-def prepacked_config(model, requested: str | None, tensor_parallel_size: int):
-    """The `WeightQuantConfig` of a pre-quantized checkpoint (ValueError naming quantization if it cannot run):
-    the checkpoint's format decides; `requested` may only name that same format."""
+def prepacked_config(model, fmt: CheckpointFormat, tensor_parallel_size: int):
+    """The `WeightQuantConfig` of a pre-quantized checkpoint (`ModelConfig` `model`) whose config declares `fmt`
+    (`checkpoint_formats.declared_format`); ValueError naming quantization if it cannot run."""
     from .config import WeightQuantConfig
 
-    qc = getattr(model.hf_config, "quantization_config", None) or {}
-    declared = qc.get("quant_method")
-    if declared not in PREPACKED_METHODS:
-        raise ValueError(f"quantization: {requested!r} needs a checkpoint whose config declares quant_method "
-                         f"{requested!r}")
-    if requested not in (None, declared):
-        raise ValueError(f"quantization: the checkpoint is already {LABELS[declared]}-quantized; {requested!r} "
-                         "cannot apply (leave quantization unset)")
-    fmt = checkpoint_format(qc)
     if tensor_parallel_size != 1:
-        raise ValueError(f"quantization: {LABELS[declared]} checkpoints are not supported with "
+        raise ValueError(f"quantization: {LABELS[fmt.method]} checkpoints are not supported with "
                          "tensor_parallel_size > 1 yet")
-    return WeightQuantConfig(declared, fmt.kernel_group(model_in_features(model)), source=str(model.path))
+    return WeightQuantConfig(fmt.method, fmt.kernel_group(in_features(model.hf_config)), source=str(model.path))
 
 
 def _unpacker(method: str) -> tuple[tuple[str, ...], Callable[[Read, CheckpointFormat], Int4Codes]]:

@@ -61,3 +61,22 @@ def test_a_prequantized_format_on_a_plain_checkpoint_is_refused(method, tiny_mod
 
     with pytest.raises(ValueError, match=f"^quantization: '{method}' needs a checkpoint whose config declares"):
         EngineArgs(model=tiny_model_dir("llama"), device="cpu", quantization=method).resolve()
+
+
+@pytest.mark.parametrize("name", ["awq-g32", "gptq-v2-asym-per-channel", "ct-sym-g32-bf16"])
+def test_sizing_and_the_planner_count_the_checkpoints_int4_as_the_engine_holds_it(name, tiny_model_dir, tmp_path,
+                                                                                 capsys):
+    import json
+
+    from engine import LLM
+    from engine.cli import main
+    from engine.quantization.sizing import bytes_saved
+
+    qdir, _ = checkpoint(name, tiny_model_dir("llama"), tmp_path)
+    llm = LLM(qdir, device="cpu", cpu_kv_cache_gb=0.01)
+    runner = llm.engine.runner
+    assert runner.weight_report.bytes_saved == bytes_saved(runner.config.model, runner.config.model.quantization) > 0
+    assert main(["plan", "--model", qdir, "--dtype", "fp32", "--kv-dtype", "fp32", "--cpu-kv-cache-gb", "0.01",
+                 "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["num_blocks"] == runner.num_kv_blocks
