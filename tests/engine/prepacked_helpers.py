@@ -37,6 +37,16 @@ def quantize(w: torch.Tensor, group: int | None, symmetric: bool = False, min_ze
     return q.reshape(n, k), z, s
 
 
+def random_codes(n: int, k: int, groups: int, seed: int, min_zero: int = 0, symmetric: bool = False,
+                 scale_dtype: torch.dtype = torch.float16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random (q [N, K] in 0..15, z [N, groups] in min_zero..15, or 8 when symmetric, s [N, groups])."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (n, k), generator=g)
+    z = torch.full((n, groups), 8) if symmetric else torch.randint(min_zero, 16, (n, groups), generator=g)
+    s = (torch.rand(n, groups, generator=g) * 0.02 + 1e-3).to(scale_dtype)
+    return q, z, s
+
+
 def dequantize(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """(q - z) * s in fp32, [N, K]."""
     g = q.shape[1] // s.shape[1]

@@ -11,16 +11,13 @@ import torch
 
 from engine.quantization.awq import int4_from_awq
 from engine.quantization.int4 import Int4Linear, dequantize_int4
-from tests.engine.prepacked_helpers import dequantize, pack_awq
+from tests.engine.prepacked_helpers import dequantize, pack_awq, random_codes
 
 
 @pytest.mark.parametrize("group_size", [32, 128])
 def test_awq_checkpoint_tensors_give_awqs_weights_bit_for_bit(group_size):
-    g = torch.Generator().manual_seed(group_size)
     n, k = 64, 256
-    q = torch.randint(0, 16, (n, k), generator=g)
-    z = torch.randint(0, 16, (n, k // group_size), generator=g)
-    s = (torch.rand(n, k // group_size, generator=g) * 0.02 + 1e-3).half()
+    q, z, s = random_codes(n, k, k // group_size, group_size)
     expected = dequantize(q, z, s)
 
     codes, scale, zero = int4_from_awq(**pack_awq(q, z, s), group_size=group_size)
@@ -29,7 +26,7 @@ def test_awq_checkpoint_tensors_give_awqs_weights_bit_for_bit(group_size):
     layer = Int4Linear.from_codes(codes, scale, zero, group_size=group_size, bias=None, dtype=torch.float32,
                                   device=torch.device("cpu"))
     assert torch.equal(layer._dequantized_cpu(torch.float32), expected)
-    x = torch.randn(2, k, generator=g)
+    x = torch.randn(2, k, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(layer(x), x @ expected.T, rtol=1e-4, atol=1e-4)
 
 

@@ -12,22 +12,15 @@ import torch
 from engine.quantization.checkpoint_formats import CheckpointFormat, checkpoint_format
 from engine.quantization.compressed_tensors import int4_from_compressed
 from engine.quantization.int4 import dequantize_int4
-from tests.engine.prepacked_helpers import compressed_config, dequantize, pack_compressed
-
-
-def random_codes(n: int, k: int, groups: int, seed: int, symmetric: bool, scale_dtype=torch.float16):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randint(0, 16, (n, k), generator=g)
-    z = torch.full((n, groups), 8) if symmetric else torch.randint(0, 16, (n, groups), generator=g)
-    s = (torch.rand(n, groups, generator=g) * 0.02 + 1e-3).to(scale_dtype)
-    return q, z, s
+from tests.engine.prepacked_helpers import compressed_config, dequantize, pack_compressed, random_codes
 
 
 @pytest.mark.parametrize("group_size, symmetric, scale_dtype", [(32, True, torch.bfloat16), (128, False, torch.float16),
                                                                 (None, False, torch.bfloat16)])
 def test_packed_tensors_give_the_checkpoints_weights_bit_for_bit(group_size, symmetric, scale_dtype):
     n, k = 64, 256
-    q, z, s = random_codes(n, k, 1 if group_size is None else k // group_size, k, symmetric, scale_dtype)
+    q, z, s = random_codes(n, k, 1 if group_size is None else k // group_size, k, symmetric=symmetric,
+                           scale_dtype=scale_dtype)
     packed = pack_compressed(q, z, s, symmetric)
     assert ("weight_zero_point" in packed) == (not symmetric)
     codes, scale, zero = int4_from_compressed(**packed, group_size=group_size)
@@ -36,7 +29,7 @@ def test_packed_tensors_give_the_checkpoints_weights_bit_for_bit(group_size, sym
 
 
 def test_unpacked_signed_zero_points_of_older_writers_read_the_same():
-    q, z, s = random_codes(32, 64, 2, 5, symmetric=False)
+    q, z, s = random_codes(32, 64, 2, 5)
     packed = pack_compressed(q, z, s, symmetric=False)
     unpacked = {**packed, "weight_zero_point": (z - 8).to(torch.int8)}
     a, b = int4_from_compressed(**packed, group_size=32), int4_from_compressed(**unpacked, group_size=32)

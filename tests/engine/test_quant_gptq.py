@@ -11,15 +11,7 @@ from engine.quantization.checkpoint_formats import CheckpointFormat, checkpoint_
 from engine.quantization.gptq import int4_from_gptq
 from engine.quantization.int4 import dequantize_int4
 from engine.quantization.prepacked import regroup
-from tests.engine.prepacked_helpers import dequantize, gptq_config, pack_gptq
-
-
-def random_codes(n: int, k: int, groups: int, seed: int, min_zero: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randint(0, 16, (n, k), generator=g)
-    z = torch.randint(min_zero, 16, (n, groups), generator=g)
-    s = (torch.rand(n, groups, generator=g) * 0.02 + 1e-3).half()
-    return q, z, s
+from tests.engine.prepacked_helpers import dequantize, gptq_config, pack_gptq, random_codes
 
 
 @pytest.mark.parametrize("group_size, zero_offset", [(32, 1), (128, 1), (64, 0)])
