@@ -13,7 +13,8 @@ Module map (one job each):
     awq, gptq, compressed_tensors   each format's tensors -> int4 codes, scales and zeros
     apply               swap a loaded (or tensor-parallel-sharded) model's projections for quantized ones; byte report
     sizing              the bytes a format saves, from the model's shape alone
-    kv_cache            8-bit keys and values with one scale per (token, KV head): quantize / dequantize, bytes per token
+    kv_cache            8-bit keys and values with one scale per (token, KV head): quantize / dequantize,
+                        bytes per token
 
 Weights are quantized at load time, after the checkpoint (or a tensor-parallel rank's shard of it) is in
 memory: each rank quantizes the slice it holds, so tensor parallelism and quantization compose.

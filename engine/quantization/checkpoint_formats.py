@@ -2,12 +2,11 @@
 
 Three int4 formats, each read by its own module and mapped onto `int4.py`'s grouped format:
 
-    awq                  AutoAWQ "gemm": 4 bits, zero points                                      (awq.py)
-    gptq                 AutoGPTQ / GPTQModel: 4 bits, sym or not, v1 ("gptq": zero points stored
-                         minus one) or v2 ("gptq_v2"), no act-order reordering                    (gptq.py)
-    compressed-tensors   llm-compressor's "pack-quantized": 4-bit int weights, group or channel
-                         strategy, symmetric or with zero points, weight-only, LM head not
-                         quantized                                                                (compressed_tensors.py)
+    awq (awq.py)         AutoAWQ "gemm": 4 bits, zero points
+    gptq (gptq.py)       AutoGPTQ / GPTQModel: 4 bits, sym or not, v1 ("gptq": zero points stored minus one)
+                         or v2 ("gptq_v2"), no act-order reordering
+    compressed-tensors   llm-compressor's "pack-quantized" (compressed_tensors.py): 4-bit int weights, group or
+                         channel strategy, symmetric or with zero points, weight-only, LM head not quantized
 
 Only plain dicts and ints here (no tensors): `CheckpointFormat` is what the tensor readers need besides the
 tensors, and `kernel_group` the int4 group the layers are built with. A checkpoint group the CPU kernel does
@@ -143,7 +142,7 @@ def _compressed_tensors(qc: dict) -> CheckpointFormat:
         if g.get("input_activations") or g.get("output_activations"):
             raise refuse("activation quantization (weight-only schemes only)")
         w = g.get("weights") or {}
-        if (w.get("num_bits"), w.get("type", "int"), w.get("strategy")) not in ((4, "int", "group"), (4, "int", "channel")):
+        if w.get("num_bits") != 4 or w.get("type", "int") != "int" or w.get("strategy") not in ("group", "channel"):
             raise refuse(f"weights num_bits={w.get('num_bits')}, type={w.get('type')!r}, strategy="
                          f"{w.get('strategy')!r} (4-bit int, group or channel strategy only)")
         if w.get("dynamic") or w.get("block_structure"):

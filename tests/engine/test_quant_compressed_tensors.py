@@ -84,7 +84,8 @@ W = "config_groups/group_0/weights"
     (edited("quantization_status", "frozen"), "quantization_status 'frozen'"),
     (edited("kv_cache_scheme", {"num_bits": 8}), "kv_cache_scheme"),
     (edited("sparsity_config", {"format": "sparse-24-bitmask"}), "sparsity"),
-    (edited("config_groups/group_1", compressed_config(64, True)["config_groups"]["group_0"]), "a mix of weight schemes"),
+    (edited("config_groups/group_1", compressed_config(64, True)["config_groups"]["group_0"]),
+     "a mix of weight schemes"),
 ])
 def test_unsupported_compressed_tensors_configs_are_refused_naming_quantization(qc, message):
     with pytest.raises(ValueError, match="^quantization: compressed-tensors .*" + message.replace("(", r"\(")
