@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import sys
+from typing import NoReturn
 
 from engine.config import EngineArgs
 from engine.tools.peaks import PeakArgs
@@ -54,4 +57,20 @@ def run(args: argparse.Namespace) -> int:
     app = build_app(ctx)
     server = DrainingServer(uvicorn_config(app, ctx, log_config=None), ctx)
     asyncio.run(server.serve())
+    if ctx.engine_loop is not None and ctx.engine_loop.stuck_in_step:
+        leave_now(ctx.engine_loop, server.exit_code)
     return server.exit_code
+
+
+def leave_now(engine_loop, code: int) -> NoReturn:
+    """Exit with the engine thread stuck in a step (a hung worker, a kernel that never returns). The
+    interpreter cannot finalize safely then: a collective that fails while it finalizes (its peer killed by an
+    exit handler) aborts the process with SIGABRT instead of `code`. So stop the workers here and skip the
+    finalization; the logs are flushed first."""
+    logging.getLogger(__name__).warning("The engine thread is stuck in a step: stopping its workers and "
+                                        "exiting with status %d without finalizing", code)
+    engine_loop.abandon()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

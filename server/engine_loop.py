@@ -93,6 +93,7 @@ class EngineLoop:
         self._dead = False
         self._step_started: float | None = None  # monotonic time the running step began (engine thread writes)
         self._added: dict[str, int] = {}  # engine thread only: request id -> its sequences still in the engine
+        self._engine = None  # set once loaded: `abandon` reaches its workers from another thread
         self._thread = threading.Thread(target=self._run, name="kvserve-engine", daemon=True)
 
     # ---- event-loop side ----------------------------------------------------------------------------------
@@ -143,6 +144,17 @@ class EngineLoop:
         started = self._step_started
         return None if started is None else time.monotonic() - started
 
+    @property
+    def stuck_in_step(self) -> bool:
+        """The engine thread is still inside a step (after `stop` gave up waiting for it)."""
+        return self._thread.is_alive() and self._step_started is not None
+
+    def abandon(self) -> None:
+        """The process is leaving with the engine thread stuck in a step: stop the engine's worker processes
+        from this thread, since the stuck one will never reach its own `engine.shutdown()`."""
+        if self._engine is not None:
+            self._engine.shutdown()
+
     def declare_hung(self, error: APIError) -> None:
         """The engine's step will not return in time: fail every in-flight request with `error` now."""
         if self._dead:
@@ -159,6 +171,7 @@ class EngineLoop:
             self._dead = True
             self._post(self._listener.on_load_failed, e)
             return
+        self._engine = engine
         self._post(self._listener.on_ready, engine)
         try:
             self._serve(engine)

@@ -165,6 +165,9 @@ def test_with_exit_on_engine_failure_a_hung_worker_ends_the_process_and_leaves_n
         os.kill(worker, signal.SIGSTOP)
         r = httpx.post(server.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 4}, timeout=60)
         assert r.status_code == 500 and r.json()["error"]["code"] == "engine_timeout"
+        # rank 0's thread is still blocked in its collective: the process stops the workers and skips the
+        # interpreter's finalization (where the collective failing under it would abort with SIGABRT)
+        server.wait_for("stuck in a step", timeout=60)
         assert server.proc.wait(timeout=60) == 1
         wait_until(lambda: not running(worker), timeout=30)
     finally:
