@@ -138,6 +138,9 @@ def quantization_from_args(args: argparse.Namespace) -> tuple[str | None, int | 
     prepacked = declared_format(hf_config, args.quantization)
     if prepacked is None:
         return args.quantization, args.quantization_group_size
+    if args.quantization_group_size is not None:  # as the server: the checkpoint's groups are its own
+        raise ValueError(f"quantization_group_size: only applies with quantization='int4', the checkpoint is "
+                         f"{prepacked.method}")
     return prepacked.method, prepacked.kernel_group(in_features(getattr(hf_config, "text_config", None) or hf_config))
 
 
