@@ -91,3 +91,29 @@ def test_unsupported_compressed_tensors_configs_are_refused_naming_quantization(
     with pytest.raises(ValueError, match="^quantization: compressed-tensors .*" + message.replace("(", r"\(")
                        .replace("[", r"\[")):
         checkpoint_format(qc)
+
+
+@pytest.mark.parametrize("strategy, group_size, symmetric, scale_dtype", [
+    ("group", 32, True, torch.bfloat16), ("group", 128, False, torch.float16), ("channel", None, False, torch.bfloat16)])
+def test_the_librarys_own_packing_unpacks_to_its_own_dequantization(strategy, group_size, symmetric, scale_dtype):
+    """Cross-check against compressed-tensors itself (not in kvserve's environment: skipped there; run with
+    `pip install --no-deps --target DIR compressed-tensors loguru psutil` and PYTHONPATH=DIR; 0.20.1 passed)."""
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    n, k = 96, 256
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(0)) * 0.05
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=symmetric, strategy=strategy, group_size=group_size)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    wg = w.reshape(n, 1 if group_size is None else k // group_size, -1)
+    scale, zero_point = calculate_qparams(wg.amin(-1), wg.amax(-1), args)
+    state = {"weight": w, "weight_scale": scale.to(scale_dtype),
+             **({} if symmetric else {"weight_zero_point": zero_point})}
+    packed = PackedQuantizationCompressor.compress(state, scheme)
+    theirs = PackedQuantizationCompressor.decompress(packed, scheme)["weight"]  # in the scales' dtype
+    codes, s, z = int4_from_compressed(packed["weight_packed"], packed["weight_scale"], packed["weight_shape"],
+                                       group_size, packed.get("weight_zero_point"))
+    ours = dequantize_int4(codes, s, z, group_size or k)
+    assert torch.equal(ours.to(theirs.dtype), theirs)
