@@ -13,8 +13,8 @@ The zero points: AutoGPTQ's original ("v1", checkpoint_format "gptq") packing su
 so z = stored + 1. A zero point of 0 has no faithful v1 form (it is stored as -1): a nibble of 15 reads back as
 16, as AutoGPTQ's own dequantization reads it, and `from_zero_points` takes that exactly (zero = -8 s); other
 readers differ on such groups (GPTQModel's v1 -> v2 conversion adds 1 to the whole packed word, carrying into
-the next nibble). GPTQModel's "gptq_v2" stores z
-itself. Symmetric checkpoints (sym: true) store z = 8 like any other, so the layout does not depend on sym.
+the next nibble). GPTQModel's "gptq_v2" stores z itself. Symmetric checkpoints (sym: true) store z = 8 like any
+other, so the layout does not depend on sym.
 Mapped with `prepacked.from_zero_points`: codes = q transposed, scale = s, zero = (8 - z) s, exact in fp32.
 Refused (ValueError naming quantization): act-order with a g_idx other than k // g (reordered inputs).
 """
