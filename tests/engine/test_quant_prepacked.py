@@ -80,3 +80,6 @@ def test_sizing_and_the_planner_count_the_checkpoints_int4_as_the_engine_holds_i
                  "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["num_blocks"] == runner.num_kv_blocks
+    # the checkpoint's groups are its own, for the planner as for the server
+    assert main(["plan", "--model", qdir, "--quantization-group-size", "32"]) == 2
+    assert "quantization_group_size: only applies with quantization='int4'" in capsys.readouterr().err
