@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .quantization.checkpoint_formats import declared_format
 from .quantization.config import (KV_CACHE_DTYPES, LM_HEAD_METHODS, QUANT_METHODS, KVCacheDtype, WeightQuantConfig,
                                    kv_cache_dtype)
 
@@ -142,7 +143,8 @@ class EngineArgs:
         g.add_argument("--quantization", "-q", default=None, choices=QUANT_METHODS,
                        help="quantize the weights at load time: int8 (per output channel), int4 (grouped), "
                             "fp8 (weights and activations; CUDA sm_89+), w8a8 (int8 weights and activations; "
-                            "CPU); gguf / awq: a pre-quantized checkpoint's own blocks")
+                            "CPU); or run pre-quantized int4 weights: gguf (a GGUF file's Q4 blocks), awq / gptq / "
+                            "compressed-tensors (chosen by themselves for such a checkpoint)")
         g.add_argument("--quantization-group-size", type=int, default=None,
                        help="int4: input columns per scale/zero group, 32/64/128/256 (default 32: the most "
                             "accurate; larger groups store fewer scales)")
@@ -261,11 +263,11 @@ class EngineArgs:
 
     def _resolve_quantization(self, model: "ModelConfig", device: torch.device) -> WeightQuantConfig | None:
         """The weight format, its int4 group size checked against every projection input of every rank."""
-        declared = (getattr(model.hf_config, "quantization_config", None) or {}).get("quant_method")
-        if declared == "awq" or self.quantization == "awq":  # a pre-quantized checkpoint decides its format
-            from .quantization.awq import awq_config
+        prepacked = declared_format(model.hf_config, self.quantization)
+        if prepacked is not None:  # a pre-quantized checkpoint decides its format
+            from .quantization.prepacked import prepacked_config
 
-            return awq_config(model, self.quantization, self.tensor_parallel_size)
+            return prepacked_config(model, prepacked, self.tensor_parallel_size)
         if self.quantization is None:
             return None
         if self.quantization == "fp8":

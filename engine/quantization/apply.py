@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .checkpoint_formats import PREPACKED_METHODS
 from .config import WeightQuantConfig
 from .fp8 import Fp8Linear
 from .int4 import Int4Linear
@@ -76,22 +77,23 @@ class QuantRowParallel(nn.Module):
         return y if self.bias is None else y.add_(self.bias)
 
 
-def _from_gguf(name: str, mod: nn.Module, parent: nn.Module, blocks) -> nn.Module:
+def _prequantized(name: str, mod: nn.Module, parent: nn.Module, blocks) -> nn.Module:
     """The projection built from a pre-quantized source: a GGUF file's Q4 / Q8_0 blocks (the loaded fp32
-    weight is only dropped), or an AWQ checkpoint's packed tensors (no dense weight was loaded)."""
+    weight is only dropped), or an AWQ / GPTQ / compressed-tensors checkpoint's packed int4 tensors (no dense
+    weight was loaded: `prepacked.py`)."""
     from .gguf_int4 import layer_index
 
     kind = name.rsplit(".", 1)[-1]
     layer = layer_index(name)
-    if blocks.method == "awq":
+    if blocks.method in PREPACKED_METHODS:
         codes = blocks.projection(layer, kind)
     else:
         heads = (parent.num_heads, parent.num_kv_heads) if kind == "qkv_proj" else (0, 0)
         codes = blocks.projection(layer, kind, *heads)
     if codes[0].shape != mod.weight.shape:
-        raise ValueError(f"quantization: the GGUF blocks of {name} are {tuple(codes[0].shape)}, the model's weight "
-                         f"{tuple(mod.weight.shape)}")
-    if blocks.method == "awq":
+        raise ValueError(f"quantization: the {blocks.method} tensors of {name} are {tuple(codes[0].shape)}, "
+                         f"the model's weight {tuple(mod.weight.shape)}")
+    if blocks.method in PREPACKED_METHODS:
         return Int4Linear.from_codes(*codes, group_size=blocks.group_size, bias=mod.bias, dtype=mod.weight.dtype,
                                      device=mod.weight.device)
     if blocks.kind(layer, kind) == "int8":  # Q8_0
@@ -126,16 +128,16 @@ def quantize_model(model: nn.Module, cfg: WeightQuantConfig | None) -> WeightRep
         from .gguf_int4 import GGUFProjections
 
         blocks = GGUFProjections(Path(cfg.source))
-    elif cfg.method == "awq":
-        from .awq import AWQCheckpoint
+    elif cfg.prepacked:
+        from .prepacked import PrepackedCheckpoint
 
-        blocks = AWQCheckpoint(cfg.source, cfg.group_size)
+        blocks = PrepackedCheckpoint(cfg.source, cfg.group_size)
     for name, mod in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         tp = getattr(mod, "tp", None)
         if blocks is not None:
-            new = _from_gguf(name, mod, parent, blocks)
+            new = _prequantized(name, mod, parent, blocks)
         elif tp is not None:  # row-parallel: quantize the local columns, keep the all-reduce and the bias after it
             new = QuantRowParallel(_quantized(mod.weight, None, cfg), mod.bias, tp)
         else:
