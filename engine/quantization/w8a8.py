@@ -1,26 +1,31 @@
 """int8 weights and int8 activations (W8A8) on the CPU, through PyTorch's dynamic int8 GEMM (fbgemm / oneDNN).
 
-Weights: int8, one scale per output channel (`int8.quantize_int8`'s codes and fp32 scales), packed once at
-load by `torch.ops.quantized.linear_prepack`. Activations: quantized at every call, one scale per token
-(row), symmetric, 63 levels a side:
+Weights: one scale per output channel, codes in [-63, 63] (7 bits, see below), packed once at load by
+`torch.ops.quantized.linear_prepack`. Activations: quantized at every call, one scale per token (row),
+symmetric, 127 levels a side:
 
-    r[m] = max_k |x[m, k]|,   xq[m, k] = round(63 x[m, k] / r[m])  in [-63, 63]
-    y[m, n] = r[m] / 63 * sw[n] * sum_k xq[m, k] wq[n, k]      (exact int32 sums, then fp32)
+    r[m] = max_k |x[m, k]|,   xq[m, k] = round(127 x[m, k] / r[m])  in [-127, 127]
+    y[m, n] = r[m] / 127 * sw[n] * sum_k xq[m, k] wq[n, k]      (exact int32 sums, then fp32)
 
 The kernel, `torch.ops.quantized.linear_dynamic`, chooses one affine scale and zero point for its whole
-input from the input's min and max, 7-bit (`reduce_range`: AVX2's u8 x s8 multiply-add sums pairs of products
-into 16 bits, which saturate with full-range codes). So each row is first divided by its own max |x| (every
-value then lies in [-1, 1]) and one extra row `PIN_ROW` pins the input's range to [-1, 1 + 1/63]: the kernel
-then always picks scale 1/63 and zero point 63, which is the per-token quantization above. Two things follow:
-one token's large activations do not coarsen the others' codes, and a row's output does not depend on the
-other rows of the step (batching leaves every sequence's result bit-identical; tested).
+input from the input's min and max. So each row is first divided by its own max |x| (every value then lies
+in [-1, 1]) and one extra row `pin_row` pins the input's range to [-1, 1 + 1/127]: the kernel then always
+picks scale 1/127 and zero point 127, which is the per-token quantization above. Two things follow: one
+token's large activations do not coarsen the others' codes, and a row's output does not depend on the other
+rows of the step (batching leaves every sequence's result bit-identical; tested).
+
+Why 7-bit weights: on AVX2 the kernel multiplies unsigned 8-bit activation codes by signed 8-bit weights and
+adds each pair of products into a saturating 16-bit lane (255 x 127 x 2 = 64,770 > 32,767). With weights in
+[-63, 63] the pair sum stays below 32,130 and nothing saturates. The alternatives measured worse on the
+default model (`kvserve eval-ppl`, perplexity vs fp32): 8-bit weights with 7-bit activations (the kernel's
+own `reduce_range`) +13.8%, 8-bit both (saturating) +6.5%, this choice +2.8%.
 
 The multiply-adds run on int8 lanes: on the 2-core AVX2 CI machine SmolLM2-135M's 120 projections at 32
 rows took 54 ms of thread CPU against the fp32 GEMM's 184 and the bf16 weight-only int4 kernel's 222; at one
 row 21 ms against 68 (fp32) and 24 (int4) (scripts/bench_quant_linear.py). This is what batched decode on the
-CPU wants; the price is accuracy (perplexity in docs/benchmarks.md). PyTorch marks its quantized-tensor API
-deprecated (torchao is its successor, whose int8 x int8 CPU path goes through `torch._int_mm`, ~40x slower
-here); kvserve pins torch 2.13, where it works. CPU only: on a GPU use fp8 (`check_w8a8_device`).
+CPU wants; the price is accuracy (docs/benchmarks.md). PyTorch marks its quantized-tensor API deprecated
+(torchao is its successor, whose int8 x int8 CPU path goes through `torch._int_mm`, ~40x slower here);
+kvserve pins torch 2.13, where it works. CPU only: on a GPU use fp8 (`check_w8a8_device`).
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ import torch.nn as nn
 
 from .int8 import quantize_int8
 
-REDUCE_RANGE = True  # 7-bit activation codes: see the module docstring
-LEVELS = 63  # codes per side of zero once the range is pinned to [-1, 1 + 1/LEVELS] (scale 1/63, zero point 63)
+LEVELS = 127  # activation codes per side of zero once the range is pinned to [-1, 1 + 1/LEVELS]
+WEIGHT_LEVELS = 63  # weight codes per side: 7 bits, so that AVX2's 16-bit pair sums cannot saturate
 
 
 def check_w8a8_device(device: torch.device) -> None:
@@ -44,7 +49,7 @@ def check_w8a8_device(device: torch.device) -> None:
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes [M, K] in -63..63 as int32, per-row scales [M, 1]): the activation quantization of the module
+    """(codes [M, K] in -127..127 as int32, per-row scales [M, 1]): the activation quantization of the module
     docstring, written out in torch so that tests can check the kernel path against it."""
     r = row_scales(x)
     return torch.round(x / r * LEVELS).to(torch.int32), r / LEVELS
@@ -62,7 +67,7 @@ class W8A8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
         check_w8a8_device(weight.device)
-        q, scale = quantize_int8(weight)
+        q, scale = quantize_int8(weight, qmax=WEIGHT_LEVELS)
         self.out_features, self.in_features = q.shape
         with warnings.catch_warnings():  # the quantized-tensor API's deprecation notice (module docstring)
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
@@ -86,6 +91,6 @@ class W8A8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         r = row_scales(x32)
-        y = torch.ops.quantized.linear_dynamic(torch.cat((x32 / r, self.pin_row)), self.packed, REDUCE_RANGE)
+        y = torch.ops.quantized.linear_dynamic(torch.cat((x32 / r, self.pin_row)), self.packed, reduce_range=False)
         y = y[:-1].mul_(r).to(x.dtype)
         return y if self.bias is None else y.add_(self.bias)
