@@ -2,7 +2,8 @@
 come from memory, not the cache, as in a decode step) through each CPU matmul path, at several row counts:
 the fp32 GEMM, PyTorch's int8 and int4 weight-only kernels fed fp32 or bf16 activations, and int8
 dequantize + GEMM, and GGUF Q8_0's grouped int8 (a scale per 32 columns: no library kernel, so dequantize +
-GEMM, `engine/quantization/int8_grouped.py`). One thread, thread CPU time (a busy shared machine inflates it less than wall time),
+GEMM, `engine/quantization/int8_grouped.py`), and W8A8 (int8 activations per token too, PyTorch's dynamic int8
+GEMM: `engine/quantization/w8a8.py`). One thread, thread CPU time (a busy shared machine inflates it less than wall time),
 configurations alternating round by round, medians; ratios are what matter.
 
     .venv/bin/python scripts/bench_quant_linear.py [--rows 1,4,16,32,64] [--rounds 5] [--layers 30]
@@ -20,6 +21,7 @@ from engine.models.layers import linear
 from engine.quantization.int4 import Int4Linear
 from engine.quantization.int8 import Int8Linear
 from engine.quantization.int8_grouped import GroupedInt8Linear
+from engine.quantization.w8a8 import W8A8Linear
 
 HIDDEN, INTERMEDIATE, QKV = 576, 1536, 960  # SmolLM2-135M
 
@@ -32,6 +34,7 @@ def paths(w: torch.Tensor) -> dict:
     group_scale = w.view(n, -1, 32).abs().amax(-1) / 127  # GGUF Q8_0's layout: one scale per 32 columns
     codes = torch.round(w.view(n, -1, 32) / group_scale[..., None]).to(torch.int8).view(n, k)
     q8 = GroupedInt8Linear(codes, group_scale, None, torch.float32, torch.device("cpu"))
+    w8a8 = W8A8Linear(w, None)
     return {
         "fp32 GEMM": lambda x: linear(x, w),
         "int8 kernel, fp32 in": lambda x: torch.ops.aten._weight_int8pack_mm(x, l8.qweight, s8),
@@ -42,6 +45,7 @@ def paths(w: torch.Tensor) -> dict:
         "int8 dequant + GEMM": lambda x: linear(x, l8.qweight.float().mul_(s8[:, None])),
         "int4 dequant + GEMM": lambda x: linear(x, l4._dequantized_cpu(x.dtype)),
         "Q8_0 grouped int8 (dequant + GEMM)": lambda x: q8(x),
+        "w8a8 (dynamic int8 GEMM)": lambda x: w8a8(x),
     }
 
 

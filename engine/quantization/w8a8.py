@@ -21,8 +21,9 @@ default model (`kvserve eval-ppl`, perplexity vs fp32): 8-bit weights with 7-bit
 own `reduce_range`) +13.8%, 8-bit both (saturating) +6.5%, this choice +2.8%.
 
 The multiply-adds run on int8 lanes: on the 2-core AVX2 CI machine SmolLM2-135M's 120 projections at 32
-rows took 54 ms of thread CPU against the fp32 GEMM's 184 and the bf16 weight-only int4 kernel's 222; at one
-row 21 ms against 68 (fp32) and 24 (int4) (scripts/bench_quant_linear.py). This is what batched decode on the
+rows took 89 ms of thread CPU against the fp32 GEMM's 215 and the bf16 weight-only int4 kernel's 272; at one
+row 31 ms against 85 (fp32) and 22 (int4), the kernel's fixed cost (~40 us a call) showing
+(`scripts/bench_quant_linear.py --rows 1,32`). This is what batched decode on the
 CPU wants; the price is accuracy (docs/benchmarks.md). PyTorch marks its quantized-tensor API deprecated
 (torchao is its successor, whose int8 x int8 CPU path goes through `torch._int_mm`, ~40x slower here);
 kvserve pins torch 2.13, where it works. CPU only: on a GPU use fp8 (`check_w8a8_device`).
