@@ -139,6 +139,17 @@ class ServerMetrics:
         for g in (self.mfu, self.mbu, self.arithmetic_intensity):
             g.set(nan)
 
+    def describe_memory(self, block_size: int, num_blocks: int, cache_dtype: str, quantization: str,
+                        weight_bytes: int) -> None:
+        """What the model loaded as, constant from then on: the KV cache's layout (vLLM's `cache_config_info`,
+        value 1, the facts in its labels) and the weights' bytes in their storage format."""
+        info = Gauge(PREFIX + "cache_config_info", "The KV cache's configuration, in the labels (value 1).",
+                     ["model_name", "block_size", "cache_dtype", "num_gpu_blocks"], registry=self.registry)
+        info.labels(self.model_name, str(block_size), cache_dtype, str(num_blocks)).set(1)
+        weights = Gauge(PREFIX + "model_weight_bytes", "Bytes of the loaded weights (under tensor parallelism, "
+                        "rank 0's shard), by weight format.", ["model_name", "quantization"], registry=self.registry)
+        weights.labels(self.model_name, quantization).set(weight_bytes)
+
     def render(self) -> bytes:
         return generate_latest(_WithoutCreated(self.registry))
 
