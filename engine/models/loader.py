@@ -61,7 +61,8 @@ def build_model(cfg: ModelConfig, device: torch.device, seed: int = 0, tp: TPCon
     if cfg.load_format == "dummy":
         init_dummy_weights(model, seed + (0 if tp is None else tp.shard.rank))
     else:
-        load_safetensors(model, cfg.path, prepacked=cfg.quantization is not None and cfg.quantization.prepacked)
+        load_safetensors(model, cfg.path,
+                         skip_projections=cfg.quantization is not None and cfg.quantization.projections_from_source)
     model.eval()
     return model
 
@@ -116,10 +117,11 @@ PACKED_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".weight_packed",
 PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 
-def load_safetensors(model: nn.Module, path, prepacked: bool = False) -> None:
-    """Fill every parameter from the checkpoint. `prepacked`: its projections are stored quantized (AWQ, GPTQ,
-    compressed-tensors); their tensors are left to `engine.quantization.apply`, which replaces those
-    projections after loading."""
+def load_safetensors(model: nn.Module, path, skip_projections: bool = False) -> None:
+    """Fill every parameter from the checkpoint. `skip_projections`: the decoder projections come from
+    quantized data (AWQ, GPTQ, compressed-tensors packed tensors in this checkpoint; a GGUF file's blocks,
+    whose dense expansion the converted checkpoint also holds), which `engine.quantization.apply` reads when
+    it replaces them after loading: their weights here are neither read nor required."""
     from safetensors import safe_open
 
     files = sorted(glob.glob(os.path.join(str(path), "*.safetensors")))
@@ -130,12 +132,14 @@ def load_safetensors(model: nn.Module, path, prepacked: bool = False) -> None:
     for file in files:
         with safe_open(file, framework="pt", device="cpu") as f:
             for key in f.keys():
-                if prepacked and key.endswith(PACKED_SUFFIXES):
+                if skip_projections and key.endswith(PACKED_SUFFIXES):
                     continue
                 target = _target(model, key)
                 if target is None:
                     continue
                 name, part, fused_index = target
+                if skip_projections and _is_projection_weight(name):
+                    continue
                 if name not in params and _beyond_last_layer(model, name):
                     continue  # a truncated model (a speculative draft's first layers) skips the rest
                 if name not in params:
@@ -153,9 +157,13 @@ def load_safetensors(model: nn.Module, path, prepacked: bool = False) -> None:
                 dest.copy_(tensor)
                 filled[name] += tensor.numel()
     missing = [n for n, count in filled.items() if count != params[n].numel()
-               and not (prepacked and n.endswith(".weight") and n.rsplit(".", 2)[-2] in PROJECTIONS)]
+               and not (skip_projections and _is_projection_weight(n))]
     if missing:
         raise ValueError(f"model: checkpoint is missing weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+
+
+def _is_projection_weight(name: str) -> bool:
+    return name.endswith(".weight") and name.rsplit(".", 2)[-2] in PROJECTIONS
 
 
 _LAYER_RE = re.compile(r"^layers\.(\d+)\.")

@@ -41,6 +41,12 @@ class WeightQuantConfig:
         return self.lm_head and self.method in LM_HEAD_METHODS
 
     @property
+    def projections_from_source(self) -> bool:
+        """The projections are built from quantized data (a pre-quantized checkpoint's packed tensors, a GGUF
+        file's blocks), never from dense weights: the loader does not read dense projection weights at all."""
+        return self.prepacked or self.method == "gguf"
+
+    @property
     def prepacked(self) -> bool:
         """The checkpoint holds the projections already packed (no dense weights to load for them)."""
         return self.method in PREPACKED_METHODS

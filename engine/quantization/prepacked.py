@@ -14,7 +14,7 @@ Here: the engine's config for such a checkpoint (`prepacked_config`, after `chec
 checked what it declares), the nibble unpacking, and `PrepackedCheckpoint`, which finds the
 tensors of layer i's module in the safetensors files, converts them with the format's module, stacks q/k/v and
 gate/up by output rows and repeats scales to the kernel group (`CheckpointFormat.kernel_group`).
-The loader leaves these tensors alone (`load_safetensors(prepacked=True)`) and `apply.quantize_model` builds
+The loader leaves these tensors alone (`load_safetensors(skip_projections=True)`) and `apply.quantize_model` builds
 each projection from `projection(layer, name)` with `Int4Linear.from_codes`.
 """
 
