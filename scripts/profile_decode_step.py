@@ -55,7 +55,6 @@ def drain(llm) -> None:
 
 def main() -> int:
     from engine.config import EngineArgs
-    from engine.tools.decode_speed import build
     from engine.tools.eval_ppl import parse_config
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -67,7 +66,7 @@ def main() -> int:
     p.add_argument("--top", type=int, default=18)
     args = p.parse_args()
     base = dataclasses.replace(EngineArgs.from_cli_args(args), max_num_seqs=max(args.streams, 1))
-    llm = build(base, parse_config(args.config))
+    llm = parse_config(args.config).build(base)
 
     from torch.profiler import ProfilerActivity, profile
 
