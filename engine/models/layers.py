@@ -67,7 +67,8 @@ class RMSNorm(nn.Module):
             # torch's CPU rms_norm runs transformers' op sequence (pow, mean, + eps, rsqrt, x * r, * weight) in
             # C++: bit-identical in fp32 (test_rms_norm_in_fp32_is_the_op_sequence_bit_for_bit), ~10 us less
             # Python dispatch per call. Other dtypes differ: it multiplies by the weight before the cast.
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+            weight = self.weight
+            return torch.rms_norm(x, weight.shape, weight, self.eps)
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
