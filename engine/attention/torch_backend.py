@@ -5,6 +5,8 @@ the decoding sequences (grouped by context length; each group's blocks gathered 
 [S, blocks x block_size] layout with a mask) and one SDPA call per prefilling sequence. Gathering whole blocks moves the same bytes as gathering slots
 but with 1/block_size as many index operations. A prefill with no earlier context attends to its freshly computed K/V directly
 (plain causal attention); a chunked prefill or a prefix-cache hit gathers its earlier keys from the cache.
+When one decode group is the whole batch in order (always at one stream) its query rows are used in place,
+not gathered and scattered back.
 
 A sliding window (one per KV-cache group, in the metadata) narrows what is gathered to the blocks the window
 reaches and masks older keys; soft-capped attention (Gemma 2) runs transformers' eager formula instead of SDPA.
