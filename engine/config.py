@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .quantization.checkpoint_formats import declared_format
 from .quantization.config import (KV_CACHE_DTYPES, LM_HEAD_METHODS, QUANT_METHODS, KVCacheDtype, WeightQuantConfig,
                                    kv_cache_dtype)
 
@@ -141,12 +142,14 @@ class EngineArgs:
                        help="seconds a tensor-parallel rank waits for the others before the engine fails")
         g.add_argument("--quantization", "-q", default=None, choices=QUANT_METHODS,
                        help="quantize the weights at load time: int8 (per output channel), int4 (grouped), "
-                            "fp8 (weights and activations; CUDA sm_89+)")
+                            "fp8 (weights and activations; CUDA sm_89+), w8a8 (int8 weights and activations; "
+                            "CPU); or run pre-quantized int4 weights: gguf (a GGUF file's Q4 blocks), awq / gptq / "
+                            "compressed-tensors (chosen by themselves for such a checkpoint)")
         g.add_argument("--quantization-group-size", type=int, default=None,
                        help="int4: input columns per scale/zero group, 32/64/128/256 (default 32: the most "
                             "accurate; larger groups store fewer scales)")
         g.add_argument("--quantize-lm-head", action=argparse.BooleanOptionalAction, default=True,
-                       help="with --quantization int8/int4, also store the LM head (tied embedding or not) in "
+                       help="with --quantization int8/int4/w8a8, also store the LM head (tied embedding or not) in "
                             "int8 per output row (default on: it is ~20%% of SmolLM2's bytes per token)")
         g.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
                        help="KV-cache storage: auto (the model's dtype), int8, fp8_e4m3 or fp8_e5m2 "
@@ -260,17 +263,21 @@ class EngineArgs:
 
     def _resolve_quantization(self, model: "ModelConfig", device: torch.device) -> WeightQuantConfig | None:
         """The weight format, its int4 group size checked against every projection input of every rank."""
-        declared = (getattr(model.hf_config, "quantization_config", None) or {}).get("quant_method")
-        if declared == "awq" or self.quantization == "awq":  # a pre-quantized checkpoint decides its format
-            from .quantization.awq import awq_config
+        prepacked = declared_format(model.hf_config, self.quantization)
+        if prepacked is not None:  # a pre-quantized checkpoint decides its format
+            from .quantization.prepacked import prepacked_config
 
-            return awq_config(model, self.quantization, self.tensor_parallel_size)
+            return prepacked_config(model, prepacked, self.tensor_parallel_size)
         if self.quantization is None:
             return None
         if self.quantization == "fp8":
             from .quantization.fp8 import check_fp8_device
 
             check_fp8_device(device)
+        if self.quantization == "w8a8":
+            from .quantization.w8a8 import check_w8a8_device
+
+            check_w8a8_device(device)
         if self.quantization == "gguf":
             from .quantization.gguf_int4 import gguf_int4_config
 

@@ -10,6 +10,9 @@ Public API (the engine codes against these):
         KV head beside them): store_kv quantizes, paged_attention dequantizes inside the kernel (kernels.kv_quant)
     fused_moe(x, gate_up, down, topk_weights, topk_ids) -> out
         a sparse MoE MLP: tokens sorted by expert, one grouped GEMM per projection (kernels.fused_moe)
+    int4_mm(x, qweight, scales_and_zeros, group_size) -> y
+        weight-only int4 GEMM for few rows (decode): codes two a byte, (scale, zero) per channel and group of
+        input columns, dequantized in registers (kernels.int4_matmul)
     decode_num_splits(num_seqs, num_heads, num_kv_heads, head_dim, max_seq_len, dtype, device=None) -> int
         the split count paged_attention would choose for a decode batch (to fix one for CUDA graphs)
     rms_norm(x, weight, eps, out=None) -> out
@@ -25,7 +28,8 @@ kv_store (store kernel), kv_quant (the 8-bit cache formats inside the kernels), 
 reference (pure-torch oracle), batch (random paged batches), bench and bench_elementwise (GPU benchmark),
 compile_report (sm_90 ahead-of-time compile report) and specialization (compiled variants per launch; both
 need no GPU); moe_kernel (the fused MoE kernel, its expert sort and launch), moe_reference (its pure-torch
-oracle), moe_validation (its argument checks).
+oracle), moe_validation (its argument checks); int4_matmul (the weight-only int4 GEMM, its tiles and
+launch).
 """
 
 from __future__ import annotations
@@ -36,11 +40,12 @@ import os
 import torch
 
 from kernels.planning import DEFAULT_NUM_SMS, choose_num_splits, decode_tiles, plan_paged_attention
-from kernels.validation import (check_paged_attention_args, check_rms_norm_args, check_rope_args,
-                                check_silu_and_mul_args, check_store_kv_args, check_window_and_softcap)
+from kernels.validation import (check_int4_matmul_args, check_paged_attention_args, check_rms_norm_args,
+                                check_rope_args, check_silu_and_mul_args, check_store_kv_args,
+                                check_window_and_softcap)
 
-__all__ = ["paged_attention", "store_kv", "decode_num_splits", "fused_moe", "rms_norm", "add_rms_norm", "rope_",
-           "silu_and_mul"]
+__all__ = ["paged_attention", "store_kv", "decode_num_splits", "fused_moe", "int4_mm", "rms_norm",
+           "add_rms_norm", "rope_", "silu_and_mul"]
 
 
 def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
@@ -120,6 +125,19 @@ def fused_moe(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_w
     from kernels.moe_kernel import fused_moe as launch_fused_moe
 
     return launch_fused_moe(x, gate_up, down, topk_weights, topk_ids)
+
+
+def int4_mm(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ w^T in x's dtype, w[n, k] = (code - 8) * scale + zero for the (scale, zero) pair
+    scales_and_zeros[n, k // group_size]; qweight uint8 [N, K / 2] holds code[n, 2j] in byte j's high nibble
+    and code[n, 2j + 1] in its low nibble. Accumulates in fp32 (the weights rounded to x's dtype first).
+    Meant for few rows (decode, up to ~64): a prefill batch is better served by dequantizing once and a dense
+    GEMM. Reads no device value on the host. (Not named int4_matmul: that is the kernel's module.)"""
+    check_int4_matmul_args(x, qweight, scales_and_zeros, group_size)
+    _check_runnable("x", x.device, x.dtype)
+    from kernels.int4_matmul import int4_matmul as launch_int4_matmul
+
+    return launch_int4_matmul(x, qweight, scales_and_zeros, group_size, _num_sms(x.device))
 
 
 def decode_num_splits(num_seqs: int, num_heads: int, num_kv_heads: int, head_dim: int, max_seq_len: int,

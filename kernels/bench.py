@@ -12,6 +12,8 @@ Measured in one run:
            contiguous tensors
   element-wise  the fused RMSNorm (+ residual add), RoPE and SiLU-and-mul kernels at Llama-3.1-8B widths vs
            the torch ops they replace (kernels.bench_elementwise)
+  int4     the weight-only int4 GEMM at Llama-3.1-8B's projection shapes and decode batch sizes vs the bf16
+           GEMM over the same (dequantized) weights (kernels.bench_int4)
 Times are medians of triton.testing.do_bench after warm-up (it clears L2 between runs). Shapes that do not
 fit in free device memory are skipped. Every measured output is also checked against the torch result.
 With --json the file is rewritten after every row, so a run cut short keeps what it measured.
@@ -206,6 +208,10 @@ def format_tables(results: dict) -> str:
         from kernels.bench_elementwise import format_rows
 
         lines += format_rows(results["elementwise"])
+    if results.get("int4"):
+        from kernels.bench_int4 import format_rows as format_int4_rows
+
+        lines += format_int4_rows(results["int4"])
     return "\n".join(lines)
 
 
@@ -227,12 +233,13 @@ def main(argv: list[str] | None = None) -> dict:
     import triton
 
     from kernels.bench_elementwise import bench_elementwise
+    from kernels.bench_int4 import bench_int4
 
     sweep = QUICK if args.quick else FULL
     copy_bw = measure_copy_bandwidth()
     results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                    sweep=asdict(sweep), copy_GBps=copy_bw / 1e9, flop_formula=FLOP_FORMULA,
-                   bytes_formula=BYTES_FORMULA, decode=[], prefill=[], elementwise=[])
+                   bytes_formula=BYTES_FORMULA, decode=[], prefill=[], elementwise=[], int4=[])
     write_json(args.json, results)
     for batch_size in sweep.batches:
         for context in sweep.contexts:
@@ -247,6 +254,9 @@ def main(argv: list[str] | None = None) -> dict:
         results["elementwise"] += bench_elementwise(num_tokens, copy_bw, _median_ms)
         print(f"elementwise {results['elementwise'][-4:]}", file=sys.stderr, flush=True)
         write_json(args.json, results)
+    results["int4"] = bench_int4(copy_bw, _median_ms, args.quick)
+    print(f"int4 {results['int4']}", file=sys.stderr, flush=True)
+    write_json(args.json, results)
     results["complete"] = True
     write_json(args.json, results)
     print(format_tables(results), flush=True)

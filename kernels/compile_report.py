@@ -12,6 +12,8 @@ The element-wise kernels (RMSNorm with and without the residual add, RoPE, SiLU-
 Llama-3.1-8B's widths; for them only registers and spills matter. The fused MoE kernel is compiled for both
 projections with decode and prefill tiles, and the varlen kernel once more with soft-capping (Gemma 2). The
 8-bit KV cache (int8 and fp8 e4m3 codes with fp32 scales) is compiled for the store, decode and varlen kernels.
+The weight-only int4 GEMM is compiled for a decode step (one row, K split into fp32 partial sums) and for its
+largest batch (64 rows, unsplit) at Llama-3.1-8B's K = 4096.
 Uses triton's compiler internals (ASTSource, GPUTarget), present from triton 3.2 on. TRITON_INTERPRET must be
 unset: the interpreter replaces @triton.jit functions.
 """
@@ -38,7 +40,7 @@ SCALE_POINTERS = ("k_scale_ptr", "v_scale_ptr")
 INDEX_POINTERS = {"block_tables_ptr": "*i32", "cu_seqlens_q_ptr": "*i32", "seq_lens_ptr": "*i32",
                   "slot_mapping_ptr": "*i64", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
                   "sorted_token_ids_ptr": "*i32", "expert_ids_ptr": "*i32", "num_tokens_post_padded_ptr": "*i32",
-                  "topk_weights_ptr": "*fp32"}
+                  "topk_weights_ptr": "*fp32", "qweight_ptr": "*u8"}
 # Integer arguments the JIT specialises as divisible by 16 at launch for real models (the MoE GEMMs' N and K:
 # hidden and intermediate sizes), like pointers and strides
 DIVISIBLE_INTS = ("N", "K")
@@ -153,7 +155,8 @@ def configurations(quick: bool) -> list[tuple]:
     constants = kv_store.launch_constants(8, 128, block_size)
     out.append((kv_store._store_kv_kernel, "bf16 KVH=8 D=128", constants, torch.bfloat16,
                 kv_store.store_num_warps(constants), 1))
-    return out + kv_8bit_configurations(quick) + moe_configurations(quick) + elementwise_configurations()
+    return (out + kv_8bit_configurations(quick) + moe_configurations(quick) + int4_configurations(quick)
+            + elementwise_configurations())
 
 
 def kv_8bit_configurations(quick: bool) -> list[tuple]:
@@ -205,6 +208,26 @@ def moe_configurations(quick: bool) -> list[tuple]:
         out.append((unified_attention._unified_attention_kernel, "bf16 D=256 group=2 softcap (Gemma 2)",
                     unified_attention.launch_constants(256, 2, 16, torch.bfloat16, tiles, softcap=True),
                     torch.bfloat16, tiles.num_warps, tiles.num_stages))
+    return out
+
+
+def int4_configurations(quick: bool) -> list[tuple]:
+    """The weight-only int4 GEMM at K = 4096 in bf16, group size 128: one row with split-K partial sums (decode)
+    and 64 rows stored directly (its largest batch); the full report adds group size 32 (several groups per
+    K tile, as GGUF's Q4 blocks have), fp16 and fp32 (an fp32 model on CUDA)."""
+    from kernels import int4_matmul
+
+    cases = [(torch.bfloat16, 128)] + ([] if quick else [(torch.bfloat16, 32), (torch.float16, 128),
+                                                          (torch.float32, 32)])
+    out = []
+    for dtype, group in cases:
+        for rows, partials in ((1, True), (64, False)):
+            tiles = int4_matmul.int4_tiles(rows, dtype)
+            block_k = int4_matmul.int4_block_k(4096, tiles)
+            out.append((int4_matmul._int4_matmul_kernel, f"{TRITON_TYPES[dtype]} K=4096 g={group} rows={rows} "
+                        f"tiles={tiles.block_m}x{tiles.block_n}x{block_k}{' split-K' if partials else ''}",
+                        int4_matmul.launch_constants(group, block_k, tiles, partials, dtype), dtype,
+                        tiles.num_warps, tiles.num_stages))
     return out
 
 

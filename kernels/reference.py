@@ -7,6 +7,7 @@ The element-wise references (RMSNorm, RoPE, SiLU-and-mul) are transformers' Llam
 rounding to the activation dtype after each op, which the fused kernels reproduce.
 The 8-bit KV cache (quantize_kv_ref / dequantize_kv_ref) is the format kernels.kv_quant implements and the
 engine's CPU path uses: one fp32 scale per (token, KV head), int8 or fp8 codes.
+The weight-only int4 GEMM (int4_matmul_ref) unpacks the codes, dequantizes in fp32 and multiplies in fp32.
 """
 
 from __future__ import annotations
@@ -137,3 +138,21 @@ def silu_and_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for gate_up = [gate | up] along the last dimension."""
     gate, up = gate_up.chunk(2, dim=-1)
     return torch.nn.functional.silu(gate) * up
+
+
+def unpack_int4_ref(qweight: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, K / 2] -> int32 codes [N, K] in 0..15: byte j holds column 2j in its high nibble, 2j + 1 in its
+    low nibble."""
+    high, low = (qweight >> 4).to(torch.int32), (qweight & 15).to(torch.int32)
+    return torch.stack([high, low], dim=-1).reshape(qweight.shape[0], -1)
+
+
+def int4_matmul_ref(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor,
+                    group_size: int) -> torch.Tensor:
+    """x [M, K] @ w^T with w[n, k] = (code[n, k] - 8) * scale[n, k // g] + zero[n, k // g] (scales_and_zeros
+    [N, K / g, 2] holds (scale, zero) pairs), all in fp32, rounded once to x's dtype."""
+    codes = unpack_int4_ref(qweight).float()
+    n, k = codes.shape
+    sz = scales_and_zeros.float()
+    w = (codes.view(n, k // group_size, group_size) - 8.0) * sz[..., 0:1] + sz[..., 1:2]
+    return (x.float() @ w.view(n, k).t()).to(x.dtype)

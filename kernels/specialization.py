@@ -7,7 +7,8 @@ integer argument not marked `do_not_specialize`, whether it is 1 or a multiple o
 marked `do_not_specialize_on_alignment`, whether it is 16-byte aligned. A key first seen inside a timed run
 is a compile inside the timer (seconds). This builds the exact arguments the launchers pass (their `Launch`
 data) for batch sizes 1..256, block-table widths 1..1024, split counts 2..64, and index tensors cut from one
-packed buffer at batch-dependent offsets (as a single host-to-device copy per step lays them out), computes
+packed buffer at batch-dependent offsets (as a single host-to-device copy per step lays them out), the int4
+GEMM at decode batch sizes up to 64, computes
 the key the JIT would use for sm_90 (`triton.runtime.jit.create_function_from_signature`, the binder `run`
 calls; checked with triton 3.9), and counts distinct keys per set of constexpr values. One each is the goal:
 then a warm-up that touches each constexpr set once compiles everything a run will need.
@@ -110,6 +111,22 @@ def elementwise_launches(hidden: int = 4096, intermediate: int = 14336) -> Itera
         yield "silu_and_mul", silu_and_mul_launch(gate_up, torch.empty((tokens, intermediate), dtype=DTYPE))
 
 
+def int4_launches(hidden: int = 4096, intermediate: int = 14336) -> Iterator[tuple[str, Launch]]:
+    """The int4 GEMM for every decode batch size up to Int4Linear's 64-row threshold, on an o_proj-like
+    projection (K split into partial sums) and gate_up (unsplit), group size 128."""
+    from kernels.int4_matmul import int4_matmul_launch, int4_num_splits
+    from kernels.planning import DEFAULT_NUM_SMS
+
+    for n in (hidden, 2 * intermediate):
+        qweight = torch.empty((n, hidden // 2), dtype=torch.uint8)
+        sz = torch.empty((n, hidden // 128, 2), dtype=DTYPE)
+        for rows in [b for b in BATCH_SIZES if b <= 64] + [31, 33, 48]:
+            x, out = torch.empty((rows, hidden), dtype=DTYPE), torch.empty((rows, n), dtype=DTYPE)
+            splits = int4_num_splits(rows, n, hidden, DTYPE, DEFAULT_NUM_SMS)
+            partials = torch.empty((splits, rows, n), dtype=torch.float32) if splits > 1 else None
+            yield "int4_matmul", int4_matmul_launch(x, qweight, sz, 128, out, partials, splits)
+
+
 def count_variants(launches: Iterator[tuple[str, Launch]]) -> dict[str, dict]:
     """Per kernel: launches seen, constexpr sets seen, and the largest number of keys any one set got."""
     keys: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
@@ -136,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     def every_launch():
         yield from attention_launches(cache)
         yield from elementwise_launches()
+        yield from int4_launches()
 
     result = count_variants(every_launch())
     print(f"{'kernel':<14} {'launches':>8} {'constexpr sets':>14} {'keys per set (max)':>18}")

@@ -225,3 +225,28 @@ def check_silu_and_mul_args(gate_up, out) -> None:
         raise ValueError(f"gate_up: width must be even ([gate | up]), got {gate_up.shape[1]}")
     if out is not None:
         _like("out", out, gate_up, "gate_up", (gate_up.shape[0], gate_up.shape[1] // 2))
+
+
+def check_int4_matmul_args(x, qweight, scales_and_zeros, group_size) -> None:
+    """x [M, K]; qweight uint8 [N, K / 2] (rows contiguous); scales_and_zeros [N, K / g, 2] of any float dtype,
+    each row's pairs contiguous; g a power of two >= 32 dividing K."""
+    _tensor("x", x, 2, FLOAT_DTYPES)
+    _tensor("qweight", qweight, 2, (torch.uint8,))
+    _tensor("scales_and_zeros", scales_and_zeros, 3, FLOAT_DTYPES)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 32 \
+            or group_size & (group_size - 1):
+        raise ValueError(f"group_size: expected a Python int, a power of two >= 32, got {group_size!r}")
+    m, k = x.shape
+    if k % group_size:
+        raise ValueError(f"group_size: {group_size} does not divide x's {k} columns")
+    n = qweight.shape[0]
+    if qweight.shape[1] * 2 != k:
+        raise ValueError(f"qweight: expected [N, {k // 2}] (two codes a byte over x's {k} columns), "
+                         f"got {tuple(qweight.shape)}")
+    if scales_and_zeros.shape != (n, k // group_size, 2):
+        raise ValueError(f"scales_and_zeros: expected shape {(n, k // group_size, 2)}, "
+                         f"got {tuple(scales_and_zeros.shape)}")
+    if scales_and_zeros.stride(1) != 2:
+        raise ValueError(f"scales_and_zeros: each row's (scale, zero) pairs must be contiguous, got strides "
+                         f"{scales_and_zeros.stride()}")
+    _same_device("x", x.device, qweight=qweight, scales_and_zeros=scales_and_zeros)

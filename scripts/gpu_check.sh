@@ -2,7 +2,8 @@
 # Every GPU check in one call, inside a global deadline of 7 minutes, the headline figures first:
 #   1. bench-8b   engine vs HF static batching, Llama-3.1-8B shape, 256 x 512 prompt -> 256 output tokens
 #   2. bench-1b   the same on the Llama-3.2-1B shape
-#   3. kernels    python -m kernels.bench --quick (attention vs copy bandwidth and SDPA, fused element-wise ops)
+#   3. kernels    python -m kernels.bench --quick (attention vs copy bandwidth and SDPA, fused element-wise ops,
+#                 the int4 GEMM vs bf16 weights at decode batch sizes)
 #   4. gpu-tests  a bounded set of GPU tests (pytest -m gpu, Llama architecture only), every result listed
 # then the summary table (scripts/gpu_summary.py), printed last even when stages fail or time out.
 #
@@ -33,7 +34,8 @@ BENCH=("$PY" -m engine.cli bench --vs-hf --no-hf-cb --load-format dummy --num-pr
 CMD_bench_8b=("${BENCH[@]}" --model-config llama-3.1-8b --json "$OUT_DIR/bench-8b.json")
 CMD_bench_1b=("${BENCH[@]}" --model-config llama-3.2-1b --json "$OUT_DIR/bench-1b.json")
 CMD_kernels=("$PY" -m kernels.bench --quick --json "$OUT_DIR/kernels.json")
-CMD_gpu_tests=("$PY" -m pytest -m gpu tests/kernels/test_gpu_elementwise.py tests/kernels/test_gpu.py
+CMD_gpu_tests=("$PY" -m pytest -m gpu tests/kernels/test_gpu_elementwise.py tests/kernels/test_gpu_int4.py
+               tests/kernels/test_gpu.py
                tests/engine/test_gpu_engine.py
                -k "not qwen2 and not qwen3" -v -rA --durations=20 -p no:cacheprovider)
 # stage name and planned timeout (s), in running order; the command is CMD_<name with - as _>

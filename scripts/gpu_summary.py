@@ -72,16 +72,19 @@ def kernel_summary(kern: dict) -> dict:
     decode = [r for r in kern.get("decode", []) if "ours_ms" in r]
     prefill = [r for r in kern.get("prefill", []) if "ours_ms" in r]
     elementwise = [r for r in kern.get("elementwise", []) if "ours_ms" in r]
+    int4 = [r for r in kern.get("int4", []) if "ours_ms" in r]
     big = [r["fraction_of_copy"] for r in decode if r["context"] >= 8192 and r["batch"] >= 32]
     speedups = [r["speedup"] for r in decode if "speedup" in r]
     long_prefill = [r["ours_TFLOPs"] for r in prefill if r["tokens"] >= 4096]
     fused = [r["speedup"] for r in elementwise]
+    int4_decode = [r["speedup_vs_bf16"] for r in int4 if r["rows"] == 1]
     return {
         "decode_min_fraction_of_copy_ctx8k_b32": min(big) if big else None,
         "decode_min_speedup_vs_torch": min(speedups) if speedups else None,
         "prefill_min_TFLOPs_4k_plus": min(long_prefill) if long_prefill else None,
         "elementwise_min_speedup_vs_torch": min(fused) if fused else None,
-        "kernel_results_all_ok": all(r.get("ok", True) for r in decode + prefill + elementwise),
+        "int4_decode_min_speedup_vs_bf16": min(int4_decode) if int4_decode else None,
+        "kernel_results_all_ok": all(r.get("ok", True) for r in decode + prefill + elementwise + int4),
         "complete": bool(kern.get("complete")),
     }
 
@@ -129,6 +132,7 @@ def _kernels(out: Path, rows: list, summary: dict) -> None:
                         ("decode_min_speedup_vs_torch", "target > 1"),
                         ("prefill_min_TFLOPs_4k_plus", "target >= 350"),
                         ("elementwise_min_speedup_vs_torch", "target > 1"),
+                        ("int4_decode_min_speedup_vs_bf16", "target >= 2 (a quarter of the bytes)"),
                         ("kernel_results_all_ok", "")):
         rows.append((f"kernels: {key}", _fmt(k[key]), target))
 

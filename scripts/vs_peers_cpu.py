@@ -1,6 +1,6 @@
 """kvserve against its peers on the CPU, side by side: the same workload, the same load tester, alternating rounds.
 
-For each round, each server in turn (kvserve fp32, kvserve int8 weights + int8 KV, kvserve int4, vLLM's CPU build,
+For each round, each server in turn (kvserve fp32, kvserve int8 weights + int8 KV, kvserve int4, kvserve w8a8, vLLM's CPU build,
 llama-cpp-python's server) is started on 127.0.0.1, waited for (`GET /v1/models` answers), given the same
 workloads with kvserve's own load tester (`python -m loadtest`: at 32 concurrent streams and one at a time),
 and stopped before the next one starts. Rounds alternate (A B C A B C ...) so that a shared machine's load
@@ -72,6 +72,8 @@ def servers(args, gguf: Path, hf_dir: Path) -> list[Server]:
         "kvserve-int8+kv8": Server("kvserve-int8+kv8", kv + ("--quantization", "int8", "--kv-cache-dtype", "int8")),
         "kvserve-int8": Server("kvserve-int8", kv + ("--quantization", "int8")),
         "kvserve-int4": Server("kvserve-int4", kv + ("--quantization", "int4")),
+        "kvserve-w8a8": Server("kvserve-w8a8", kv + ("--quantization", "w8a8")),
+        "kvserve-w8a8+kv8": Server("kvserve-w8a8+kv8", kv + ("--quantization", "w8a8", "--kv-cache-dtype", "int8")),
         "vllm": Server(
             "vllm",
             (args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf_dir),

@@ -110,13 +110,16 @@ def _target(model: nn.Module, name: str) -> tuple[str, Dest | None, int | None] 
     return name, None, None
 
 
-PACKED_SUFFIXES = (".qweight", ".qzeros", ".scales")  # a pre-quantized (AWQ) projection's tensors
+# a pre-quantized projection's tensors: AWQ / GPTQ, compressed-tensors (engine.quantization.prepacked)
+PACKED_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".weight_packed", ".weight_scale", ".weight_shape",
+                   ".weight_zero_point", ".weight_g_idx")
 PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 
 def load_safetensors(model: nn.Module, path, prepacked: bool = False) -> None:
-    """Fill every parameter from the checkpoint. `prepacked`: its projections are stored quantized (AWQ); their
-    tensors are left to `engine.quantization.apply`, which replaces those projections after loading."""
+    """Fill every parameter from the checkpoint. `prepacked`: its projections are stored quantized (AWQ, GPTQ,
+    compressed-tensors); their tensors are left to `engine.quantization.apply`, which replaces those
+    projections after loading."""
     from safetensors import safe_open
 
     files = sorted(glob.glob(os.path.join(str(path), "*.safetensors")))

@@ -1,7 +1,7 @@
 """Swap a loaded model's projections for quantized ones, and count the weight bytes before and after.
 
 Quantized: every decoder layer's fused q/k/v, o, fused gate/up and down projections (~79% of SmolLM2-135M's
-weights, all but the embedding; ~97% of an 8B model's). With int8 and int4 the LM head is also read in int8
+weights, all but the embedding; ~97% of an 8B model's). With int8, int4 and w8a8 the LM head is also read in int8
 (one scale per vocabulary row), as llama.cpp's quantized files do: in a small model it is a large share of
 the bytes each decode step reads (SmolLM2-135M: 28M of 135M weights, 51% of the step's weight bytes once
 the layers are int4); a tied head keeps its fp embedding for the lookup beside the int8 copy, which the
@@ -23,10 +23,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .checkpoint_formats import PREPACKED_METHODS
 from .config import WeightQuantConfig
 from .fp8 import Fp8Linear
 from .int4 import Int4Linear
 from .int8 import Int8Linear
+from .w8a8 import W8A8Linear
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,8 @@ class WeightReport:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    seen, total = set(), 0
+    """Bytes of the parameters and buffers (each once), plus weights packed outside them (W8A8's)."""
+    seen, total = set(), sum(getattr(m, "packed_bytes", 0) for m in model.modules())
     for t in list(model.parameters()) + list(model.buffers()):
         if id(t) not in seen:  # a tied LM head is the embedding: count it once
             seen.add(id(t))
@@ -74,22 +77,23 @@ class QuantRowParallel(nn.Module):
         return y if self.bias is None else y.add_(self.bias)
 
 
-def _from_gguf(name: str, mod: nn.Module, parent: nn.Module, blocks) -> nn.Module:
+def _prequantized(name: str, mod: nn.Module, parent: nn.Module, blocks) -> nn.Module:
     """The projection built from a pre-quantized source: a GGUF file's Q4 / Q8_0 blocks (the loaded fp32
-    weight is only dropped), or an AWQ checkpoint's packed tensors (no dense weight was loaded)."""
+    weight is only dropped), or an AWQ / GPTQ / compressed-tensors checkpoint's packed int4 tensors (no dense
+    weight was loaded: `prepacked.py`)."""
     from .gguf_int4 import layer_index
 
     kind = name.rsplit(".", 1)[-1]
     layer = layer_index(name)
-    if blocks.method == "awq":
+    if blocks.method in PREPACKED_METHODS:
         codes = blocks.projection(layer, kind)
     else:
         heads = (parent.num_heads, parent.num_kv_heads) if kind == "qkv_proj" else (0, 0)
         codes = blocks.projection(layer, kind, *heads)
     if codes[0].shape != mod.weight.shape:
-        raise ValueError(f"quantization: the GGUF blocks of {name} are {tuple(codes[0].shape)}, the model's weight "
-                         f"{tuple(mod.weight.shape)}")
-    if blocks.method == "awq":
+        raise ValueError(f"quantization: the {blocks.method} tensors of {name} are {tuple(codes[0].shape)}, "
+                         f"the model's weight {tuple(mod.weight.shape)}")
+    if blocks.method in PREPACKED_METHODS:
         return Int4Linear.from_codes(*codes, group_size=blocks.group_size, bias=mod.bias, dtype=mod.weight.dtype,
                                      device=mod.weight.device)
     if blocks.kind(layer, kind) == "int8":  # Q8_0
@@ -105,6 +109,8 @@ def _quantized(weight: torch.Tensor, bias: torch.Tensor | None, cfg: WeightQuant
         return Int8Linear(weight, bias)
     if cfg.method == "int4":
         return Int4Linear(weight, bias, cfg.group_size)
+    if cfg.method == "w8a8":
+        return W8A8Linear(weight, bias)
     return Fp8Linear(weight, bias)
 
 
@@ -122,16 +128,16 @@ def quantize_model(model: nn.Module, cfg: WeightQuantConfig | None) -> WeightRep
         from .gguf_int4 import GGUFProjections
 
         blocks = GGUFProjections(Path(cfg.source))
-    elif cfg.method == "awq":
-        from .awq import AWQCheckpoint
+    elif cfg.prepacked:
+        from .prepacked import PrepackedCheckpoint
 
-        blocks = AWQCheckpoint(cfg.source, cfg.group_size)
+        blocks = PrepackedCheckpoint(cfg.source, cfg.group_size)
     for name, mod in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         tp = getattr(mod, "tp", None)
         if blocks is not None:
-            new = _from_gguf(name, mod, parent, blocks)
+            new = _prequantized(name, mod, parent, blocks)
         elif tp is not None:  # row-parallel: quantize the local columns, keep the all-reduce and the bias after it
             new = QuantRowParallel(_quantized(mod.weight, None, cfg), mod.bias, tp)
         else:
@@ -139,16 +145,17 @@ def quantize_model(model: nn.Module, cfg: WeightQuantConfig | None) -> WeightRep
         setattr(parent, child, new)
         del mod
     if cfg.quantizes_lm_head:
-        quantize_lm_head(model)
+        quantize_lm_head(model, W8A8Linear if cfg.method == "w8a8" else Int8Linear)
     report = WeightReport(cfg.method, before, weight_bytes(model))
     return report
 
 
-def quantize_lm_head(model: nn.Module) -> None:
-    """Give the model an int8 LM head (`model.quant_head`, which `compute_logits` uses when set); an untied
-    head's full-precision weight is freed, a tied one stays as the embedding."""
+def quantize_lm_head(model: nn.Module, kind: type[nn.Module] = Int8Linear) -> None:
+    """Give the model an int8 LM head (`model.quant_head`, which `compute_logits` uses when set; `kind`:
+    weight-only `Int8Linear` or `W8A8Linear`); an untied head's full-precision weight is freed, a tied one
+    stays as the embedding."""
     tied = getattr(model, "tie_word_embeddings", False)
     weight = model.embed_tokens.weight if tied else model.lm_head.weight
-    model.quant_head = Int8Linear(weight, None)
+    model.quant_head = kind(weight, None)
     if not tied:
         del model.lm_head

@@ -1,7 +1,8 @@
 """The quantization choices as frozen data, validated where they are made (errors name the parameter).
 
 `WeightQuantConfig`: which weight format (`quantization`) and, for int4, how many input columns share one
-scale and zero point (`quantization_group_size`); `gguf` runs a GGUF file's own Q4_0/Q4_1 blocks as int4 with group size 32.
+scale and zero point (`quantization_group_size`); `gguf` runs a GGUF file's own Q4_0/Q4_1 blocks as int4 with group size 32;
+`awq`, `gptq` and `compressed-tensors` load a pre-quantized checkpoint's packed int4 (`prepacked.py`).
 `KVCacheDtype`: how the paged cache stores keys and values
 (`kv_cache_dtype`): `auto` keeps the model's dtype; the 8-bit formats store one byte per element plus one fp32
 scale per (token, KV head).
@@ -13,21 +14,26 @@ from dataclasses import dataclass
 
 import torch
 
-QUANT_METHODS = ("int8", "int4", "fp8", "gguf", "awq")
-LM_HEAD_METHODS = ("int8", "int4")  # the methods that also store the LM head in int8 (quantize_lm_head)
-INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel accepts
+from .checkpoint_formats import KERNEL_GROUP_SIZES, PREPACKED_METHODS
+
+QUANT_METHODS = ("int8", "int4", "fp8", "w8a8", "gguf") + PREPACKED_METHODS
+LM_HEAD_METHODS = ("int8", "int4", "w8a8")  # the methods that also store the LM head in int8 (quantize_lm_head;
+# w8a8: the head in W8A8 as well)
+INT4_GROUP_SIZES = KERNEL_GROUP_SIZES  # what the CPU int4 kernel accepts
 KV_CACHE_DTYPES = ("auto", "int8", "fp8_e4m3", "fp8_e5m2")
 
 
 @dataclass(frozen=True)
 class WeightQuantConfig:
     """Weight-only int8 (one scale per output channel), int4 (asymmetric, one scale and zero per group of
-    `group_size` input columns), or fp8 (weights per output channel, activations per token; CUDA sm_89+)."""
+    `group_size` input columns), fp8 (weights per output channel, activations per token; CUDA sm_89+), or
+    w8a8 (int8 weights per output channel, int8 activations per step; CPU only)."""
 
     method: str
     group_size: int = 32
     lm_head: bool = True  # int8/int4: the LM head too, in int8 per vocabulary row (apply.quantize_lm_head)
-    source: str | None = None  # gguf: the GGUF file whose Q4 blocks the projections are built from; awq: the checkpoint
+    source: str | None = None  # gguf: the GGUF file whose Q4 blocks the projections are built from; awq, gptq,
+    # compressed-tensors: the checkpoint directory holding the packed projections
 
     @property
     def quantizes_lm_head(self) -> bool:
@@ -37,7 +43,7 @@ class WeightQuantConfig:
     @property
     def prepacked(self) -> bool:
         """The checkpoint holds the projections already packed (no dense weights to load for them)."""
-        return self.method == "awq"
+        return self.method in PREPACKED_METHODS
 
     def __post_init__(self) -> None:
         if self.method not in QUANT_METHODS:

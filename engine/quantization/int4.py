@@ -11,8 +11,14 @@ its kernel reads) and `torch.ops.aten._weight_int4pack_mm_for_cpu` multiplies (t
 kernel is ~20x slower on AVX2; scales and zeros are rounded to bf16 before the codes are chosen); larger (prefill) batches unpack and dequantize the weight
 and run the ordinary GEMM, because the kernel is ~40x slower than MKL there (see int8.py). The packed layout
 is blocks of 32 output channels: byte [b, k, j] holds channel 32b + j in its low nibble and 32b + 16 + j in its
-high nibble (read off the op's output; `test_int4_cpu_packing_layout` pins it). Elsewhere the weights are dequantized group by group into the activation dtype at
-each call: correct, with the memory saving, without the speed (a GPU int4 kernel is not written yet).
+high nibble (read off the op's output; `test_int4_cpu_packing_layout` pins it).
+
+Off the CPU the codes are two a byte along K (qweight uint8 [N, K / 2], column 2j in byte j's high nibble) and
+(scale, zero) pairs sit per channel and group ([N, K / g, 2], the layer's dtype). On CUDA, batches of up to
+`GPU_KERNEL_ROWS` rows (decode) run the Triton int4 GEMM (`kernels.int4_mm`), which reads the packed codes and
+dequantizes them in registers: a quarter of bf16's weight bytes. Larger (prefill) batches, and devices without
+the kernel, dequantize the whole weight into the activation dtype and run the dense GEMM (cuBLAS), which is
+compute-bound there anyway.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import kernels
 
 from ..models.layers import linear
 from .int8 import kernel_dtype
@@ -29,6 +37,10 @@ KERNEL_ROWS = 64  # up to this many rows the bf16 kernel: unpacking the codes ma
 # 66.4 vs 82.3; 256 rows 243 vs 157: scripts/bench_quant_linear.py)
 FP32_KERNEL_ROWS = 1  # pre-quantized layers keep exact fp32 scales (from_codes), and the kernel's fp32 path is
 # slow: ~4x the fp32 GEMM at one row, ~40x at 32 rows; beyond one row their dequantize + GEMM is cheaper
+
+GPU_KERNEL_ROWS = 64  # up to this many rows the Triton kernel on CUDA (its largest row tile); above, a prefill
+# batch reuses each dequantized weight across enough rows for dequantize + cuBLAS to win (kernels.bench's int4
+# rows measure both paths)
 
 PACK_BLOCK_N = 32  # output channels per block of the CPU kernel's packed layout
 
@@ -103,6 +115,10 @@ class Int4Linear(nn.Module):
                                                            self.scales_and_zeros).to(x.dtype)
         elif self.packed:
             y = linear(x, self._dequantized_cpu(x.dtype))
+        elif x.is_cuda and x.numel() <= GPU_KERNEL_ROWS * self.in_features:
+            x2 = x.reshape(-1, self.in_features).contiguous()
+            y = kernels.int4_mm(x2, self.qweight, self.scales_and_zeros, self.group_size)
+            y = y.view(*x.shape[:-1], self.out_features)
         else:
             y = F.linear(x, self._dequantized(x.dtype))
         return y if self.bias is None else y + self.bias

@@ -35,12 +35,13 @@ def kernel_dtype(weight: torch.Tensor) -> torch.dtype:
     return CPU_KERNEL_DTYPE if weight.device.type == "cpu" else weight.dtype
 
 
-def quantize_int8(weight: torch.Tensor, scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 [N, K], fp32 scales [N]) with weight ~= q * scale[:, None]; the scales are first rounded to
-    `scale_dtype` (the dtype they are stored in), so the codes are the best ones for the stored scale."""
+def quantize_int8(weight: torch.Tensor, scale_dtype: torch.dtype = torch.float32,
+                  qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 [N, K] in [-qmax, qmax], fp32 scales [N]) with weight ~= q * scale[:, None]; the scales are first
+    rounded to `scale_dtype` (the dtype they are stored in), so the codes are the best ones for the stored scale."""
     w = weight.detach().float()
-    scale = (w.abs().amax(dim=1).clamp(min=1e-8) / 127.0).to(scale_dtype).float()
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    scale = (w.abs().amax(dim=1).clamp(min=1e-8) / qmax).to(scale_dtype).float()
+    q = torch.round(w / scale[:, None]).clamp_(-qmax, qmax).to(torch.int8)
     return q, scale
 
 

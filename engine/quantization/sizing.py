@@ -27,10 +27,10 @@ def quantized_bytes(out_features: int, in_features: int, cfg: WeightQuantConfig,
     item = torch.empty((), dtype=dtype).element_size()
     if cfg.method == "int8":
         return out_features * in_features + out_features * item  # a scale per output channel, in the model dtype
-    if cfg.method in ("int4", "gguf", "awq"):  # gguf: Q4 blocks as int4, group 32
+    if cfg.method == "int4" or cfg.method == "gguf" or cfg.prepacked:  # gguf: Q4 blocks as int4, group 32
         groups = in_features // cfg.group_size
         return out_features * in_features // 2 + out_features * groups * 2 * item  # scale and zero per group
-    return out_features * in_features + out_features * 4  # fp8: fp32 scale per output channel
+    return out_features * in_features + out_features * 4  # fp8, w8a8: an fp32 scale per output channel
 
 
 def bytes_saved(mc, cfg: WeightQuantConfig | None, scale_dtype: torch.dtype = torch.bfloat16) -> int:
@@ -51,11 +51,12 @@ def bytes_saved(mc, cfg: WeightQuantConfig | None, scale_dtype: torch.dtype = to
         kinds = [blocks.kind(j // len(FUSED), name) for j, name in enumerate(names)]
         return sum(o * i * item - (o * i + o * (i // 32) * 4 if kind == "int8" else quantized_bytes(o, i, cfg, mc.dtype))
                    for (o, i), kind in zip(shapes, kinds))
-    if cfg.method == "awq":  # pre-quantized int4 keeps its exact scales in the model's dtype (Int4Linear.from_codes)
+    if cfg.prepacked:  # pre-quantized int4 keeps its exact scales in the model's dtype (Int4Linear.from_codes)
         return sum(o * i * item - quantized_bytes(o, i, cfg, mc.dtype) for o, i in shapes)
     saved = sum(o * i * item - quantized_bytes(o, i, cfg, scale_dtype) for o, i in shapes)
     if cfg.quantizes_lm_head:
-        head = quantized_bytes(mc.vocab_size, mc.hidden_size, WeightQuantConfig("int8"), scale_dtype)
+        head = quantized_bytes(mc.vocab_size, mc.hidden_size, WeightQuantConfig("w8a8" if cfg.method == "w8a8" else "int8"),
+                               scale_dtype)
         tied = bool(getattr(mc.hf_config, "tie_word_embeddings", False))
         saved += (0 if tied else mc.vocab_size * mc.hidden_size * item) - head
     return saved

@@ -38,6 +38,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from ..quantization.checkpoint_formats import PREPACKED_METHODS
 from ..roofline import GIB, GPU_PRESETS, Hardware, ModelCost, ParamBreakdown, Share, count_params, step_cost
 
 __all__ = ["GIB", "GPU_PRESETS", "Hardware", "ParamBreakdown", "count_params", "ModelShape", "Workload", "CapacityPlan",
@@ -47,7 +48,7 @@ WEIGHT_DTYPE_BYTES: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 
 KV_DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 # an 8-bit KV cache stores one fp32 scale per (token, KV head) beside the codes: engine.quantization.config
 KV_SCALE_BYTES = 4
-QUANT_METHODS = ("int8", "int4", "fp8")
+QUANT_METHODS = ("int8", "int4", "fp8", "w8a8") + PREPACKED_METHODS  # the last: pre-quantized int4 checkpoints
 _ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float8": "fp8",
             "fp8_e4m3": "fp8", "fp8_e5m2": "fp8"}
 
@@ -90,11 +91,11 @@ def quantized_weight_bytes(model: "ModelShape", base_bytes: float, method: str, 
         elif method == "int4":
             total += o * i // 2 + o * (i // group) * 2 * sb  # a scale and a zero per group
         else:
-            total += o * i + o * 4  # fp8: an fp32 scale per output channel
+            total += o * i + o * 4  # fp8, w8a8: an fp32 scale per output channel
     rest = model.num_params - sum(o * i for o, i in shapes)
-    if lm_head and method in ("int8", "int4") and model.vocab_size and model.hidden_size and model.breakdown:
+    if lm_head and method in ("int8", "int4", "w8a8") and model.vocab_size and model.hidden_size and model.breakdown:
         head = model.vocab_size * model.hidden_size
-        total += head + model.vocab_size * sb
+        total += head + model.vocab_size * (4 if method == "w8a8" else sb)
         if model.breakdown.lm_head:  # untied: the int8 head replaces the full-precision one
             rest -= head
     return math.ceil(rest * base_bytes + total)
@@ -190,7 +191,8 @@ class Workload:
     batch_size: int | None = None
     prompt_len: int | None = None  # for TTFT; None: context_len
     quantization: str | None = None  # the server's --quantization: projections int8 / int4 / fp8, the rest weight_dtype
-    group_size: int | None = None  # int4 only; None: the server's default
+    # (awq / gptq / compressed-tensors: a pre-quantized checkpoint's int4, scales in weight_dtype, no int8 head)
+    group_size: int | None = None  # int4 and pre-quantized only; None: the server's default
     cpu_kv_cache_bytes: int | None = None  # plan the CPU server: this KV budget (+ what quantization saves)
     quantize_lm_head: bool = True  # the server's --quantize-lm-head (int8/int4)
 
@@ -203,7 +205,7 @@ class Workload:
             if self.weight_dtype not in ("fp32", "fp16", "bf16"):
                 raise ValueError(f"dtype: with quantization it is the model's dtype (fp32, fp16 or bf16), "
                                  f"got {self.weight_dtype}")
-        if self.group_size is not None and self.quantization != "int4":
+        if self.group_size is not None and self.quantization not in ("int4",) + PREPACKED_METHODS:
             raise ValueError("quantization_group_size: only applies with quantization='int4'")
         if self.cpu_kv_cache_bytes is not None and self.cpu_kv_cache_bytes < 1:
             raise ValueError(f"cpu_kv_cache_gb: must be > 0, got {self.cpu_kv_cache_bytes} bytes")
@@ -277,10 +279,12 @@ def plan_capacity(model: ModelShape, gpu: Hardware, work: Workload) -> CapacityP
     kv_elem = KV_DTYPE_BYTES[dtype_name(work.kv_dtype, KV_DTYPE_BYTES, "kv_dtype")]
     cost = model_cost(model, w_bytes, kv_elem)
     if work.quantization is not None:
-        # the CPU kernels keep int8/int4 scales in bf16 (engine.quantization.int8.CPU_KERNEL_DTYPE)
-        scale_bytes = 2 if work.cpu_kv_cache_bytes is not None else None
-        quantized = quantized_weight_bytes(model, w_bytes, work.quantization, work.group_size, scale_bytes,
-                                           work.quantize_lm_head)
+        # the CPU kernels keep int8/int4 scales in bf16 (engine.quantization.int8.CPU_KERNEL_DTYPE); pre-quantized
+        # int4 keeps the checkpoint's exact scales in the model's dtype and its LM head as it is
+        prepacked = work.quantization in PREPACKED_METHODS
+        scale_bytes = 2 if work.cpu_kv_cache_bytes is not None and not prepacked else None
+        quantized = quantized_weight_bytes(model, w_bytes, "int4" if prepacked else work.quantization,
+                                           work.group_size, scale_bytes, work.quantize_lm_head and not prepacked)
         # the bytes a decode step reads shrink with the weights (per parameter on average)
         cost = dataclasses.replace(cost, weight_bytes=quantized)
         w_bytes = quantized / model.num_params

@@ -14,8 +14,8 @@ import json
 import re
 import sys
 
-from engine.tools.capacity import (GIB, GPU_PRESETS, KV_DTYPE_BYTES, WEIGHT_DTYPE_BYTES, CapacityPlan, Hardware,
-                             ModelShape, Workload, dtype_name, plan_capacity, shape_from_hf_config)
+from engine.tools.capacity import (GIB, GPU_PRESETS, KV_DTYPE_BYTES, QUANT_METHODS, WEIGHT_DTYPE_BYTES, CapacityPlan,
+                                   Hardware, ModelShape, Workload, dtype_name, plan_capacity, shape_from_hf_config)
 
 TIGHT_FIT_SEQUENCES = 16  # below this many concurrent sequences, the output explains why
 
@@ -45,9 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     w.add_argument("--kv-dtype", default="auto", help=f"KV-cache dtype: {', '.join(KV_DTYPE_BYTES)} (the server's fp8_e4m3, "
                    "fp8_e5m2 are fp8; 8-bit caches count their per-token, per-head fp32 scales too) or auto = the "
                    "weight dtype, bf16 for fp8/int weights")
-    w.add_argument("--quantization", default=None, choices=("int8", "int4", "fp8"),
+    w.add_argument("--quantization", default=None, choices=QUANT_METHODS,
                    help="the server's --quantization: decoder projections in this format (codes + scales), the "
-                        "embedding, lm_head and norms at --dtype, which is then the model's dtype")
+                        "embedding, lm_head and norms at --dtype, which is then the model's dtype; a --model "
+                        "whose config declares awq / gptq / compressed-tensors is planned as its int4 by itself")
     w.add_argument("--quantization-group-size", type=int, default=None,
                    help="int4 only: input columns per scale and zero (default: the server's, 32)")
     w.add_argument("--quantize-lm-head", action=argparse.BooleanOptionalAction, default=True,
@@ -125,13 +126,32 @@ def gpu_from_args(args: argparse.Namespace) -> Hardware:
     return gpu
 
 
+def quantization_from_args(args: argparse.Namespace) -> tuple[str | None, int | None]:
+    """(quantization, group size) as the server resolves them: a pre-quantized --model's own int4 format and
+    kernel group (engine.quantization.checkpoint_formats), else the flags."""
+    from engine.quantization.checkpoint_formats import declared_format, in_features
+
+    hf_config = None
+    if args.model is not None:
+        from engine.models.resolve import load_hf_config
+        hf_config = load_hf_config(args.model)
+    prepacked = declared_format(hf_config, args.quantization)
+    if prepacked is None:
+        return args.quantization, args.quantization_group_size
+    if args.quantization_group_size is not None:  # as the server: the checkpoint's groups are its own
+        raise ValueError(f"quantization_group_size: only applies with quantization='int4', the checkpoint is "
+                         f"{prepacked.method}")
+    return prepacked.method, prepacked.kernel_group(in_features(getattr(hf_config, "text_config", None) or hf_config))
+
+
 def workload_from_args(args: argparse.Namespace) -> Workload:
+    quantization, group = quantization_from_args(args)
     weight = dtype_name(args.dtype, WEIGHT_DTYPE_BYTES, "dtype")
     kv = (weight if weight in ("fp32", "fp16", "bf16") else "bf16") if args.kv_dtype == "auto" else args.kv_dtype
     return Workload(weight_dtype=weight, kv_dtype=dtype_name(kv, KV_DTYPE_BYTES, "kv_dtype"),
                     memory_fraction=args.memory_fraction, context_len=args.context_len, block_size=args.block_size,
-                    batch_size=args.batch_size, prompt_len=args.prompt_len, quantization=args.quantization,
-                    group_size=args.quantization_group_size, quantize_lm_head=args.quantize_lm_head,
+                    batch_size=args.batch_size, prompt_len=args.prompt_len, quantization=quantization,
+                    group_size=group, quantize_lm_head=args.quantize_lm_head,
                     cpu_kv_cache_bytes=None if args.cpu_kv_cache_gb is None else int(args.cpu_kv_cache_gb * 2**30))
 
 

@@ -1,6 +1,6 @@
 """`kvserve plan` and the server agree on what fits: for a KV budget, the planner's block count equals the
 block count the CPU engine actually allocates, for fp32, an int8 / fp8 KV cache (codes plus one fp32 scale
-per token and KV head) and int8 / int4 weights (whose saved bytes the CPU server adds to the cache)."""
+per token and KV head) and int8 / int4 / w8a8 weights (whose saved bytes the CPU server adds to the cache)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from engine.tools.capacity import GPU_PRESETS, Workload, kv_bytes_per_token, pla
 BUDGET_GB = 0.01
 # (architecture, quantization, kv_cache_dtype); qwen2 (projection biases, unquantized) checks the weight bytes
 CASES = [("llama", None, "auto"), ("llama", None, "int8"), ("llama", "int8", "auto"), ("llama", "int8", "int8"),
-         ("llama", "int4", "fp8_e4m3"), ("qwen2", "int8", "auto"), ("qwen2", "int4", "auto"), ("llama", "int4-fp-head", "auto")]
+         ("llama", "int4", "fp8_e4m3"), ("qwen2", "int8", "auto"), ("qwen2", "int4", "auto"), ("llama", "int4-fp-head", "auto"),
+         ("llama", "w8a8", "int8"), ("qwen2", "w8a8", "auto")]
 
 
 @pytest.mark.parametrize("arch, quantization, kv", CASES)

@@ -156,7 +156,7 @@ def test_int4_group_size_defaults_to_32_the_finest(tiny_model_dir):
     assert mc.quantization == WeightQuantConfig("int4", 32)
 
 
-@pytest.mark.parametrize("method", ["int8", "int4"])
+@pytest.mark.parametrize("method", ["int8", "int4", "w8a8"])
 def test_measured_saving_equals_the_shape_formula_and_goes_to_the_cpu_kv_cache(tiny_model_dir, method):
     base = LLM(tiny_model_dir("llama"), device="cpu", cpu_kv_cache_gb=0.001)
     quant = LLM(tiny_model_dir("llama"), device="cpu", cpu_kv_cache_gb=0.001, quantization=method)
@@ -207,8 +207,8 @@ def _tiny_perplexity(model_dir, token_ids, **kwargs) -> float:
 
 # A loose bound: random tiny models (initializer_range 0.3) have large, heavy-tailed weights, far harder to
 # quantize than trained ones (int8 measured +1.8%; int4 +69%, so int4 is checked by its exact-arithmetic tests
-# above and on the default model by `kvserve eval-ppl`, not here).
-@pytest.mark.parametrize("method, tolerance", [("int8", 0.04)])
+# above and on the default model by `kvserve eval-ppl`, not here; w8a8 measured +1.4% here, int8 +0.4%).
+@pytest.mark.parametrize("method, tolerance", [("int8", 0.04), ("w8a8", 0.04)])
 def test_quantized_tiny_model_perplexity_stays_close_to_the_base_model(tiny_model_dir, method, tolerance):
     # Text sampled from the tiny model itself (greedy continuations would be degenerate loops), then scored
     # by the base and the quantized model with the same sliding window as `kvserve eval-ppl`.

@@ -74,3 +74,27 @@ def test_json_is_replaced_whole_after_each_row(tmp_path):
 def test_exits_with_a_clear_message_without_a_gpu():
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         bench.main(["--quick"])
+
+
+def test_int4_rows_count_packed_codes_scales_and_activations_and_appear_in_the_table():
+    from kernels import bench_int4
+
+    assert bench_int4.int4_bytes(1, 4096, 4096, 128) == 4096 * 2048 + 4 * 4096 * 32 + 2 * 4096 + 2 * 4096
+    names, batches = bench_int4.QUICK
+    assert set(names) <= set(bench_int4.FULL[0]) and set(batches) <= set(bench_int4.FULL[1]) and 1 in batches
+    results = dict(device="X", torch="t", triton="tr", copy_GBps=4000.0, prefill=[], decode=[], int4=[
+        dict(proj="gate_up", rows=1, ours_ms=0.02, ours_GBps=3000.0, fraction_of_copy=0.75, bf16_ms=0.07,
+             speedup_vs_bf16=3.5, ok=True)])
+    table = bench.format_tables(results)
+    assert "gate_up      1" in table and "75.0%" in table and "3.50" in table
+
+
+def test_int4_bench_dequantizes_as_the_reference_does():
+    from kernels import bench_int4
+    from kernels.reference import unpack_int4_ref
+
+    qweight, sz, w = bench_int4._weights(8, 256, "cpu")
+    codes = unpack_int4_ref(qweight).float().view(8, 2, 128)
+    want = ((codes - 8) * sz[..., 0:1].float() + sz[..., 1:2].float()).view(8, 256)
+    torch.testing.assert_close(bench_int4.unpack_dequantize(qweight, sz).float(), want, atol=1e-2, rtol=1e-2)
+    assert torch.equal(bench_int4.unpack_dequantize(qweight, sz), w)

@@ -1,6 +1,6 @@
 """The kernels compile for Hopper (sm_90) as the launchers configure them: within shared memory, without
 register spills, K/V loads pipelined, and the varlen kernel's tl.dot on wgmma; the fused element-wise kernels
-without spills too. Runs the ahead-of-time compiler
+without spills too; the int4 GEMM's weight loads pipelined, its 64-row tile on wgmma. Runs the ahead-of-time compiler
 in a subprocess (this process runs triton as the interpreter); no GPU needed.
 """
 
@@ -31,7 +31,7 @@ def test_quick_configurations_compile_for_hopper_without_spills(tmp_path):
         reports[r["kernel"] + ("/split" if split else "")] = r
     assert set(reports) == {"unified_attention_kernel", "decode_kernel", "decode_kernel/split",
                             "reduce_splits_kernel", "store_kv_kernel", "rms_norm_kernel", "rope_kernel",
-                            "silu_and_mul_kernel", "fused_moe_kernel"}
+                            "silu_and_mul_kernel", "fused_moe_kernel", "int4_matmul_kernel"}
     rows = json.loads((tmp_path / "report.json").read_text())
     assert [r["config"] for r in rows if r["kernel"] == "rms_norm_kernel"] == [
         "bf16 rms_norm N=4096", "bf16 add_rms_norm N=4096", "bf16 rms_norm per head D=128"]
@@ -43,3 +43,8 @@ def test_quick_configurations_compile_for_hopper_without_spills(tmp_path):
     for name in ("unified_attention_kernel", "decode_kernel", "decode_kernel/split", "fused_moe_kernel"):
         assert reports[name]["async_loads"], f"{name}: K/V loads are not pipelined"
     assert reports["unified_attention_kernel"]["wgmma"]
+    int4 = {r["config"]: r for r in rows if r["kernel"] == "int4_matmul_kernel"}
+    assert list(int4) == ["bf16 K=4096 g=128 rows=1 tiles=16x64x128 split-K",
+                          "bf16 K=4096 g=128 rows=64 tiles=64x64x128"]
+    assert all(r["async_loads"] for r in int4.values()), int4
+    assert int4["bf16 K=4096 g=128 rows=64 tiles=64x64x128"]["wgmma"]

@@ -20,6 +20,9 @@ import kernels
 from kernels.batch import make_paged_batch
 from kernels.reference import paged_attention_ref, store_kv_ref
 from kernels.moe_reference import fused_moe_ref
+from kernels.reference import int4_matmul_ref
+codes_8 = torch.full((2, 32), 0x88, dtype=torch.uint8)  # every code 8: each weight is its group's zero, 1
+assert int4_matmul_ref(torch.ones(1, 64), codes_8, torch.ones(2, 2, 2), 32).tolist() == [[64.0, 64.0]]
 batch = make_paged_batch([2], [5], num_heads=2, num_kv_heads=1, head_dim=16)
 out = paged_attention_ref(*batch.args())
 assert out.shape == (2, 2, 16) and not out.isnan().any()
@@ -42,11 +45,12 @@ def test_public_functions_survive_importing_every_submodule():
     for name in ("planning", "validation", "reference", "batch", "attention_tile", "unified_attention",
                  "decode_attention", "kv_store", "bench", "launch", "norm", "rotary", "activation",
                  "compile_report", "specialization", "moe_kernel", "moe_reference",
-                 "moe_validation"):
+                 "moe_validation", "int4_matmul", "bench_int4"):
         importlib.import_module(f"kernels.{name}")
     assert callable(kernels.paged_attention) and kernels.paged_attention.__module__ == "kernels"
     assert callable(kernels.store_kv) and kernels.store_kv.__module__ == "kernels"
+    assert callable(kernels.int4_mm) and kernels.int4_mm.__module__ == "kernels"
     assert set(kernels.__all__) == {"paged_attention", "store_kv", "decode_num_splits", "fused_moe", "rms_norm",
-                                    "add_rms_norm", "rope_", "silu_and_mul"}
+                                    "add_rms_norm", "rope_", "silu_and_mul", "int4_mm"}
     for name in kernels.__all__:
         assert getattr(kernels, name).__module__ == "kernels", f"kernels.{name} is shadowed by a submodule"

@@ -30,6 +30,9 @@ KERNELS = {
                 {"tokens": 8192, "ours_ms": 5.0, "ours_TFLOPs": 420.0, "ok": False}],
     "elementwise": [{"op": "rope", "tokens": 16, "ours_ms": 0.01, "speedup": 2.0, "ok": True},
                     {"op": "silu_and_mul", "tokens": 2048, "ours_ms": 0.05, "speedup": 1.5, "ok": True}],
+    "int4": [{"proj": "o", "rows": 1, "ours_ms": 0.01, "speedup_vs_bf16": 3.1, "ok": True},
+             {"proj": "gate_up", "rows": 1, "ours_ms": 0.03, "speedup_vs_bf16": 2.6, "ok": True},
+             {"proj": "gate_up", "rows": 16, "ours_ms": 0.04, "speedup_vs_bf16": 1.9, "ok": True}],
 }
 
 
@@ -41,7 +44,8 @@ def test_summary_reports_targets_and_marks_missing_files(tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["kernels"] == {"decode_min_fraction_of_copy_ctx8k_b32": 0.81, "decode_min_speedup_vs_torch": 1.4,
                                   "prefill_min_TFLOPs_4k_plus": 420.0, "elementwise_min_speedup_vs_torch": 1.5,
-                                  "kernel_results_all_ok": False, "complete": True}
+                                  "int4_decode_min_speedup_vs_bf16": 2.6, "kernel_results_all_ok": False,
+                                  "complete": True}
     assert summary["bench-8b"]["ratio"] == 5.0
     printed = capsys.readouterr().out
     assert re.search(r"bench-1b\s+missing", printed) and re.search(r"GPU tests\s+missing", printed)
