@@ -79,8 +79,12 @@ def main() -> int:
     drain(llm)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     inside = sum(e.self_cpu_time_total for e in events) / 1e3 / args.steps
+    # ops called from Python (not from inside another op): each pays the dispatch cost once; a count that
+    # does not depend on the machine's load
+    top_level = sum(e.cpu_parent is None for e in prof.events()) / args.steps
     print(f"config {args.config}, {args.streams} stream(s), torch.profiler: step {wall:.2f} ms wall, ops' self "
-          f"CPU {inside:.2f} ms, outside any op {max(wall - inside, 0):.2f} ms")
+          f"CPU {inside:.2f} ms, outside any op {max(wall - inside, 0):.2f} ms; {top_level:.0f} ops called "
+          f"from Python per step")
     print(f"{'op':<52} {'ms/step':>8} {'calls/step':>10}")
     for e in events[:args.top]:
         print(f"{e.key[:52]:<52} {e.self_cpu_time_total / 1e3 / args.steps:>8.3f} {e.count / args.steps:>10.1f}")
@@ -98,7 +102,8 @@ def main() -> int:
         buf = io.StringIO()
         st = pstats.Stats(prof2, stream=buf)
         st.sort_stats(sort)
-        print(f"\ncProfile (thread CPU time), step {cpu:.2f} ms CPU; top by {sort}, ms per step:")
+        print(f"\ncProfile (thread CPU time), step {cpu:.2f} ms CPU, {st.total_calls / args.steps:.0f} Python "
+              f"calls per step; top by {sort}, ms per step:")
         print(f"{'function':<70} {'own':>7} {'cum':>7} {'calls/step':>10}")
         rows = sorted(st.stats.items(), key=lambda kv: kv[1][2 if sort == "tottime" else 3], reverse=True)
         for (file, line, fn), (cc, nc, tt, ct, _) in rows[:args.top]:

@@ -29,6 +29,9 @@ class AttentionMetadata:
     # The KV-cache group's sliding window: a query at p reads keys p - window + 1 .. p only, and table entries
     # of blocks wholly before that may name released blocks. None = every key up to p.
     sliding_window: int | None = None
+    # Host-side: whether some slot_mapping entry is -1 (skip the token: a CUDA-graph batch's padding). False
+    # spares the torch backend a per-layer scan of the slots; True (the default) is always correct.
+    skips_slots: bool = True
 
 
 def build_attention_metadata(query_lens: np.ndarray, seq_lens: np.ndarray, block_tables: np.ndarray,
@@ -52,4 +55,5 @@ def build_attention_metadata(query_lens: np.ndarray, seq_lens: np.ndarray, block
         num_decode_only=bool(len(query_lens)) and bool((query_lens == 1).all()),
         plan=plan,
         sliding_window=sliding_window,
+        skips_slots=bool((slot_mapping < 0).any()),
     )

@@ -22,7 +22,8 @@ class PrefillSeq:
 
 @dataclass(frozen=True, slots=True)
 class DecodeGroup:
-    rows: torch.Tensor  # [Sg] query rows of these decoding sequences
+    num_seqs: int  # Sg
+    rows: torch.Tensor | None  # [Sg] query rows of these decoding sequences; None: every row, in batch order
     blocks: torch.Tensor  # [Sg * Bmax] block ids, row-major (0 where padded)
     mask: torch.Tensor  # [Sg, 1, 1, Bmax * block_size] additive: 0 = attend, -inf = padding
 

@@ -5,6 +5,8 @@ the decoding sequences (grouped by context length; each group's blocks gathered 
 [S, blocks x block_size] layout with a mask) and one SDPA call per prefilling sequence. Gathering whole blocks moves the same bytes as gathering slots
 but with 1/block_size as many index operations. A prefill with no earlier context attends to its freshly computed K/V directly
 (plain causal attention); a chunked prefill or a prefix-cache hit gathers its earlier keys from the cache.
+When one decode group is the whole batch in order (always at one stream) its query rows are used in place,
+not gathered and scattered back.
 
 A sliding window (one per KV-cache group, in the metadata) narrows what is gathered to the blocks the window
 reaches and masks older keys; soft-capped attention (Gemma 2) runs transformers' eager formula instead of SDPA.
@@ -93,8 +95,10 @@ class TorchAttentionBackend:
             blocks = block_tables[idx[:, None], np.where(valid, cols, first_blk[:, None])]
             key_pos = first_blk[:, None] * block_size + np.arange(bmax * block_size)[None, :]
             mask = (key_pos >= first_key[:, None]) & (key_pos < lens[:, None])
-            groups.append(DecodeGroup(torch.from_numpy(cu[idx].astype(np.int64)).to(device),
-                                      torch.from_numpy(blocks.astype(np.int64).ravel()).to(device),
+            rows = cu[idx]
+            every_row = len(rows) == cu[-1] and bool((rows == np.arange(len(rows))).all())  # in batch order
+            row_ids = None if every_row else torch.from_numpy(rows.astype(np.int64)).to(device)
+            groups.append(DecodeGroup(len(rows), row_ids, torch.from_numpy(blocks.astype(np.int64).ravel()).to(device),
                                       _additive(mask[:, None, None, :], device, dtype)))
         prefills = []
         for s in np.flatnonzero(query_lens > 1):
@@ -119,7 +123,7 @@ class TorchAttentionBackend:
     def store_kv(self, key, value, key_cache, value_cache, meta: AttentionMetadata, kv_scales=None) -> None:
         _, block_size, kvh, d = key_cache.shape
         slots = meta.slot_mapping
-        if len(slots) and int(slots.min()) < 0:  # slot -1 = skip this token (padding)
+        if meta.skips_slots and len(slots) and int(slots.min()) < 0:  # slot -1 = skip this token (padding)
             keep = slots >= 0
             slots, key, value = slots[keep], key[keep], value[keep]
         if kv_scales is not None:  # an 8-bit cache: codes in the cache, one scale per (token, head) beside it
@@ -137,19 +141,23 @@ class TorchAttentionBackend:
                   logit_softcap: float | None = None, kv_scales=None):
         plan: TorchPlan = meta.plan
         kvh, d = key_cache.shape[2], key_cache.shape[3]
-        out = torch.empty_like(query)
         if kv_scales is not None:
-            return self._attention_8bit(query, key, value, key_cache, value_cache, kv_scales, plan, scale, out)
-        for g in plan.decodes:
-            sd = g.rows.shape[0]
+            return self._attention_8bit(query, key, value, key_cache, value_cache, kv_scales, plan, scale)
+
+        def decode(q, g: DecodeGroup):
             # The query heads sharing a KV head become that head's "query rows" (they attend to the same
             # keys at the same position), so SDPA reads each gathered K/V row once per KV head, not per head.
-            q = query.index_select(0, g.rows).view(sd, kvh, -1, d)  # [Sg, KVH, H / KVH, D]
+            q = q.view(g.num_seqs, kvh, -1, d)  # [Sg, KVH, H / KVH, D]
             # index_select copies whole blocks with memcpy: several times faster than advanced indexing
-            k = key_cache.index_select(0, g.blocks).view(sd, -1, kvh, d).transpose(1, 2)  # [Sg, KVH, L, D]
-            v = value_cache.index_select(0, g.blocks).view(sd, -1, kvh, d).transpose(1, 2)
-            o = _attend(q, k, v, g.mask, scale, logit_softcap)
-            out.index_copy_(0, g.rows, o.reshape(sd, -1, d))
+            k = key_cache.index_select(0, g.blocks).view(g.num_seqs, -1, kvh, d).transpose(1, 2)  # [Sg, KVH, L, D]
+            v = value_cache.index_select(0, g.blocks).view(g.num_seqs, -1, kvh, d).transpose(1, 2)
+            return _attend(q, k, v, g.mask, scale, logit_softcap).reshape(g.num_seqs, -1, d)
+
+        if _whole_batch(plan):
+            return decode(query, plan.decodes[0])
+        out = torch.empty_like(query)
+        for g in plan.decodes:
+            out.index_copy_(0, g.rows, decode(query.index_select(0, g.rows), g))
         for p in plan.prefills:
             # 4-D [1, heads, len, D] inputs: with 3-D ones torch's CPU SDPA falls back to its slow math path
             q = query[p.q_start:p.q_end].transpose(0, 1).unsqueeze(0)
@@ -163,7 +171,7 @@ class TorchAttentionBackend:
             out[p.q_start:p.q_end] = o[0].transpose(0, 1)
         return out
 
-    def _attention_8bit(self, query, key, value, key_cache, value_cache, kv_scales, plan: TorchPlan, scale, out):
+    def _attention_8bit(self, query, key, value, key_cache, value_cache, kv_scales, plan: TorchPlan, scale):
         """The same attention over an 8-bit cache: gathered blocks are dequantized (codes x scales, in fp32,
         rounded once to the query's dtype) right after the gather; a prefill with no earlier context uses
         its own K/V quantized and dequantized, exactly what a later read of the cache returns."""
@@ -174,13 +182,17 @@ class TorchAttentionBackend:
         def gather(cache, scales, blocks):
             return dequantize_kv(cache.index_select(0, blocks), scales.index_select(0, blocks), dtype)
 
+        def decode(q, g: DecodeGroup):
+            q = q.view(g.num_seqs, kvh, -1, d)
+            k = gather(key_cache, k_scales, g.blocks).view(g.num_seqs, -1, kvh, d).transpose(1, 2)
+            v = gather(value_cache, v_scales, g.blocks).view(g.num_seqs, -1, kvh, d).transpose(1, 2)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale).reshape(g.num_seqs, -1, d)
+
+        if _whole_batch(plan):
+            return decode(query, plan.decodes[0])
+        out = torch.empty_like(query)
         for g in plan.decodes:
-            sd = g.rows.shape[0]
-            q = query.index_select(0, g.rows).view(sd, kvh, -1, d)
-            k = gather(key_cache, k_scales, g.blocks).view(sd, -1, kvh, d).transpose(1, 2)
-            v = gather(value_cache, v_scales, g.blocks).view(sd, -1, kvh, d).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale)
-            out.index_copy_(0, g.rows, o.reshape(sd, -1, d))
+            out.index_copy_(0, g.rows, decode(query.index_select(0, g.rows), g))
         for p in plan.prefills:
             q = query[p.q_start:p.q_end].transpose(0, 1).unsqueeze(0)
             if p.kv_blocks is None:
@@ -193,6 +205,12 @@ class TorchAttentionBackend:
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=p.mask, scale=scale, enable_gqa=True)
             out[p.q_start:p.q_end] = o[0].transpose(0, 1)
         return out
+
+
+def _whole_batch(plan: TorchPlan) -> bool:
+    """Whether one decode group holds every query row in batch order: its attention output is the whole
+    output, with no gather of its query rows and no scatter of its output rows."""
+    return len(plan.decodes) == 1 and plan.decodes[0].rows is None
 
 
 def _spec_of(cache: torch.Tensor):

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..attention import AttentionBackend, AttentionMetadata
-from .layers import Linear, RMSNorm, RotaryEmbedding, apply_rope_qk, linear, silu_and_mul
+from .layers import Linear, RMSNorm, RotaryEmbedding, apply_rope_heads, apply_rope_qk, linear, silu_and_mul
 from .paged import bind_kv_cache, group_meta, kv_slots
 from .parallel import TPContext, embedding, row_linear
 
@@ -42,14 +42,15 @@ class Attention(nn.Module):
         self.kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None  # an 8-bit cache's K and V scales
 
     def forward(self, rope, x, meta: AttentionMetadata, backend: AttentionBackend):
-        t = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(t, self.num_heads, self.head_dim)
-        k = k.view(t, self.num_kv_heads, self.head_dim)
-        v = v.view(t, self.num_kv_heads, self.head_dim)
+        t, qk_size = x.shape[0], self.q_size + self.kv_size
+        qkv = self.qkv_proj(x)
+        v = qkv[:, qk_size:].view(t, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope_qk(q, k, rope)
+            q = self.q_norm(qkv[:, :self.q_size].view(t, self.num_heads, self.head_dim))
+            k = self.k_norm(qkv[:, self.q_size:qk_size].view(t, self.num_kv_heads, self.head_dim))
+            q, k = apply_rope_qk(q, k, rope)
+        else:  # q's and k's heads side by side, rotated together
+            q, k = apply_rope_heads(qkv[:, :qk_size].view(t, -1, self.head_dim), self.num_heads, rope)
         if v.stride(-1) != 1:  # a column-major skinny-GEMM output (CPU); the kernels want rows of D contiguous
             v = v.contiguous()
         if self.kv_scales is None:

@@ -243,16 +243,18 @@ class ModelRunner:
         if size is not None:
             hidden = self.graphs.run(ids, pos, slots, seq_lens, tables, len(hb.query_lens), int(hb.seq_lens.max()))
         else:
-            host_tables = [hb.block_tables] + [t for t, _ in hb.more_groups]
+            host_groups = [(hb.block_tables, hb.slot_mapping)] + list(hb.more_groups)
             groups = [(tables, slots)] + list(zip(views[9::2], views[10::2]))
             metas = []
-            for window, host_table, (table, slot_mapping) in zip(self.group_windows, host_tables, groups):
+            for window, (host_table, host_slots), (table, slot_mapping) in zip(self.group_windows, host_groups,
+                                                                                 groups):
                 plan = self.backend.plan(hb.query_lens, hb.seq_lens, host_table, self.block_size, self.device,
                                          self.config.model.dtype, sliding_window=window)
                 metas.append(AttentionMetadata(
                     slot_mapping=slot_mapping, block_tables=table, cu_seqlens_q=cu, seq_lens=seq_lens,
                     max_query_len=int(hb.query_lens.max()), max_seq_len=int(hb.seq_lens.max()),
-                    num_decode_only=hb.decode_only, plan=plan, sliding_window=window))
+                    num_decode_only=hb.decode_only, plan=plan, sliding_window=window,
+                    skips_slots=bool((host_slots < 0).any())))
             meta = metas[0] if len(metas) == 1 else tuple(metas)  # layers pick their group's
             hidden = self.model(ids, pos, meta, self.backend)
         return hidden.index_select(0, logits_indices)

@@ -9,6 +9,8 @@ import torch
 
 from engine import LLM, SamplingParams
 from engine.attention import build_attention_metadata, get_attention_backend
+from engine.quantization import kv_cache_dtype
+from engine.quantization.kv_cache import quantize_kv
 from kernels.batch import make_paged_batch
 from kernels.reference import paged_attention_ref
 
@@ -58,3 +60,64 @@ def test_engine_on_triton_kernels_matches_hf(tiny_model_dir, hf_greedy_fn, promp
     assert llm.engine.runner.backend.name == "triton"
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
     assert [o.token_ids for o in outs] == expected
+
+
+def _decode_step(seq_lens, heads=(9, 3), seed=5):
+    """A decode-only step on random paged caches; the query is a view of a wider tensor (q's heads of the
+    model's rotated [T, H + KVH, D] q and k), as the model hands it."""
+    h, kvh = heads
+    b = stale_but_finite(make_paged_batch([1] * len(seq_lens), seq_lens, num_heads=h, num_kv_heads=kvh,
+                                          head_dim=32, block_size=16, seed=seed))
+    query = torch.cat([b.query, torch.randn(len(seq_lens), kvh, 32)], dim=1)[:, :h]
+    return b, query
+
+
+@pytest.mark.parametrize("cache_format", ["auto", "int8"])
+def test_a_decode_batch_in_order_attends_without_the_row_gather_bit_for_bit(cache_format):
+    """Under 16 decoding sequences form one group, sorted by context length; when that is the batch's order
+    (always with one sequence) the backend skips gathering the query rows and scattering the output rows, and
+    the result is the gathering path's exactly. (The order matters: SDPA's CPU kernel can round a row
+    differently at another position in the batch, so the group's order is kept.)"""
+    import dataclasses
+
+    from engine.attention.plans import TorchPlan
+
+    backend = get_attention_backend("torch")
+    q_lens = np.ones(4, dtype=np.int64)
+    b, _ = _decode_step([40, 17, 1, 33])
+    plan = backend.plan(q_lens, b.seq_lens.numpy(), b.block_tables.numpy(), 16, torch.device("cpu"), torch.float32)
+    assert plan.decodes[0].rows.tolist() == [2, 1, 3, 0]
+    b, query = _decode_step([1, 17, 33, 40])
+    seq_lens, bt = b.seq_lens.numpy(), b.block_tables.numpy()
+    plan = backend.plan(q_lens, seq_lens, bt, 16, torch.device("cpu"), torch.float32)
+    assert len(plan.decodes) == 1 and plan.decodes[0].rows is None
+    gathering = TorchPlan((dataclasses.replace(plan.decodes[0], rows=torch.arange(4)),), ())
+    caches, kv_scales = (b.key_cache, b.value_cache), None
+    if cache_format == "int8":
+        (kc, k_scale), (vc, v_scale) = (quantize_kv(c, kv_cache_dtype("int8")) for c in caches)
+        caches, kv_scales = (kc, vc), (k_scale, v_scale)
+    outs = []
+    for p in (plan, gathering):
+        meta = build_attention_metadata(q_lens, seq_lens, bt, np.zeros(4, dtype=np.int64), torch.device("cpu"), p)
+        outs.append(backend.attention(query, None, None, *caches, meta, b.scale, kv_scales=kv_scales))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_store_kv_without_skipped_slots_writes_what_the_checked_path_writes():
+    backend = get_attention_backend("torch")
+    q_lens, seq_lens = np.array([1, 3]), np.array([5, 3])
+    tables = np.array([[0, 1], [2, 0]], dtype=np.int32)
+    slots = np.array([4, 8, 9, 10])  # 4-slot blocks: sequence 0's position 4 in block 1, sequence 1 in block 2
+    k, v = torch.randn(4, 2, 8), torch.randn(4, 2, 8)
+    caches = []
+    for slot_mapping in (slots, np.concatenate([slots[:1], [-1], slots[2:]])):
+        meta = build_attention_metadata(q_lens, seq_lens, tables, slot_mapping, torch.device("cpu"))
+        assert meta.skips_slots == bool((slot_mapping < 0).any())
+        kc, vc = torch.zeros(4, 4, 2, 8), torch.zeros(4, 4, 2, 8)
+        backend.store_kv(k, v, kc, vc, meta)
+        caches.append((kc, vc))
+    (kc, vc), (kc_skip, vc_skip) = caches
+    assert torch.equal(kc.view(-1, 2, 8)[torch.from_numpy(slots)], k)
+    assert torch.equal(vc.view(-1, 2, 8)[torch.from_numpy(slots)], v)
+    assert torch.equal(kc_skip.view(-1, 2, 8)[8], torch.zeros(2, 8))  # the skipped token's slot is untouched
+    assert torch.equal(kc_skip.view(-1, 2, 8)[9], k[2]) and torch.equal(vc_skip.view(-1, 2, 8)[10], v[3])

@@ -66,3 +66,38 @@ def test_rope_of_q_and_k_on_cpu_is_apply_rope_of_each():
     rope = (angles.cos(), angles.sin())
     q_out, k_out = apply_rope_qk(q, k, rope)
     assert torch.equal(q_out, apply_rope(q, rope)) and torch.equal(k_out, apply_rope(k, rope))
+
+
+def test_rms_norm_in_fp32_is_the_op_sequence_bit_for_bit():
+    """The CPU fp32 path (torch's rms_norm) against transformers' LlamaRMSNorm, whose op sequence the other
+    dtypes still run, on row counts of decode and prefill and on magnitudes around eps."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from engine.models.layers import RMSNorm
+
+    g = torch.Generator().manual_seed(0)
+    for dim, eps in ((64, 1e-6), (576, 1e-5)):
+        ours, hf = RMSNorm(dim, eps), LlamaRMSNorm(dim, eps)
+        with torch.no_grad():
+            ours.weight.copy_(torch.randn(dim, generator=g))
+            hf.weight.copy_(ours.weight)
+            for rows in (1, 3, 8, 33, 2048):
+                for scale in (1e-3, 1.0, 30.0):
+                    x = torch.randn(rows, dim, generator=g) * scale * torch.rand(rows, 1, generator=g)
+                    assert torch.equal(ours(x), hf(x))
+
+
+def test_rope_of_adjacent_q_and_k_heads_is_apply_rope_of_each_bit_for_bit():
+    from engine.models.layers import apply_rope_heads
+
+    h, kvh, d = 9, 3, 64
+    for t in (1, 3, 16):
+        angles = torch.rand(t, 1, d // 2) * 100
+        for rope in ((angles.cos(), angles.sin()), (angles[..., :16].cos(), angles[..., :16].sin())):  # partial
+            # a qkv projection's output, row-major and column-major (the skinny CPU GEMM's transposed result)
+            for qkv in (torch.randn(t, (h + 2 * kvh) * d), torch.randn((h + 2 * kvh) * d, t).t()):
+                q, k = apply_rope_heads(qkv[:, :(h + kvh) * d].view(t, -1, d), h, rope)
+                q_ref = apply_rope(qkv[:, :h * d].view(t, h, d), rope)
+                k_ref = apply_rope(qkv[:, h * d:(h + kvh) * d].view(t, kvh, d), rope)
+                assert q.shape == (t, h, d) and k.shape == (t, kvh, d)
+                assert torch.equal(q, q_ref) and torch.equal(k, k_ref)
