@@ -17,8 +17,8 @@ rows of the step (batching leaves every sequence's result bit-identical; tested)
 Why 7-bit weights: on AVX2 the kernel multiplies unsigned 8-bit activation codes by signed 8-bit weights and
 adds each pair of products into a saturating 16-bit lane (255 x 127 x 2 = 64,770 > 32,767). With weights in
 [-63, 63] the pair sum stays below 32,130 and nothing saturates. The alternatives measured worse on the
-default model (`kvserve eval-ppl`, perplexity vs fp32): 8-bit weights with 7-bit activations (the kernel's
-own `reduce_range`) +13.8%, 8-bit both (saturating) +6.5%, this choice +2.8%.
+default model (perplexity vs fp32, LM head in fp32 for all three): 8-bit weights with 7-bit activations
+(the kernel's own `reduce_range`) +10.3%, 8-bit both (saturating) +6.5%, this choice +2.8%.
 
 The multiply-adds run on int8 lanes: on the 2-core AVX2 CI machine SmolLM2-135M's 120 projections at 32
 rows took 89 ms of thread CPU against the fp32 GEMM's 215 and the bf16 weight-only int4 kernel's 272; at one
