@@ -78,3 +78,25 @@ def test_batching_and_chunked_prefill_leave_every_sequences_greedy_output_unchan
              for p in prompts]
     together = LLM(model_dir, device="cpu", quantization="w8a8", max_num_batched_tokens=16).generate(prompts, sp)
     assert [list(o.outputs[0].token_ids) for o in together] == [list(t) for t in alone]
+
+
+@pytest.mark.slow  # starts a worker process
+def test_two_tensor_parallel_ranks_run_w8a8_as_close_to_fp32_as_one_rank_does(tiny_model_dir):
+    # Each rank quantizes the slice it holds (a row-parallel layer's weight scales and the activations' token
+    # scales cover its input columns only), so two ranks' arithmetic differs from one rank's; what must hold
+    # is that it is quantization error of the same size, not a broken shard.
+    prompt = [5, 9, 100, 7, 3, 81, 2, 44, 19, 6, 250, 12, 31, 77, 8, 140, 66, 2, 90, 13]
+    params = SamplingParams(temperature=0, max_tokens=4, prompt_logprobs=0, ignore_eos=True)
+    model_dir = tiny_model_dir("llama")
+
+    def scores(**kwargs) -> list[float]:
+        llm = LLM(model_dir, device="cpu", cpu_threads=1, **kwargs)
+        try:
+            return [p.logprob for p in llm.generate([prompt], params)[0].prompt_logprobs[1:]]
+        finally:
+            llm.shutdown()
+
+    exact, one, two = scores(), scores(quantization="w8a8"), scores(quantization="w8a8", tensor_parallel_size=2)
+    err_one = max(abs(a - b) for a, b in zip(one, exact))
+    err_two = max(abs(a - b) for a, b in zip(two, exact))
+    assert len(two) == len(prompt) - 1 and 0 < err_two < max(2 * err_one, 0.05), (err_one, err_two)
