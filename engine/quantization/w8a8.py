@@ -75,16 +75,16 @@ class W8A8Linear(nn.Module):
         with warnings.catch_warnings():  # the quantized-tensor API's deprecation notice (module docstring)
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
             qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros(q.shape[0], dtype=torch.long), 0)
-        self.packed = torch.ops.quantized.linear_prepack(qw, None)  # not a tensor: counted by `packed_bytes`
-        self.register_buffer("scale", scale)
+        self.packed = torch.ops.quantized.linear_prepack(qw, None)  # codes and scales; not a tensor: `packed_bytes`
         self.pin_row = torch.zeros(1, self.in_features)  # the range-pinning row (module docstring): a constant
         self.pin_row[0, 0], self.pin_row[0, 1] = 1.0 + 1.0 / LEVELS, -1.0  # on the CPU, not a model weight
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @property
     def packed_bytes(self) -> int:
-        """The packed int8 weight's bytes (one per weight), which no parameter or buffer holds."""
-        return self.out_features * self.in_features
+        """The packed weight's bytes, which no parameter or buffer holds: one per weight plus an fp32 scale per
+        output channel (what `sizing.quantized_bytes` counts for w8a8)."""
+        return self.out_features * self.in_features + self.out_features * 4
 
     def codes(self) -> torch.Tensor:
         """The int8 weight codes [N, K] back out of the packed weight."""

@@ -49,7 +49,7 @@ def test_the_packed_codes_are_the_weights_int8_quantization():
     layer, w, _, _ = _layer_and_inputs()
     assert torch.equal(layer.codes(), quantize_int8(w, qmax=63)[0])
     assert int(layer.codes().abs().max()) == 63  # 7-bit weights: AVX2's 16-bit pair sums cannot saturate
-    assert layer.packed_bytes == w.numel()
+    assert layer.packed_bytes == w.numel() + 4 * w.shape[0]  # codes and an fp32 scale per output channel
 
 
 def test_w8a8_is_refused_off_the_cpu_naming_the_parameter():
