@@ -406,6 +406,11 @@ class ModelConfig:
         group's) x kv_heads x head_dim x bytes per element (+ the 8-bit formats' scales)."""
         return self.kv_cache.bytes_per_token(self.num_kv_tensors, self.num_kv_heads, self.head_dim, self.dtype)
 
+    @property
+    def kv_storage_name(self) -> str:
+        """How the cache stores K and V, by name: the 8-bit format, or the model's dtype (`float32`, ...)."""
+        return self.kv_cache.name if self.kv_cache.quantized else str(self.dtype).removeprefix("torch.")
+
 
 def _eos_ids(eos) -> tuple[int, ...]:
     return tuple(int(i) for i in eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))

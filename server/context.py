@@ -175,8 +175,7 @@ class ServerContext:
         logger.info("Roofline peak: %s", "none (utilization is not reported)" if self.peak is None else
                     f"{self.peak.flops / 1e12:g} TFLOP/s, {self.peak.bandwidth / 1e12:g} TB/s ({self.peak.source})")
         self.metrics = ServerMetrics(self.model_name, self.max_model_len, peak=self.peak)
-        kv = mc.kv_cache.name if mc.kv_cache.quantized else str(mc.dtype).removeprefix("torch.")
-        self.metrics.describe_memory(engine.config.cache.block_size, engine.executor.num_kv_blocks, kv,
+        self.metrics.describe_memory(engine.config.cache.block_size, engine.executor.num_kv_blocks, mc.kv_storage_name,
                                      mc.quantization.method if mc.quantization else "none",
                                      engine.runner.weight_report.bytes_after)
         self.stat_logger = StatLogger(self.metrics)

@@ -151,7 +151,7 @@ class ModelRunner:
         logger.info("KV cache: %d blocks = %d tokens; max concurrency at max_model_len: %.2f (%.1f MiB, %d B/token, %s)",
                     self.num_kv_blocks, tokens, tokens / mc.max_model_len,
                     self.num_kv_blocks * self.block_bytes / 2**20, mc.kv_bytes_per_token,
-                    str(mc.dtype).removeprefix("torch.") if not mc.kv_cache.quantized else mc.kv_cache.name)
+                    mc.kv_storage_name)
         if config.draft_model is not None:
             draft = draft_block_bytes(config)
             logger.info("KV cache budget shared with the draft model %s: %d blocks of %d B each (target %d B + "
