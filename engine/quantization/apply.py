@@ -78,9 +78,9 @@ class QuantRowParallel(nn.Module):
 
 
 def _prequantized(name: str, mod: nn.Module, parent: nn.Module, blocks) -> nn.Module:
-    """The projection built from a pre-quantized source: a GGUF file's Q4 / Q8_0 blocks (the loaded fp32
-    weight is only dropped), or an AWQ / GPTQ / compressed-tensors checkpoint's packed int4 tensors (no dense
-    weight was loaded: `prepacked.py`)."""
+    """The projection built from a pre-quantized source: a GGUF file's Q4 / Q8_0 blocks, or an AWQ / GPTQ /
+    compressed-tensors checkpoint's packed int4 tensors (`prepacked.py`). Either way no dense weight was read
+    (`WeightQuantConfig.projections_from_source`): `mod.weight` is uninitialised storage, used for its shape."""
     from .gguf_int4 import layer_index
 
     kind = name.rsplit(".", 1)[-1]

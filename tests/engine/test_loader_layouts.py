@@ -102,3 +102,30 @@ def test_an_unknown_expert_tensor_is_refused(tmp_path):
     save_file(state, str(path / "model.safetensors"))
     with pytest.raises(ValueError, match="not an expert weight"):
         LLM(str(path), device="cpu")
+
+
+def test_projections_built_from_quantized_data_are_neither_read_nor_required(tmp_path):
+    # gguf (and awq / gptq / compressed-tensors) build the decoder projections from the quantized source, so
+    # the loader skips the checkpoint's dense projection weights: a checkpoint without them loads, everything
+    # else filled exactly; without the skip the same checkpoint is refused.
+    from engine.config import EngineArgs
+    from engine.models.loader import build_model, load_safetensors
+    from engine.models.tiny import save_tiny_model
+    from engine.quantization import WeightQuantConfig
+
+    assert WeightQuantConfig("gguf", source="x.gguf").projections_from_source
+    assert not WeightQuantConfig("int4").projections_from_source
+    path = save_tiny_model(tmp_path / "tiny", "mistral", seed=5)  # the Llama-family code
+    state = load_file(path / "model.safetensors")
+    dense = {k: v for k, v in state.items() if not k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight",
+                                                             "o_proj.weight", "gate_proj.weight", "up_proj.weight",
+                                                             "down_proj.weight"))}
+    assert len(dense) < len(state)
+    save_file(dense, str(path / "model.safetensors"))
+    mc = EngineArgs(model=str(path), device="cpu", load_format="dummy").resolve().model
+    model = build_model(mc, torch.device("cpu"))
+    load_safetensors(model, path, skip_projections=True)
+    assert torch.equal(model.embed_tokens.weight, state["model.embed_tokens.weight"])
+    assert torch.equal(model.layers[1].input_layernorm.weight, state["model.layers.1.input_layernorm.weight"])
+    with pytest.raises(ValueError, match="missing weights for"):
+        load_safetensors(model, path)
