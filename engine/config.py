@@ -26,7 +26,7 @@ from .quantization.config import (KV_CACHE_DTYPES, LM_HEAD_METHODS, QUANT_METHOD
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16}
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
-ATTENTION_BACKENDS = ("auto", "torch", "triton")
+ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
 
 
 @dataclass
@@ -218,7 +218,7 @@ class EngineArgs:
                                 max_model_len=model.max_model_len)
         backend = self.attention_backend
         if backend == "auto":
-            backend = "triton" if device.type == "cuda" else "torch"
+            backend = "triton" if device.type == "cuda" else "cpu"
         parallel = self._resolve_parallel(model, device)
         cpu_threads = self.cpu_threads
         if cpu_threads is None and device.type == "cpu" and parallel.tensor_parallel_size > 1:

@@ -1,8 +1,11 @@
-"""Backend selection: the torch backend (CPU, and the reference everywhere) or the Triton kernels (CUDA)."""
+"""Backend selection: the torch backend (the reference everywhere), the cpu backend (the torch backend with
+the C decode kernel of kernels.cpu) or the Triton kernels (CUDA)."""
 
 from __future__ import annotations
 
 from typing import Protocol
+
+import logging
 
 import numpy as np
 import torch
@@ -30,12 +33,24 @@ class AttentionBackend(Protocol):
 
 
 def get_attention_backend(name: str) -> AttentionBackend:
-    if name == "torch":
+    """The backend called `name`. "cpu" compiles its decode kernel on first use (about a second, cached);
+    where that cannot be done (no C compiler) it says why in the log and runs as the torch backend."""
+    if name in ("torch", "cpu"):
         from .torch_backend import TorchAttentionBackend
 
-        return TorchAttentionBackend()
+        return TorchAttentionBackend(_cpu_decode_kernel() if name == "cpu" else None)
     if name == "triton":
         from .triton_backend import TritonAttentionBackend
 
         return TritonAttentionBackend()
-    raise ValueError(f"attention_backend: unknown backend {name!r}; use torch or triton")
+    raise ValueError(f"attention_backend: unknown backend {name!r}; use torch, cpu or triton")
+
+
+def _cpu_decode_kernel():
+    from kernels.cpu import CpuKernelUnavailable, load_paged_decode
+
+    try:
+        return load_paged_decode()
+    except CpuKernelUnavailable as e:
+        logging.getLogger(__name__).warning("attention_backend cpu: no decode kernel (%s); decoding with torch", e)
+        return None

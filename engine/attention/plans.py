@@ -1,14 +1,18 @@
 """Per-step attention plans: what a backend precomputes once per step on the host and every layer reads.
 
-`AttentionMetadata.plan` holds one of these (or None): the torch backend's gather indices and masks, or the
-Triton backend's fixed split-KV count (set by the CUDA-graph runner, so a replay matches its capture).
+`AttentionMetadata.plan` holds one of these (or None): the torch backend's gather indices and masks (and
+the CPU decode kernel's batch), or the Triton backend's fixed split-KV count (set by the CUDA-graph runner, so a replay matches its capture).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from kernels.cpu import DecodeBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +36,7 @@ class DecodeGroup:
 class TorchPlan:
     decodes: tuple[DecodeGroup, ...]
     prefills: tuple[PrefillSeq, ...]
+    native: DecodeBatch | None = None  # every decoding sequence, for the CPU decode kernel (then no decodes)
 
 
 @dataclass(frozen=True, slots=True)

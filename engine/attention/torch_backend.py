@@ -8,11 +8,17 @@ but with 1/block_size as many index operations. A prefill with no earlier contex
 When one decode group is the whole batch in order (always at one stream) its query rows are used in place,
 not gathered and scattered back.
 
+With a decode kernel (the "cpu" backend: kernels.cpu, compiled C) every decoding sequence of a float32 step
+is attended in one call per layer that reads the blocks where they lie: no gather, no padding, no mask; the
+prefills keep the torch path. The pure "torch" backend has no kernel and is the reference for it.
+
 A sliding window (one per KV-cache group, in the metadata) narrows what is gathered to the blocks the window
 reaches and masks older keys; soft-capped attention (Gemma 2) runs transformers' eager formula instead of SDPA.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +28,9 @@ from ..quantization.config import kv_cache_dtype
 from ..quantization.kv_cache import dequantize_kv, fake_quantize_kv, quantize_kv
 from .metadata import AttentionMetadata
 from .plans import DecodeGroup, PrefillSeq, TorchPlan
+
+if TYPE_CHECKING:
+    from kernels.cpu import PagedDecodeKernel
 
 
 def _decode_groups(lengths: np.ndarray, max_groups: int = 4, min_group: int = 8) -> list[np.ndarray]:
@@ -72,7 +81,10 @@ def _attend(q, k, v, mask, scale, cap, causal=False):
 
 
 class TorchAttentionBackend:
-    name = "torch"
+    def __init__(self, decode_kernel: PagedDecodeKernel | None = None):
+        """`decode_kernel`: the CPU decode kernel for float32 steps on the CPU (None: torch everywhere)."""
+        self.decode_kernel = decode_kernel
+        self.name = "torch" if decode_kernel is None else "cpu"
 
     def plan(self, query_lens: np.ndarray, seq_lens: np.ndarray, block_tables: np.ndarray, block_size: int,
              device: torch.device, dtype: torch.dtype, sliding_window: int | None = None) -> TorchPlan:
@@ -81,7 +93,13 @@ class TorchAttentionBackend:
         and keys older than each query's window are masked out."""
         cu = np.concatenate([[0], np.cumsum(query_lens)])
         decode = np.flatnonzero(query_lens == 1)
-        groups = []
+        groups, native = [], None
+        if len(decode) and self.decode_kernel is not None and dtype == torch.float32 and device.type == "cpu":
+            from kernels.cpu import DecodeBatch
+
+            native = DecodeBatch.build(block_tables[decode], seq_lens[decode], cu[decode], num_query_rows=int(cu[-1]),
+                                       sliding_window=sliding_window)
+            decode = decode[:0]
         for members in (_decode_groups(seq_lens[decode]) if len(decode) else []):
             idx = decode[members]
             lens = seq_lens[idx]
@@ -118,7 +136,7 @@ class TorchAttentionBackend:
             k_pos = np.arange(first_blk * block_size, kv_len)
             allowed = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= _window_start(q_pos, sliding_window)[:, None])
             prefills.append(PrefillSeq(int(cu[s]), int(cu[s + 1]), blocks, len(k_pos), _additive(allowed, device, dtype)))
-        return TorchPlan(tuple(groups), tuple(prefills))
+        return TorchPlan(tuple(groups), tuple(prefills), native)
 
     def store_kv(self, key, value, key_cache, value_cache, meta: AttentionMetadata, kv_scales=None) -> None:
         _, block_size, kvh, d = key_cache.shape
@@ -141,6 +159,15 @@ class TorchAttentionBackend:
                   logit_softcap: float | None = None, kv_scales=None):
         plan: TorchPlan = meta.plan
         kvh, d = key_cache.shape[2], key_cache.shape[3]
+        if plan.native is not None:
+            out = torch.empty_like(query)
+            k_scales, v_scales = kv_scales if kv_scales is not None else (None, None)
+            self.decode_kernel(query, key_cache, value_cache, plan.native, scale, out, softcap=logit_softcap,
+                               k_scales=k_scales, v_scales=v_scales)
+            if plan.native.every_row:
+                return out
+            if kv_scales is not None:
+                return self._attention_8bit(query, key, value, key_cache, value_cache, kv_scales, plan, scale, out)
         if kv_scales is not None:
             return self._attention_8bit(query, key, value, key_cache, value_cache, kv_scales, plan, scale)
 
@@ -153,9 +180,10 @@ class TorchAttentionBackend:
             v = value_cache.index_select(0, g.blocks).view(g.num_seqs, -1, kvh, d).transpose(1, 2)
             return _attend(q, k, v, g.mask, scale, logit_softcap).reshape(g.num_seqs, -1, d)
 
-        if _whole_batch(plan):
-            return decode(query, plan.decodes[0])
-        out = torch.empty_like(query)
+        if plan.native is None:
+            if _whole_batch(plan):
+                return decode(query, plan.decodes[0])
+            out = torch.empty_like(query)
         for g in plan.decodes:
             out.index_copy_(0, g.rows, decode(query.index_select(0, g.rows), g))
         for p in plan.prefills:
@@ -171,10 +199,12 @@ class TorchAttentionBackend:
             out[p.q_start:p.q_end] = o[0].transpose(0, 1)
         return out
 
-    def _attention_8bit(self, query, key, value, key_cache, value_cache, kv_scales, plan: TorchPlan, scale):
+    def _attention_8bit(self, query, key, value, key_cache, value_cache, kv_scales, plan: TorchPlan, scale,
+                        out: torch.Tensor | None = None):
         """The same attention over an 8-bit cache: gathered blocks are dequantized (codes x scales, in fp32,
         rounded once to the query's dtype) right after the gather; a prefill with no earlier context uses
-        its own K/V quantized and dequantized, exactly what a later read of the cache returns."""
+        its own K/V quantized and dequantized, exactly what a later read of the cache returns. `out`: the
+        output with the decode kernel's rows already in it (None: no kernel ran)."""
         kvh, d = key_cache.shape[2], key_cache.shape[3]
         spec, dtype = _spec_of(key_cache), query.dtype
         k_scales, v_scales = kv_scales
@@ -188,9 +218,10 @@ class TorchAttentionBackend:
             v = gather(value_cache, v_scales, g.blocks).view(g.num_seqs, -1, kvh, d).transpose(1, 2)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale).reshape(g.num_seqs, -1, d)
 
-        if _whole_batch(plan):
-            return decode(query, plan.decodes[0])
-        out = torch.empty_like(query)
+        if out is None:
+            if _whole_batch(plan):
+                return decode(query, plan.decodes[0])
+            out = torch.empty_like(query)
         for g in plan.decodes:
             out.index_copy_(0, g.rows, decode(query.index_select(0, g.rows), g))
         for p in plan.prefills:
