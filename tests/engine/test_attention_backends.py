@@ -1,5 +1,5 @@
 """The engine's attention backends agree with the kernels' pure-torch reference, and the engine runs end to
-end on the Triton kernels (under the Triton interpreter on the CPU)."""
+end on the CPU decode kernel and on the Triton kernels (under the Triton interpreter on the CPU)."""
 
 from __future__ import annotations
 
@@ -30,11 +30,12 @@ def stale_but_finite(batch, seed=0):
     ([1, 7, 1], [64, 70, 3], (8, 8)),  # no GQA
     ([1] * 20 + [4], list(range(1, 200, 10)) + [9], (4, 1)),  # many decodes: split into length groups
 ])
-def test_torch_backend_matches_reference(q_lens, seq_lens, heads):
+@pytest.mark.parametrize("name", ["torch", "cpu"])
+def test_torch_and_cpu_backends_match_reference(q_lens, seq_lens, heads, name):
     h, kvh = heads
     b = stale_but_finite(make_paged_batch(q_lens, seq_lens, num_heads=h, num_kv_heads=kvh, head_dim=32,
                                           block_size=16, seed=3))
-    backend = get_attention_backend("torch")
+    backend = get_attention_backend(name)
     qlen, slen = np.array(q_lens), np.array(seq_lens)
     bt = b.block_tables.numpy()
     plan = backend.plan(qlen, slen, bt, 16, torch.device("cpu"), torch.float32)
@@ -60,6 +61,25 @@ def test_engine_on_triton_kernels_matches_hf(tiny_model_dir, hf_greedy_fn, promp
     assert llm.engine.runner.backend.name == "triton"
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
     assert [o.token_ids for o in outs] == expected
+
+
+@pytest.mark.parametrize("kv", ["auto", "int8", "fp8_e4m3"])
+def test_engine_on_the_cpu_decode_kernel_matches_hf(tiny_model_dir, hf_greedy_fn, prompts_fn, kv):
+    """The CPU default: decodes through the C kernel, in batches mixed with chunked prefills; with an 8-bit
+    cache it gives the torch backend's tokens (HF's own cache is not quantized)."""
+    prompts = prompts_fn(4, [3, 20, 9, 33], seed=21)
+    kw = dict(device="cpu", max_num_batched_tokens=16, kv_cache_dtype=kv)
+    llm = LLM(tiny_model_dir("qwen3"), **kw)
+    if llm.engine.runner.backend.decode_kernel is None:
+        pytest.skip("no CPU decode kernel on this machine (no C compiler)")
+    assert llm.engine.runner.backend.name == "cpu"  # auto on a CPU
+    sp = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    got = [o.token_ids for o in llm.generate(prompts, sp)]
+    if kv == "auto":
+        assert got == hf_greedy_fn(tiny_model_dir("qwen3"), prompts, 8)
+    else:
+        torch_llm = LLM(tiny_model_dir("qwen3"), attention_backend="torch", **kw)
+        assert got == [o.token_ids for o in torch_llm.generate(prompts, sp)]
 
 
 def _decode_step(seq_lens, heads=(9, 3), seed=5):

@@ -1,4 +1,4 @@
-"""The engine's attention backends with sliding windows and soft-capping: the torch backend agrees with the
+"""The engine's attention backends with sliding windows and soft-capping: the torch and cpu backends agree with the
 kernels' reference on batches whose released pages are NaN (so it must not gather them), and a hybrid
 soft-capped model (tiny Gemma 2) runs end to end on the Triton kernels (interpreter) token for token like HF."""
 
@@ -30,11 +30,12 @@ def unowned_to_finite(batch, seed=0):
 
 @pytest.mark.parametrize("window", [None, 1, 9, 16, 33])
 @pytest.mark.parametrize("softcap", [None, 2.0])
-def test_torch_backend_matches_reference_with_window_and_softcap(window, softcap):
+@pytest.mark.parametrize("name", ["torch", "cpu"])
+def test_torch_and_cpu_backends_match_reference_with_window_and_softcap(window, softcap, name):
     q_lens, seq_lens = [1, 1, 12, 40, 3, 1], [70, 5, 12, 40, 50, 33]
     b = unowned_to_finite(make_paged_batch(q_lens, seq_lens, num_heads=4, num_kv_heads=2, head_dim=32,
                                            block_size=8, seed=5, sliding_window=window))
-    backend = get_attention_backend("torch")
+    backend = get_attention_backend(name)
     qlen, slen, bt = np.array(q_lens), np.array(seq_lens), b.block_tables.numpy()
     plan = backend.plan(qlen, slen, bt, 8, torch.device("cpu"), torch.float32, sliding_window=window)
     meta = build_attention_metadata(qlen, slen, bt, np.zeros(sum(q_lens), dtype=np.int64), torch.device("cpu"),
@@ -64,4 +65,18 @@ def test_hybrid_softcapped_model_on_triton_kernels_matches_hf(tmp_path, hf_greed
     llm = LLM(model, device="cpu", attention_backend="triton", max_num_batched_tokens=16, block_size=8)
     assert llm.engine.runner.backend.name == "triton" and len(llm.engine.kv.windows) == 3
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+    assert [o.token_ids for o in outs] == expected
+
+
+def test_hybrid_softcapped_model_on_the_cpu_decode_kernel_matches_hf(tmp_path, hf_greedy_fn, prompts_fn):
+    """Gemma 2's local (16-key window) and global layers, soft-capped, decoded by the C kernel."""
+    from engine.models.tiny import save_tiny_model
+
+    model = str(save_tiny_model(tmp_path / "gemma2", "gemma2", seed=1234))
+    prompts = prompts_fn(3, [3, 21, 40], seed=21)  # the longer ones decode past the window
+    expected = hf_greedy_fn(model, prompts, 8)
+    llm = LLM(model, device="cpu", attention_backend="cpu", max_num_batched_tokens=16, block_size=8)
+    if llm.engine.runner.backend.decode_kernel is None:
+        pytest.skip("no CPU decode kernel on this machine (no C compiler)")
+    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
     assert [o.token_ids for o in outs] == expected
