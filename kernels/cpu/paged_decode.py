@@ -22,7 +22,8 @@ SOURCE = Path(__file__).with_name("paged_decode.c")
 _P, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 _ARGTYPES = [_P, _I64, _P, _P, _P, _P, _P, _INT, _P, _P, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _F32, _F32,
              _I64, _INT]
-_EIGHT_BIT = (torch.int8, torch.uint8, torch.float8_e4m3fn, torch.float8_e5m2)
+# the cache's storage -> the C function's `kind`: floats, int8 codes, other 8-bit codes through a table
+_KINDS = {torch.float32: 0, torch.int8: 1, torch.uint8: 2, torch.float8_e4m3fn: 2, torch.float8_e5m2: 2}
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class DecodeBatch:
     seq_lens: np.ndarray  # [S] keys in each sequence's context (the new token's included)
     first_key: np.ndarray | None  # [S] oldest key each sequence reads (a sliding window); None: key 0
     every_row: bool  # rows == 0 .. S-1 and the query has no other row: the output is entirely the kernel's
+    num_query_rows: int  # rows of the query this batch indexes (every row index is below it)
+    args: tuple  # the arrays' pointers and sizes as the C function takes them, computed once per step
 
     @classmethod
     def build(cls, block_tables: np.ndarray, seq_lens: np.ndarray, rows: np.ndarray | None = None, *,
@@ -51,8 +54,12 @@ class DecodeBatch:
         if sliding_window is not None:
             first = np.ascontiguousarray(np.maximum(seq_lens - sliding_window, 0), dtype=np.int64)
         n = len(rows) if num_query_rows is None else num_query_rows
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= n):
+            raise ValueError(f"rows: every row index in [0, {n}), got {rows.min()}..{rows.max()}")
         every = n == len(rows) and bool((rows == np.arange(len(rows))).all())
-        return cls(rows, tables, seq_lens, first, every)
+        args = (tables.ctypes.data, tables.shape[1], seq_lens.ctypes.data, None if first is None else first.ctypes.data,
+                rows.ctypes.data, len(rows))
+        return cls(rows, tables, seq_lens, first, every, n, args)
 
 
 class PagedDecodeKernel:
@@ -73,7 +80,8 @@ class PagedDecodeKernel:
     def __call__(self, query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, batch: DecodeBatch,
                  scale: float, out: torch.Tensor, *, softcap: float | None = None,
                  k_scales: torch.Tensor | None = None, v_scales: torch.Tensor | None = None) -> torch.Tensor:
-        """out[rows[s]] = attention of query[rows[s]] over sequence s's cached keys; other rows untouched."""
+        """out[rows[s]] = attention of query[rows[s]] over sequence s's cached keys; other rows untouched.
+        Called once per layer, so the checks are a few attribute reads (the batch was checked when built)."""
         t, h, d = query.shape
         nb, bs, kvh, dk = key_cache.shape
         if query.dtype != torch.float32 or out.dtype != torch.float32:
@@ -84,27 +92,23 @@ class PagedDecodeKernel:
                                                                 and value_cache.is_contiguous()):
             raise ValueError("query: rows of contiguous [H, D] heads (a row stride is fine); out and the caches "
                              "contiguous")
-        if key_cache.dtype == torch.float32:
-            kind, lut, ks, vs = 0, None, None, None
-        elif key_cache.dtype in _EIGHT_BIT and k_scales is not None and v_scales is not None:
-            if k_scales.shape != key_cache.shape[:3] or v_scales.shape != key_cache.shape[:3] or \
+        if t != batch.num_query_rows:
+            raise ValueError(f"rows: the batch indexes {batch.num_query_rows} query rows, the query has {t}")
+        kind = _KINDS.get(key_cache.dtype)
+        if kind is None or value_cache.dtype != key_cache.dtype or (kind > 0) != (k_scales is not None):
+            raise ValueError(f"key_cache: float32 or 8-bit codes with k_scales / v_scales, got {key_cache.dtype}")
+        ks = vs = lut = None
+        if kind:
+            if v_scales is None or k_scales.shape != key_cache.shape[:3] or v_scales.shape != key_cache.shape[:3] or \
                     k_scales.dtype != torch.float32 or not (k_scales.is_contiguous() and v_scales.is_contiguous()):
                 raise ValueError(f"k_scales: need contiguous float32 [{nb}, {bs}, {kvh}] scales beside an 8-bit cache")
-            kind = 1 if key_cache.dtype == torch.int8 else 2
-            lut = None if kind == 1 else self._lut(key_cache.dtype).data_ptr()
             ks, vs = k_scales.data_ptr(), v_scales.data_ptr()
-        else:
-            raise ValueError(f"key_cache: float32 or 8-bit codes with k_scales / v_scales, got {key_cache.dtype}")
-        if len(batch.rows) and int(batch.rows.max()) >= t:
-            raise ValueError(f"rows: a row index past the query's {t} rows")
-        s = len(batch.rows)
+            lut = self._lut(key_cache.dtype).data_ptr() if kind == 2 else None
         threads = torch.get_num_threads()
         # a few sequences: one task per (sequence, KV head), so they still spread over every thread
-        heads_per_task = kvh if s >= 2 * threads else 1
-        first = batch.first_key.ctypes.data if batch.first_key is not None else None
-        self._fn(query.data_ptr(), query.stride(0), out.data_ptr(), key_cache.data_ptr(), value_cache.data_ptr(), ks, vs, kind, lut,
-                 batch.block_tables.ctypes.data, batch.block_tables.shape[1], batch.seq_lens.ctypes.data, first,
-                 batch.rows.ctypes.data, s, h, kvh, d, bs, float(scale), float(softcap or 0.0), heads_per_task,
+        heads_per_task = kvh if batch.args[-1] >= 2 * threads else 1
+        self._fn(query.data_ptr(), query.stride(0), out.data_ptr(), key_cache.data_ptr(), value_cache.data_ptr(),
+                 ks, vs, kind, lut, *batch.args, h, kvh, d, bs, float(scale), float(softcap or 0.0), heads_per_task,
                  threads)
         return out
 
