@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import EngineArgs
+from ..config import ATTENTION_BACKENDS, EngineArgs
 from ..quantization.config import KV_CACHE_DTYPES, QUANT_METHODS
 
 DEFAULT_TEXT = Path(__file__).parent / "data" / "eval_text.txt"
@@ -42,25 +42,29 @@ class EvalConfig:
     kv_cache_dtype: str
     quantize_lm_head: bool = True
     group_size: int | None = None  # int4 only (`int4-g32`); None: the engine's default
+    attention_backend: str = "auto"  # `attn-torch`: the pure-torch attention, to compare with the cpu backend
 
     def build(self, base_args: EngineArgs):
         """An `LLM` of `base_args` with this configuration's weight and KV-cache formats."""
         from ..llm import LLM
 
         args = dataclasses.replace(base_args, quantization=self.quantization, kv_cache_dtype=self.kv_cache_dtype,
-                                   quantize_lm_head=self.quantize_lm_head, quantization_group_size=self.group_size)
+                                   quantize_lm_head=self.quantize_lm_head, quantization_group_size=self.group_size,
+                                   attention_backend=self.attention_backend)
         return LLM(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
 
 
 def parse_config(name: str) -> EvalConfig:
     """`base`, a weight format (`int4-g<N>`: int4 with group size N), `kv-<kv_cache_dtype>`, `fphead` (keep
-    the LM head at the model's dtype), or several joined by `+`."""
-    quant, kv, head, group = None, "auto", True, None
+    the LM head at the model's dtype), `attn-<attention backend>` (e.g. `attn-torch`), or several joined by `+`."""
+    quant, kv, head, group, attn = None, "auto", True, None, "auto"
     for part in name.split("+"):
         if part in ("base", "fp32"):
             continue
         if part == "fphead":
             head = False
+        elif part.startswith("attn-") and part[5:] in ATTENTION_BACKENDS and attn == "auto":
+            attn = part[5:]
         elif part.startswith("int4-g") and part[6:].isdigit() and quant is None:
             quant, group = "int4", int(part[6:])
         elif part in QUANT_METHODS and quant is None:
@@ -69,8 +73,9 @@ def parse_config(name: str) -> EvalConfig:
             kv = part[3:]
         else:
             raise ValueError(f"configs: {name!r} is not base, one of {QUANT_METHODS}, kv-<one of "
-                             f"{KV_CACHE_DTYPES[1:]}>, int4-g<N>, fphead, or such parts joined by '+'")
-    return EvalConfig(name, quant, kv, head, group)
+                             f"{KV_CACHE_DTYPES[1:]}>, int4-g<N>, fphead, attn-<one of {ATTENTION_BACKENDS[1:]}>, "
+                             "or such parts joined by '+'")
+    return EvalConfig(name, quant, kv, head, group, attn)
 
 
 @dataclass(frozen=True)

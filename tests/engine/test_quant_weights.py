@@ -247,3 +247,17 @@ def test_eval_ppl_configs_name_an_int4_group_size():
     assert parse_config("gguf").quantization == "gguf" and parse_config("gguf").group_size is None
     with pytest.raises(ValueError, match="^configs: 'int4-gx'"):
         parse_config("int4-gx")
+
+
+def test_eval_and_speed_configs_name_an_attention_backend():
+    """`attn-torch` runs a configuration on the pure-torch attention, beside the default cpu backend."""
+    from engine.config import EngineArgs
+    from engine.tools.eval_ppl import parse_config
+
+    cfg = parse_config("w8a8+attn-torch")
+    assert (cfg.quantization, cfg.attention_backend) == ("w8a8", "torch")
+    assert parse_config("w8a8").attention_backend == "auto"
+    with pytest.raises(ValueError, match="^configs: 'attn-cuda'"):
+        parse_config("attn-cuda")
+    llm = parse_config("base+attn-torch").build(EngineArgs(model=None, load_format="dummy", num_kv_blocks=8))
+    assert llm.engine.runner.backend.name == "torch"
