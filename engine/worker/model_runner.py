@@ -122,6 +122,9 @@ class ModelRunner:
             tp.comm.wait_for_all()  # ranks load at their own pace; the first forward's collectives must not time out
         self.load_time_s = time.perf_counter() - t0
         self.backend = get_attention_backend(config.attention_backend)
+        kernel = getattr(self.backend, "decode_kernel", None)
+        logger.info("Attention backend %s%s", self.backend.name,
+                    f" (decode kernel {kernel.library.name})" if kernel is not None else "")
         max_seqs = config.scheduler.max_num_seqs
         self.seqs = SeqStates()
         self.group_windows = mc.group_windows  # one sliding window (or None) per KV-cache group
