@@ -1,7 +1,8 @@
 """Per-step attention plans: what a backend precomputes once per step on the host and every layer reads.
 
 `AttentionMetadata.plan` holds one of these (or None): the torch backend's gather indices and masks (and
-the CPU decode kernel's batch), or the Triton backend's fixed split-KV count (set by the CUDA-graph runner, so a replay matches its capture).
+the CPU decode kernel's batch), or the Triton backend's fixed split-KV count (set by the CUDA-graph runner,
+so a replay matches its capture).
 """
 
 from __future__ import annotations
