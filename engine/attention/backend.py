@@ -3,9 +3,8 @@ the C decode kernel of kernels.cpu) or the Triton kernels (CUDA)."""
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import logging
+from typing import Protocol
 
 import numpy as np
 import torch

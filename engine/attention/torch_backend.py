@@ -99,8 +99,7 @@ class TorchAttentionBackend:
 
             native = DecodeBatch.build(block_tables[decode], seq_lens[decode], cu[decode], num_query_rows=int(cu[-1]),
                                        sliding_window=sliding_window)
-            decode = decode[:0]
-        for members in (_decode_groups(seq_lens[decode]) if len(decode) else []):
+        for members in (_decode_groups(seq_lens[decode]) if len(decode) and native is None else []):
             idx = decode[members]
             lens = seq_lens[idx]
             first_key = _window_start(lens - 1, sliding_window)
@@ -159,6 +158,7 @@ class TorchAttentionBackend:
                   logit_softcap: float | None = None, kv_scales=None):
         plan: TorchPlan = meta.plan
         kvh, d = key_cache.shape[2], key_cache.shape[3]
+        out = None  # the decode kernel's output, its rows filled, when it ran
         if plan.native is not None:
             out = torch.empty_like(query)
             k_scales, v_scales = kv_scales if kv_scales is not None else (None, None)
@@ -166,10 +166,8 @@ class TorchAttentionBackend:
                                k_scales=k_scales, v_scales=v_scales)
             if plan.native.every_row:
                 return out
-            if kv_scales is not None:
-                return self._attention_8bit(query, key, value, key_cache, value_cache, kv_scales, plan, scale, out)
         if kv_scales is not None:
-            return self._attention_8bit(query, key, value, key_cache, value_cache, kv_scales, plan, scale)
+            return self._attention_8bit(query, key, value, key_cache, value_cache, kv_scales, plan, scale, out)
 
         def decode(q, g: DecodeGroup):
             # The query heads sharing a KV head become that head's "query rows" (they attend to the same
@@ -180,7 +178,7 @@ class TorchAttentionBackend:
             v = value_cache.index_select(0, g.blocks).view(g.num_seqs, -1, kvh, d).transpose(1, 2)
             return _attend(q, k, v, g.mask, scale, logit_softcap).reshape(g.num_seqs, -1, d)
 
-        if plan.native is None:
+        if out is None:
             if _whole_batch(plan):
                 return decode(query, plan.decodes[0])
             out = torch.empty_like(query)

@@ -45,7 +45,7 @@ class EvalConfig:
     attention_backend: str = "auto"  # `attn-torch`: the pure-torch attention, to compare with the cpu backend
 
     def build(self, base_args: EngineArgs):
-        """An `LLM` of `base_args` with this configuration's weight and KV-cache formats."""
+        """An `LLM` of `base_args` with this configuration's weight and KV-cache formats and attention backend."""
         from ..llm import LLM
 
         args = dataclasses.replace(base_args, quantization=self.quantization, kv_cache_dtype=self.kv_cache_dtype,
@@ -63,7 +63,7 @@ def parse_config(name: str) -> EvalConfig:
             continue
         if part == "fphead":
             head = False
-        elif part.startswith("attn-") and part[5:] in ATTENTION_BACKENDS and attn == "auto":
+        elif part.startswith("attn-") and part[5:] in ATTENTION_BACKENDS[1:] and attn == "auto":
             attn = part[5:]
         elif part.startswith("int4-g") and part[6:].isdigit() and quant is None:
             quant, group = "int4", int(part[6:])

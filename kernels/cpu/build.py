@@ -59,17 +59,19 @@ def build_library(source: Path, cache_dir: Path | None = None, march: str = "nat
     code paths a machine without AVX2 would run."""
     cc = find_compiler()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    text = source.read_bytes()
+    text, machine = source.read_bytes(), _cpu_identity().encode()
     cache_dir = cache_dir or kernel_cache_dir()
-    errors = []
+    builds = []  # (flags, target): with OpenMP first, then without
     for extra in (OPENMP, NO_OPENMP):
         flags = (*FLAGS, f"-march={march}", *extra)
-        key = hashlib.sha256(b"\0".join([text, " ".join(flags).encode(), "".join(version).encode(),
-                                         _cpu_identity().encode()])).hexdigest()[:20]
-        target = cache_dir / f"{source.stem}-{key}.so"
+        key = hashlib.sha256(b"\0".join([text, " ".join(flags).encode(), "".join(version).encode(), machine]))
+        builds.append((flags, cache_dir / f"{source.stem}-{key.hexdigest()[:20]}.so"))
+    for _, target in builds:  # a library built before, even the fallback: no compiler run at all
         if target.exists():
             return target
-        cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for flags, target in builds:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir)
         os.close(fd)
         done = subprocess.run([cc, *flags, str(source), "-o", tmp, "-lm"], capture_output=True, text=True)
