@@ -219,6 +219,9 @@ class EngineArgs:
         backend = self.attention_backend
         if backend == "auto":
             backend = "triton" if device.type == "cuda" else "cpu"
+        if backend == "cpu" and device.type != "cpu":
+            raise ValueError(f"attention_backend: cpu (the C decode kernel) runs on the CPU; the device is {device}; "
+                             "use triton or torch there")
         parallel = self._resolve_parallel(model, device)
         cpu_threads = self.cpu_threads
         if cpu_threads is None and device.type == "cpu" and parallel.tensor_parallel_size > 1:

@@ -123,8 +123,13 @@ class ModelRunner:
         self.load_time_s = time.perf_counter() - t0
         self.backend = get_attention_backend(config.attention_backend)
         kernel = getattr(self.backend, "decode_kernel", None)
-        logger.info("Attention backend %s%s", self.backend.name,
-                    f" (decode kernel {kernel.library.name})" if kernel is not None else "")
+        if kernel is None:
+            logger.info("Attention backend %s", self.backend.name)
+        elif mc.dtype != torch.float32:  # the kernel takes float32 queries (kernels/cpu/paged_decode.py)
+            logger.info("Attention backend %s: its decode kernel takes float32, the model runs in %s: decoding with "
+                        "torch", self.backend.name, str(mc.dtype).removeprefix("torch."))
+        else:
+            logger.info("Attention backend %s (decode kernel %s)", self.backend.name, kernel.library.name)
         max_seqs = config.scheduler.max_num_seqs
         self.seqs = SeqStates()
         self.group_windows = mc.group_windows  # one sliding window (or None) per KV-cache group

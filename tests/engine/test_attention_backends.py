@@ -82,6 +82,32 @@ def test_engine_on_the_cpu_decode_kernel_matches_hf(tiny_model_dir, hf_greedy_fn
         assert got == [o.token_ids for o in torch_llm.generate(prompts, sp)]
 
 
+def test_the_startup_log_says_whether_the_decode_kernel_runs(tiny_model_dir, caplog):
+    """float32: the kernel, by its library's name; bfloat16: the cpu backend says it decodes with torch."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="engine.worker.model_runner")
+    llm = LLM(tiny_model_dir("qwen3"), device="cpu", dtype="float32")
+    if llm.engine.runner.backend.decode_kernel is None:
+        pytest.skip("no CPU decode kernel on this machine (no C compiler)")
+    assert f"Attention backend cpu (decode kernel {llm.engine.runner.backend.decode_kernel.library.name})" in caplog.text
+    caplog.clear()
+    LLM(tiny_model_dir("qwen3"), device="cpu", dtype="bfloat16")
+    assert "Attention backend cpu: its decode kernel takes float32, the model runs in bfloat16: decoding with torch" \
+        in caplog.text
+    caplog.clear()
+    LLM(tiny_model_dir("qwen3"), device="cpu", attention_backend="torch")
+    assert "Attention backend torch\n" in caplog.text + "\n" and "decode kernel" not in caplog.text
+
+
+def test_the_cpu_backend_is_refused_off_the_cpu(tiny_model_dir, monkeypatch):
+    from engine.config import EngineArgs
+
+    monkeypatch.setattr(EngineArgs, "_resolve_device", lambda self: torch.device("cuda"))
+    with pytest.raises(ValueError, match="^attention_backend: cpu"):
+        EngineArgs(model=tiny_model_dir("qwen3"), attention_backend="cpu", dtype="float32").resolve()
+
+
 def _decode_step(seq_lens, heads=(9, 3), seed=5):
     """A decode-only step on random paged caches; the query is a view of a wider tensor (q's heads of the
     model's rotated [T, H + KVH, D] q and k), as the model hands it."""

@@ -136,6 +136,20 @@ def test_the_library_is_built_once_per_source_and_reused(tmp_path, kernel):
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left behind
 
 
+def test_a_cached_fallback_build_is_used_without_running_the_compiler(tmp_path, monkeypatch, kernel):
+    """Where the OpenMP build fails, the library built without OpenMP is cached and found next time: no
+    compiler run (and no failing OpenMP attempt) at every start."""
+    from kernels.cpu import build
+
+    monkeypatch.setattr(build, "OPENMP", ("-fno-such-openmp-flag",))
+    fallback = build_library(SOURCE, tmp_path)
+    runs = []
+    real_run = build.subprocess.run
+    monkeypatch.setattr(build.subprocess, "run", lambda cmd, **kw: runs.append(cmd) or real_run(cmd, **kw))
+    assert build_library(SOURCE, tmp_path) == fallback
+    assert all("--version" in cmd for cmd in runs)  # only the version query, no compile
+
+
 def test_no_compiler_is_a_clear_error_not_a_crash(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CC", raising=False)
