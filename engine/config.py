@@ -129,7 +129,9 @@ class EngineArgs:
         g.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of GPU memory to use")
         g.add_argument("--cpu-kv-cache-gb", type=float, default=2.0, help="KV-cache budget on the CPU (GiB)")
         g.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS)
-        g.add_argument("--enforce-eager", action="store_true", help="never use CUDA graphs")
+        g.add_argument("--enforce-eager", action="store_true",
+                       help="never use CUDA graphs (GPU) or the one-call C decode step (CPU): every step runs "
+                            "the model's forward")
         g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                        help="schedule and prepare step N+1 while the device runs step N (default: on for CUDA, "
                             "off on the CPU, where the device is the host and nothing would overlap)")
@@ -248,7 +250,7 @@ class EngineArgs:
         async_scheduling = (device.type == "cuda" and parallel.tensor_parallel_size == 1 and spec is None
                             if self.async_scheduling is None else self.async_scheduling)
         return EngineConfig(model=model, cache=cache, scheduler=sched, device=device, seed=self.seed,
-                            attention_backend=backend, enforce_eager=self.enforce_eager or device.type != "cuda",
+                            attention_backend=backend, enforce_eager=self.enforce_eager,
                             cpu_threads=cpu_threads, parallel=parallel, async_scheduling=async_scheduling,
                             speculative=spec, draft_model=draft)
 

@@ -3,7 +3,8 @@ come from memory, not the cache, as in a decode step) through each CPU matmul pa
 the fp32 GEMM, PyTorch's int8 and int4 weight-only kernels fed fp32 or bf16 activations, and int8
 dequantize + GEMM, and GGUF Q8_0's grouped int8 (a scale per 32 columns: no library kernel, so dequantize +
 GEMM, `engine/quantization/int8_grouped.py`), and W8A8 (int8 activations per token too, PyTorch's dynamic int8
-GEMM: `engine/quantization/w8a8.py`). One thread, thread CPU time (a busy shared machine inflates it less than wall time),
+GEMM: `engine/quantization/w8a8.py`), and kvserve's C kernels for int8 weights (kernels/cpu/decode_step.c:
+float32 activations, and W8A8's; skipped without a C compiler). One thread, thread CPU time (a busy shared machine inflates it less than wall time),
 configurations alternating round by round, medians; ratios are what matter.
 
     .venv/bin/python scripts/bench_quant_linear.py [--rows 1,4,16,32,64] [--rounds 5] [--layers 30]
@@ -26,8 +27,8 @@ from engine.quantization.w8a8 import W8A8Linear
 HIDDEN, INTERMEDIATE, QKV = 576, 1536, 960  # SmolLM2-135M
 
 
-def paths(w: torch.Tensor) -> dict:
-    """name -> fn(x) for one projection weight w [N, K]."""
+def paths(w: torch.Tensor, kernel) -> dict:
+    """name -> fn(x) for one projection weight w [N, K] (`kernel`: the C kernels, or None)."""
     l8, l4 = Int8Linear(w, None), Int4Linear(w, None, 64)
     s8, sz4 = l8.scale.float(), l4.scales_and_zeros.float()
     n, k = w.shape
@@ -35,7 +36,7 @@ def paths(w: torch.Tensor) -> dict:
     codes = torch.round(w.view(n, -1, 32) / group_scale[..., None]).to(torch.int8).view(n, k)
     q8 = GroupedInt8Linear(codes, group_scale, None, torch.float32, torch.device("cpu"))
     w8a8 = W8A8Linear(w, None)
-    return {
+    fns = {
         "fp32 GEMM": lambda x: linear(x, w),
         "int8 kernel, fp32 in": lambda x: torch.ops.aten._weight_int8pack_mm(x, l8.qweight, s8),
         "int8 kernel, bf16 in": lambda x: torch.ops.aten._weight_int8pack_mm(x.bfloat16(), l8.qweight, l8.scale).float(),
@@ -45,8 +46,14 @@ def paths(w: torch.Tensor) -> dict:
         "int8 dequant + GEMM": lambda x: linear(x, l8.qweight.float().mul_(s8[:, None])),
         "int4 dequant + GEMM": lambda x: linear(x, l4._dequantized_cpu(x.dtype)),
         "Q8_0 grouped int8 (dequant + GEMM)": lambda x: q8(x),
-        "w8a8 (dynamic int8 GEMM)": lambda x: w8a8(x),
+        "w8a8 (dynamic int8 GEMM)": lambda x: w8a8(x),  # no C kernel given to this one: fbgemm at every size
     }
+    if kernel is not None:
+        c8a8 = W8A8Linear(w, None)
+        c8a8.use_cpu_kernel(kernel)
+        fns["int8 C kernel, fp32 in"] = lambda x: kernel.int8_linear(x, l8.qweight, s8)
+        fns["w8a8 C kernel"] = lambda x: kernel.w8a8_linear(x, c8a8.qweight, c8a8.scale_f32, c8a8.wsum)
+    return fns
 
 
 def main() -> None:
@@ -58,7 +65,14 @@ def main() -> None:
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     shapes = [(QKV, HIDDEN), (HIDDEN, HIDDEN), (2 * INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE)] * args.layers
-    projections = [paths(torch.randn(n, k, generator=g) * 0.05) for n, k in shapes]
+    try:
+        from kernels.cpu import load_decode_step, load_paged_decode
+
+        kernel = load_decode_step(load_paged_decode())
+    except Exception as e:  # CpuKernelUnavailable: no compiler
+        print(f"no C kernels: {e}")
+        kernel = None
+    projections = [paths(torch.randn(n, k, generator=g) * 0.05, kernel) for n, k in shapes]
     names = list(projections[0])
     print(f"{len(shapes)} projections, ms of thread CPU time per pass (median of {args.rounds}):")
     print(f"{'rows':>5} " + " ".join(f"{n:>22}" for n in names))

@@ -74,6 +74,9 @@ def servers(args, gguf: Path, hf_dir: Path) -> list[Server]:
         "kvserve-int4": Server("kvserve-int4", kv + ("--quantization", "int4")),
         "kvserve-w8a8": Server("kvserve-w8a8", kv + ("--quantization", "w8a8")),
         "kvserve-w8a8+kv8": Server("kvserve-w8a8+kv8", kv + ("--quantization", "w8a8", "--kv-cache-dtype", "int8")),
+        # decode steps through the model's forward, not the one-call C step (engine/worker/cpu_decode.py)
+        "kvserve-int8-eager": Server("kvserve-int8-eager", kv + ("--quantization", "int8", "--enforce-eager")),
+        "kvserve-w8a8-eager": Server("kvserve-w8a8-eager", kv + ("--quantization", "w8a8", "--enforce-eager")),
         "vllm": Server(
             "vllm",
             (args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf_dir),

@@ -43,6 +43,7 @@ from .int8 import quantize_int8
 LINEAR_DYNAMIC = getattr(torch.ops.quantized.linear_dynamic, "_op", torch.ops.quantized.linear_dynamic)
 LEVELS = 127  # activation codes per side of zero once the range is pinned to [-1, 1 + 1/LEVELS]
 WEIGHT_LEVELS = 63  # weight codes per side: 7 bits, so that AVX2's 16-bit pair sums cannot saturate
+C_KERNEL_ROWS = 16  # up to this many rows kvserve's C kernel once given one (`use_cpu_kernel`), beyond fbgemm
 
 
 def check_w8a8_device(device: torch.device) -> None:
@@ -79,12 +80,25 @@ class W8A8Linear(nn.Module):
         self.pin_row = torch.zeros(1, self.in_features)  # the range-pinning row (module docstring): a constant
         self.pin_row[0, 0], self.pin_row[0, 1] = 1.0 + 1.0 / LEVELS, -1.0  # on the CPU, not a model weight
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        # kvserve's C kernel for decode-sized batches (`use_cpu_kernel`): the codes, float32 scales, code sums
+        self.cpu_kernel = None
+        self.qweight = self.scale_f32 = self.wsum = None
 
     @property
     def packed_bytes(self) -> int:
         """The packed weight's bytes, which no parameter or buffer holds: one per weight plus an fp32 scale per
-        output channel (what `sizing.quantized_bytes` counts for w8a8)."""
-        return self.out_features * self.in_features + self.out_features * 4
+        output channel (what `sizing.quantized_bytes` counts for w8a8), and the C kernel's copy once made."""
+        packed = self.out_features * self.in_features + self.out_features * 4
+        return packed if self.qweight is None else 2 * packed + self.out_features * 4
+
+    def use_cpu_kernel(self, kernel) -> None:
+        """Run batches of up to C_KERNEL_ROWS rows in kvserve's C kernel (`kernel.w8a8_linear`: the same
+        quantization, exact int32 sums). It reads a plain copy of the codes, made here: one more byte per weight."""
+        qw, _ = torch.ops.quantized.linear_unpack(self.packed)
+        self.qweight = qw.int_repr().contiguous()
+        self.scale_f32 = qw.q_per_channel_scales().float().contiguous()
+        self.wsum = self.qweight.sum(dim=1, dtype=torch.int32)
+        self.cpu_kernel = kernel
 
     def codes(self) -> torch.Tensor:
         """The int8 weight codes [N, K] back out of the packed weight."""
@@ -92,6 +106,10 @@ class W8A8Linear(nn.Module):
         return qw.int_repr()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cpu_kernel is not None and x.shape[0] <= C_KERNEL_ROWS and x.dtype == torch.float32:
+            bias = None if self.bias is None else self.bias.detach()
+            return self.cpu_kernel.w8a8_linear(x if x.stride(-1) == 1 else x.contiguous(), self.qweight,
+                                               self.scale_f32, self.wsum, bias)
         x32 = x.float()
         r = row_scales(x32)
         y = LINEAR_DYNAMIC(torch.cat((x32 / r, self.pin_row)), self.packed, False)  # False: no reduce_range

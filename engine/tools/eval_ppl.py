@@ -43,6 +43,7 @@ class EvalConfig:
     quantize_lm_head: bool = True
     group_size: int | None = None  # int4 only (`int4-g32`); None: the engine's default
     attention_backend: str = "auto"  # `attn-torch`: the pure-torch attention, to compare with the cpu backend
+    enforce_eager: bool = False  # `eager`: every step through the model's forward (no one-call C decode step)
 
     def build(self, base_args: EngineArgs):
         """An `LLM` of `base_args` with this configuration's weight and KV-cache formats and attention backend."""
@@ -50,19 +51,23 @@ class EvalConfig:
 
         args = dataclasses.replace(base_args, quantization=self.quantization, kv_cache_dtype=self.kv_cache_dtype,
                                    quantize_lm_head=self.quantize_lm_head, quantization_group_size=self.group_size,
-                                   attention_backend=self.attention_backend)
+                                   attention_backend=self.attention_backend,
+                                   enforce_eager=self.enforce_eager or base_args.enforce_eager)
         return LLM(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
 
 
 def parse_config(name: str) -> EvalConfig:
     """`base`, a weight format (`int4-g<N>`: int4 with group size N), `kv-<kv_cache_dtype>`, `fphead` (keep
-    the LM head at the model's dtype), `attn-<attention backend>` (e.g. `attn-torch`), or several joined by `+`."""
-    quant, kv, head, group, attn = None, "auto", True, None, "auto"
+    the LM head at the model's dtype), `attn-<attention backend>` (e.g. `attn-torch`), `eager` (enforce_eager:
+    no one-call C decode step), or several joined by `+`."""
+    quant, kv, head, group, attn, eager = None, "auto", True, None, "auto", False
     for part in name.split("+"):
         if part in ("base", "fp32"):
             continue
         if part == "fphead":
             head = False
+        elif part == "eager" and not eager:
+            eager = True
         elif part.startswith("attn-") and part[5:] in ATTENTION_BACKENDS[1:] and attn == "auto":
             attn = part[5:]
         elif part.startswith("int4-g") and part[6:].isdigit() and quant is None:
@@ -74,8 +79,8 @@ def parse_config(name: str) -> EvalConfig:
         else:
             raise ValueError(f"configs: {name!r} is not base, one of {QUANT_METHODS}, kv-<one of "
                              f"{KV_CACHE_DTYPES[1:]}>, int4-g<N>, fphead, attn-<one of {ATTENTION_BACKENDS[1:]}>, "
-                             "or such parts joined by '+'")
-    return EvalConfig(name, quant, kv, head, group, attn)
+                             "eager, or such parts joined by '+'")
+    return EvalConfig(name, quant, kv, head, group, attn, eager)
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,14 @@ import numpy as np
 import torch
 
 from . import cpu_allocator, cpu_threads, prompt_logprobs
+from .cpu_decode import CpuDecodeStep, Unsupported
 from ..attention import AttentionMetadata, get_attention_backend
 from ..config import EngineConfig
 from ..models.loader import build_model
 from ..models.parallel import TPContext
 from ..quantization import quantize_model
+from ..quantization.int8 import Int8Linear
+from ..quantization.w8a8 import W8A8Linear
 from ..quantization.kv_cache import allocate_kv_cache
 from ..quantization.sizing import bytes_saved
 from ..sample.sampler import Sampler, SamplingBatch, unpack
@@ -148,6 +151,7 @@ class ModelRunner:
         self.kv_caches = [allocate_kv_cache(self.num_kv_blocks, self.block_size, self.num_kv_heads, mc.head_dim,
                                             mc.kv_cache, mc.dtype, self.device) for _ in range(mc.num_kv_tensors)]
         self.model.bind_kv_cache(self.kv_caches)
+        self.cpu_decode = self._cpu_kernels()
         if not config.enforce_eager and self.device.type == "cuda" and self.backend.name == "triton" \
                 and len(self.group_windows) == 1:  # several KV-cache groups run eagerly
             from .cuda_graphs import DecodeGraphs
@@ -166,6 +170,42 @@ class ModelRunner:
                         "draft %d B per block; %.1f MiB for the draft's cache)", config.draft_model.name,
                         self.num_kv_blocks, self.block_bytes + draft, self.block_bytes, draft,
                         self.num_kv_blocks * draft / 2**20)
+
+    def _cpu_kernels(self) -> CpuDecodeStep | None:
+        """On the CPU with float32 activations: int8 projections in the C kernel, and, unless enforce_eager,
+        pure-decode steps as one C call where the model allows (engine/worker/cpu_decode.py); logged."""
+        int8 = [m for m in self.model.modules() if isinstance(m, (Int8Linear, W8A8Linear))]
+        if self.device.type != "cpu" or self.config.model.dtype != torch.float32 or not int8:
+            return None
+        from kernels.cpu import CpuKernelUnavailable, load_decode_step, load_paged_decode
+
+        attention = getattr(self.backend, "decode_kernel", None)
+        try:
+            kernel = load_decode_step(attention or load_paged_decode())
+        except CpuKernelUnavailable as e:
+            logger.info("int8 projections: PyTorch's kernels (no C kernel: %s)", e)
+            return None
+        for m in int8:
+            m.use_cpu_kernel(kernel)
+        copies = sum(m.qweight.numel() for m in int8 if isinstance(m, W8A8Linear))
+        if copies:
+            logger.info("w8a8 projections: the C kernel reads its own copy of the weight codes (%.1f MiB)",
+                        copies / 2**20)
+        reason = None
+        if self.config.enforce_eager:
+            reason = "enforce_eager"
+        elif attention is None:
+            reason = f"attention backend {self.backend.name} (the C step calls the cpu backend's kernel)"
+        else:
+            try:
+                step = CpuDecodeStep.create(self.model, kernel, self.block_size, self.group_windows)
+                logger.info("Decode steps: one C call (%s)", kernel.library.name)
+                return step
+            except Unsupported as e:
+                reason = str(e)
+        logger.info("int8 projections in the C kernel (%s); decode steps run the model's forward: %s",
+                    kernel.library.name, reason)
+        return None
 
     # ---- KV-cache sizing -------------------------------------------------------------------------------------
     @property
@@ -263,8 +303,12 @@ class ModelRunner:
                     max_query_len=int(hb.query_lens.max()), max_seq_len=int(hb.seq_lens.max()),
                     num_decode_only=hb.decode_only, plan=plan, sliding_window=window,
                     skips_slots=bool((host_slots < 0).any())))
-            meta = metas[0] if len(metas) == 1 else tuple(metas)  # layers pick their group's
-            hidden = self.model(ids, pos, meta, self.backend)
+            native = metas[0].plan.native if self.cpu_decode is not None and len(metas) == 1 else None
+            if native is not None and native.every_row:  # every row decodes: the whole step in one C call
+                hidden = self.cpu_decode.run(ids, pos, slots, native)
+            else:
+                meta = metas[0] if len(metas) == 1 else tuple(metas)  # layers pick their group's
+                hidden = self.model(ids, pos, meta, self.backend)
         return hidden.index_select(0, logits_indices)
 
     @torch.inference_mode()

@@ -70,6 +70,7 @@ class PagedDecodeKernel:
         self._fn = ctypes.CDLL(str(library)).kvserve_paged_decode
         self._fn.argtypes = _ARGTYPES
         self._fn.restype = None
+        self.function = self._fn  # the C entry point itself, for C code that calls it (decode_step.c)
         self._luts: dict[torch.dtype, torch.Tensor] = {}  # fp8 code byte -> float, per format
 
     def _lut(self, dtype: torch.dtype) -> torch.Tensor:
