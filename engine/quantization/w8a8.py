@@ -1,4 +1,5 @@
-"""int8 weights and int8 activations (W8A8) on the CPU, through PyTorch's dynamic int8 GEMM (fbgemm / oneDNN).
+"""int8 weights and int8 activations (W8A8) on the CPU, through PyTorch's dynamic int8 GEMM (fbgemm / oneDNN), or
+kvserve's C kernel for the same arithmetic once the runner gives it one (`use_cpu_kernel`, below).
 
 Weights: one scale per output channel, codes in [-63, 63] (7 bits, see below), packed once at load by
 `torch.ops.quantized.linear_prepack`. Activations: quantized at every call, one scale per token (row),
@@ -27,6 +28,14 @@ row 31 ms against 85 (fp32) and 22 (int4), the kernel's fixed cost (~40 us a cal
 CPU wants; the price is accuracy (docs/benchmarks.md). PyTorch marks its quantized-tensor API deprecated
 (torchao is its successor, whose int8 x int8 CPU path goes through `torch._int_mm`, ~40x slower here);
 kvserve pins torch 2.13, where it works. CPU only: on a GPU use fp8 (`check_w8a8_device`).
+
+kvserve's C kernel (kernels/cpu/decode_step.c, `w8a8_linear`) computes the same codes and the same exact
+integer sums with AVX2's u8 x s8 multiply-add (activation codes + 128, taken back out with each weight row's
+code sum). With it, SmolLM2's 120 projections at one row take 13.9 ms of one thread against fbgemm's 29.1
+(no ~40 us fixed cost per call); from 32 rows up the two are level within a few percent, up to 2048 rows
+(`scripts/bench_quant_linear.py`). So the runner moves every W8A8 layer onto it when a C compiler is there:
+the codes leave fbgemm's private packed layout for a plain tensor, the packed weight is freed, and the
+one-call decode step (engine/worker/cpu_decode.py) reads the same tensors.
 """
 
 from __future__ import annotations
@@ -43,7 +52,6 @@ from .int8 import quantize_int8
 LINEAR_DYNAMIC = getattr(torch.ops.quantized.linear_dynamic, "_op", torch.ops.quantized.linear_dynamic)
 LEVELS = 127  # activation codes per side of zero once the range is pinned to [-1, 1 + 1/LEVELS]
 WEIGHT_LEVELS = 63  # weight codes per side: 7 bits, so that AVX2's 16-bit pair sums cannot saturate
-C_KERNEL_ROWS = 16  # up to this many rows kvserve's C kernel once given one (`use_cpu_kernel`), beyond fbgemm
 
 
 def check_w8a8_device(device: torch.device) -> None:
@@ -80,36 +88,40 @@ class W8A8Linear(nn.Module):
         self.pin_row = torch.zeros(1, self.in_features)  # the range-pinning row (module docstring): a constant
         self.pin_row[0, 0], self.pin_row[0, 1] = 1.0 + 1.0 / LEVELS, -1.0  # on the CPU, not a model weight
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        # kvserve's C kernel for decode-sized batches (`use_cpu_kernel`): the codes, float32 scales, code sums
+        # kvserve's C kernel (`use_cpu_kernel`): the codes, float32 scales and code sums it reads
         self.cpu_kernel = None
         self.qweight = self.scale_f32 = self.wsum = None
 
     @property
     def packed_bytes(self) -> int:
-        """The packed weight's bytes, which no parameter or buffer holds: one per weight plus an fp32 scale per
-        output channel (what `sizing.quantized_bytes` counts for w8a8), and the C kernel's copy once made."""
-        packed = self.out_features * self.in_features + self.out_features * 4
-        return packed if self.qweight is None else 2 * packed + self.out_features * 4
+        """The weight's bytes, which no parameter or buffer holds: one per weight plus an fp32 scale per output
+        channel (what `sizing.quantized_bytes` counts for w8a8); with the C kernel, an int32 code sum too."""
+        codes = self.out_features * self.in_features + self.out_features * 4
+        return codes if self.packed is not None else codes + self.out_features * 4
+
+    def codes(self) -> torch.Tensor:
+        """The int8 weight codes [N, K]."""
+        if self.packed is None:
+            return self.qweight
+        qw, _ = torch.ops.quantized.linear_unpack(self.packed)
+        return qw.int_repr()
 
     def use_cpu_kernel(self, kernel) -> None:
-        """Run batches of up to C_KERNEL_ROWS rows in kvserve's C kernel (`kernel.w8a8_linear`: the same
-        quantization, exact int32 sums). It reads a plain copy of the codes, made here: one more byte per weight."""
+        """Compute every product in kvserve's C kernel (`kernel.w8a8_linear`: the same activation
+        quantization, the same exact int32 sums; ~2-3x faster than fbgemm at decode sizes, level at prefill
+        sizes). The codes move out of fbgemm's packed weight (which is freed) into a plain tensor."""
         qw, _ = torch.ops.quantized.linear_unpack(self.packed)
         self.qweight = qw.int_repr().contiguous()
         self.scale_f32 = qw.q_per_channel_scales().float().contiguous()
         self.wsum = self.qweight.sum(dim=1, dtype=torch.int32)
-        self.cpu_kernel = kernel
-
-    def codes(self) -> torch.Tensor:
-        """The int8 weight codes [N, K] back out of the packed weight."""
-        qw, _ = torch.ops.quantized.linear_unpack(self.packed)
-        return qw.int_repr()
+        self.cpu_kernel, self.packed = kernel, None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cpu_kernel is not None and x.shape[0] <= C_KERNEL_ROWS and x.dtype == torch.float32:
+        if self.cpu_kernel is not None:
             bias = None if self.bias is None else self.bias.detach()
-            return self.cpu_kernel.w8a8_linear(x if x.stride(-1) == 1 else x.contiguous(), self.qweight,
-                                               self.scale_f32, self.wsum, bias)
+            y = self.cpu_kernel.w8a8_linear(x.float() if x.stride(-1) == 1 else x.float().contiguous(),
+                                            self.qweight, self.scale_f32, self.wsum, bias)
+            return y.to(x.dtype)
         x32 = x.float()
         r = row_scales(x32)
         y = LINEAR_DYNAMIC(torch.cat((x32 / r, self.pin_row)), self.packed, False)  # False: no reduce_range

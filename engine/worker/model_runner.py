@@ -187,10 +187,6 @@ class ModelRunner:
             return None
         for m in int8:
             m.use_cpu_kernel(kernel)
-        copies = sum(m.qweight.numel() for m in int8 if isinstance(m, W8A8Linear))
-        if copies:
-            logger.info("w8a8 projections: the C kernel reads its own copy of the weight codes (%.1f MiB)",
-                        copies / 2**20)
         reason = None
         if self.config.enforce_eager:
             reason = "enforce_eager"

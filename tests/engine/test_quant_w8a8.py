@@ -1,6 +1,7 @@
 """W8A8 on the CPU: int8 weights per output channel, int8 activations per token, through PyTorch's dynamic
-int8 GEMM. The kernel against the arithmetic written out in torch, per-token independence (batching changes
-no sequence's result), the engine option, its byte accounting and where it is refused."""
+int8 GEMM, or kvserve's C kernel for the same arithmetic (`c_kernel`). Each against the arithmetic written
+out in torch, per-token independence (batching changes no sequence's result), the engine option, its byte
+accounting and where it is refused."""
 
 from __future__ import annotations
 
@@ -12,17 +13,30 @@ from engine.quantization.int8 import quantize_int8
 from engine.quantization.w8a8 import W8A8Linear, check_w8a8_device, quantize_activations
 
 
-def _layer_and_inputs(n=160, k=192, seed=0):
+def _layer_and_inputs(n=160, k=192, seed=0, c_kernel=False):
     g = torch.Generator().manual_seed(seed)
     w, b = torch.randn(n, k, generator=g) * 0.05, torch.randn(n, generator=g)
     x = torch.randn(7, k, generator=g)
     x[2] *= 80.0  # a token with large activations
     x[4] = 0.0  # and one with none
-    return W8A8Linear(w, b), w, b, x
+    layer = W8A8Linear(w, b)
+    if c_kernel:
+        from kernels.cpu import CpuKernelUnavailable, load_decode_step, load_paged_decode
+
+        try:
+            layer.use_cpu_kernel(load_decode_step(load_paged_decode()))
+        except CpuKernelUnavailable as e:
+            pytest.skip(f"no C compiler: {e}")
+        assert layer.packed is None  # fbgemm's packed weight freed: the codes live once
+    return layer, w, b, x
 
 
-def test_the_kernel_computes_the_per_token_int8_product_exactly_up_to_float_rounding():
-    layer, w, b, x = _layer_and_inputs()
+C_KERNEL = pytest.mark.parametrize("c_kernel", [False, True], ids=["fbgemm", "C"])
+
+
+@C_KERNEL
+def test_the_kernel_computes_the_per_token_int8_product_exactly_up_to_float_rounding(c_kernel):
+    layer, w, b, x = _layer_and_inputs(c_kernel=c_kernel)
     xq, sx = quantize_activations(x)
     wq, sw = quantize_int8(w, qmax=63)
     assert int(xq.abs().max()) == 127 and xq.shape == x.shape  # 127 levels a side, each row on its own scale
@@ -31,25 +45,29 @@ def test_the_kernel_computes_the_per_token_int8_product_exactly_up_to_float_roun
     assert torch.equal(layer(x)[4], b)  # an all-zero row: codes all zero, only the bias
 
 
-def test_the_product_stays_within_int8_precision_of_the_fp32_matmul():
-    layer, w, b, x = _layer_and_inputs()
+@C_KERNEL
+def test_the_product_stays_within_int8_precision_of_the_fp32_matmul(c_kernel):
+    layer, w, b, x = _layer_and_inputs(c_kernel=c_kernel)
     exact = x @ w.t()
     err = (layer(x) - b - exact).norm(dim=1) / exact.norm(dim=1).clamp(min=1e-6)
     assert float(err.max()) < 0.03  # per token: the large row does not coarsen the others
 
 
-def test_a_rows_result_does_not_depend_on_the_other_rows_of_the_batch():
-    layer, _, _, x = _layer_and_inputs()
+@C_KERNEL
+def test_a_rows_result_does_not_depend_on_the_other_rows_of_the_batch(c_kernel):
+    layer, _, _, x = _layer_and_inputs(c_kernel=c_kernel)
     alone = torch.cat([layer(x[i:i + 1]) for i in range(x.shape[0])])
     assert torch.equal(layer(x), alone)
     assert torch.equal(layer(x.t().contiguous().t()), alone)  # a column-major input (the skinny GEMM's output)
 
 
-def test_the_packed_codes_are_the_weights_int8_quantization():
-    layer, w, _, _ = _layer_and_inputs()
+@C_KERNEL
+def test_the_packed_codes_are_the_weights_int8_quantization(c_kernel):
+    layer, w, _, _ = _layer_and_inputs(c_kernel=c_kernel)
     assert torch.equal(layer.codes(), quantize_int8(w, qmax=63)[0])
     assert int(layer.codes().abs().max()) == 63  # 7-bit weights: AVX2's 16-bit pair sums cannot saturate
-    assert layer.packed_bytes == w.numel() + 4 * w.shape[0]  # codes and an fp32 scale per output channel
+    # codes and an fp32 scale per output channel (the C kernel's int32 code sums too)
+    assert layer.packed_bytes == w.numel() + (8 if c_kernel else 4) * w.shape[0]
 
 
 def test_w8a8_is_refused_off_the_cpu_naming_the_parameter():
