@@ -8,6 +8,10 @@ float32 activations, and W8A8's; skipped without a C compiler). One thread, thre
 configurations alternating round by round, medians; ratios are what matter.
 
     .venv/bin/python scripts/bench_quant_linear.py [--rows 1,4,16,32,64] [--rounds 5] [--layers 30]
+        [--paths "w8a8 (dynamic int8 GEMM),w8a8 C kernel"] [--threads 2]
+
+`--paths` keeps the named columns only (prefill-sized rows take minutes on the slow paths); `--threads N > 1`
+times wall clock instead (thread CPU time counts one thread's share).
 """
 
 from __future__ import annotations
@@ -61,8 +65,11 @@ def main() -> None:
     p.add_argument("--rows", default="1,4,16,32,64")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--layers", type=int, default=30)
+    p.add_argument("--paths", default=None, help="comma-separated column names to time (default: all)")
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    clock = time.thread_time if args.threads == 1 else time.perf_counter
     g = torch.Generator().manual_seed(0)
     shapes = [(QKV, HIDDEN), (HIDDEN, HIDDEN), (2 * INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE)] * args.layers
     try:
@@ -74,17 +81,24 @@ def main() -> None:
         kernel = None
     projections = [paths(torch.randn(n, k, generator=g) * 0.05, kernel) for n, k in shapes]
     names = list(projections[0])
-    print(f"{len(shapes)} projections, ms of thread CPU time per pass (median of {args.rounds}):")
+    if args.paths:
+        wanted = [n.strip() for n in args.paths.split(",")]
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            raise SystemExit(f"--paths: unknown {unknown}; the paths are {names}")
+        names = wanted
+    what = "thread CPU time" if args.threads == 1 else f"wall time on {args.threads} threads"
+    print(f"{len(shapes)} projections, ms of {what} per pass (median of {args.rounds}):")
     print(f"{'rows':>5} " + " ".join(f"{n:>22}" for n in names))
     for m in (int(r) for r in args.rows.split(",")):
         inputs = {k: torch.randn(m, k, generator=g) for k in (HIDDEN, INTERMEDIATE)}
         samples: dict[str, list[float]] = {n: [] for n in names}
         for _ in range(args.rounds):
             for n in names:
-                t = time.thread_time()
+                t = clock()
                 for (_, k), fns in zip(shapes, projections):
                     fns[n](inputs[k])
-                samples[n].append((time.thread_time() - t) * 1e3)
+                samples[n].append((clock() - t) * 1e3)
         print(f"{m:>5} " + " ".join(f"{statistics.median(samples[n]):>22.1f}" for n in names), flush=True)
 
 

@@ -31,11 +31,12 @@ kvserve pins torch 2.13, where it works. CPU only: on a GPU use fp8 (`check_w8a8
 
 kvserve's C kernel (kernels/cpu/decode_step.c, `w8a8_linear`) computes the same codes and the same exact
 integer sums with AVX2's u8 x s8 multiply-add (activation codes + 128, taken back out with each weight row's
-code sum). With it, SmolLM2's 120 projections at one row take 13.9 ms of one thread against fbgemm's 29.1
-(no ~40 us fixed cost per call); from 32 rows up the two are level within a few percent, up to 2048 rows
-(`scripts/bench_quant_linear.py`). So the runner moves every W8A8 layer onto it when a C compiler is there:
-the codes leave fbgemm's private packed layout for a plain tensor, the packed weight is freed, and the
-one-call decode step (engine/worker/cpu_decode.py) reads the same tensors.
+code sum). SmolLM2's 120 projections at one row take 13.9 ms of one thread there against fbgemm's 29.1 (no
+~40 us fixed cost per call); level at 16 rows; beyond, fbgemm's blocked GEMM is 1.2-1.7x faster
+(`scripts/bench_quant_linear.py`). So with a C compiler the runner gives every W8A8 layer the kernel for
+batches of up to C_KERNEL_ROWS rows, and the one-call decode step (engine/worker/cpu_decode.py) runs on it;
+prefills stay on fbgemm. The kernel reads a plain copy of the codes (fbgemm's packing is private): w8a8 then
+holds its codes twice, one more byte per weight, which the weight report and the KV budget count.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from .int8 import quantize_int8
 LINEAR_DYNAMIC = getattr(torch.ops.quantized.linear_dynamic, "_op", torch.ops.quantized.linear_dynamic)
 LEVELS = 127  # activation codes per side of zero once the range is pinned to [-1, 1 + 1/LEVELS]
 WEIGHT_LEVELS = 63  # weight codes per side: 7 bits, so that AVX2's 16-bit pair sums cannot saturate
+C_KERNEL_ROWS = 16  # up to this many rows the C kernel once given one (`use_cpu_kernel`), beyond fbgemm
 
 
 def check_w8a8_device(device: torch.device) -> None:
@@ -95,29 +97,28 @@ class W8A8Linear(nn.Module):
     @property
     def packed_bytes(self) -> int:
         """The weight's bytes, which no parameter or buffer holds: one per weight plus an fp32 scale per output
-        channel (what `sizing.quantized_bytes` counts for w8a8); with the C kernel, an int32 code sum too."""
-        codes = self.out_features * self.in_features + self.out_features * 4
-        return codes if self.packed is not None else codes + self.out_features * 4
+        channel in fbgemm's packed weight, and as much again (plus an int32 code sum per channel) in the C
+        kernel's plain copy once made (what `sizing.quantized_bytes` counts for w8a8)."""
+        packed = self.out_features * self.in_features + self.out_features * 4
+        return packed if self.qweight is None else 2 * packed + self.out_features * 4
 
     def codes(self) -> torch.Tensor:
-        """The int8 weight codes [N, K]."""
-        if self.packed is None:
-            return self.qweight
+        """The int8 weight codes [N, K] back out of the packed weight."""
         qw, _ = torch.ops.quantized.linear_unpack(self.packed)
         return qw.int_repr()
 
     def use_cpu_kernel(self, kernel) -> None:
-        """Compute every product in kvserve's C kernel (`kernel.w8a8_linear`: the same activation
-        quantization, the same exact int32 sums; ~2-3x faster than fbgemm at decode sizes, level at prefill
-        sizes). The codes move out of fbgemm's packed weight (which is freed) into a plain tensor."""
+        """Run batches of up to C_KERNEL_ROWS rows in kvserve's C kernel (`kernel.w8a8_linear`: the same
+        activation quantization, the same exact int32 sums). It reads a plain copy of the codes made here
+        (fbgemm's packed layout is private): one more byte per weight."""
+        self.qweight = self.codes().contiguous()
         qw, _ = torch.ops.quantized.linear_unpack(self.packed)
-        self.qweight = qw.int_repr().contiguous()
         self.scale_f32 = qw.q_per_channel_scales().float().contiguous()
         self.wsum = self.qweight.sum(dim=1, dtype=torch.int32)
-        self.cpu_kernel, self.packed = kernel, None
+        self.cpu_kernel = kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cpu_kernel is not None:
+        if self.cpu_kernel is not None and x.shape[0] <= C_KERNEL_ROWS:
             bias = None if self.bias is None else self.bias.detach()
             y = self.cpu_kernel.w8a8_linear(x.float() if x.stride(-1) == 1 else x.float().contiguous(),
                                             self.qweight, self.scale_f32, self.wsum, bias)

@@ -80,7 +80,8 @@ def quantized_weight_bytes(model: "ModelShape", base_bytes: float, method: str, 
     and the LM head unless `lm_head`) at `base_bytes` per parameter: what engine.quantization.sizing counts
     for the server. `scale_bytes`: the int8/int4 scales' size (the CPU kernels keep them in bf16: 2; None:
     the model's dtype). `lm_head` (int8/int4, the server's default): the LM head in int8 with a scale per
-    vocabulary row; a tied head is a copy beside the embedding, which the lookup keeps."""
+    vocabulary row; a tied head is a copy beside the embedding, which the lookup keeps. w8a8 counts its codes
+    twice, as a server with a C compiler holds them (fbgemm's packed weight and the C kernel's copy)."""
     shapes = projection_shapes(model)
     group = group_size or DEFAULT_INT4_GROUP
     sb = base_bytes if scale_bytes is None else scale_bytes
@@ -90,12 +91,15 @@ def quantized_weight_bytes(model: "ModelShape", base_bytes: float, method: str, 
             total += o * i + o * sb  # a scale per output channel
         elif method == "int4":
             total += o * i // 2 + o * (i // group) * 2 * sb  # a scale and a zero per group
+        elif method == "w8a8":  # fbgemm's packed codes and scales, and the CPU C kernel's copy (+ code sums)
+            total += 2 * (o * i + o * 4) + o * 4
         else:
-            total += o * i + o * 4  # fp8, w8a8: an fp32 scale per output channel
+            total += o * i + o * 4  # fp8: an fp32 scale per output channel
     rest = model.num_params - sum(o * i for o, i in shapes)
     if lm_head and method in ("int8", "int4", "w8a8") and model.vocab_size and model.hidden_size and model.breakdown:
         head = model.vocab_size * model.hidden_size
-        total += head + model.vocab_size * (4 if method == "w8a8" else sb)
+        v = model.vocab_size
+        total += 2 * (head + 4 * v) + 4 * v if method == "w8a8" else head + v * sb
         if model.breakdown.lm_head:  # untied: the int8 head replaces the full-precision one
             rest -= head
     return math.ceil(rest * base_bytes + total)

@@ -33,6 +33,7 @@ from ..config import EngineConfig
 from ..models.loader import build_model
 from ..models.parallel import TPContext
 from ..quantization import quantize_model
+from ..quantization.apply import weight_bytes
 from ..quantization.int8 import Int8Linear
 from ..quantization.w8a8 import W8A8Linear
 from ..quantization.kv_cache import allocate_kv_cache
@@ -118,13 +119,15 @@ class ModelRunner:
         t0 = time.perf_counter()
         torch.manual_seed(config.seed)
         self.model = build_model(mc, self.device, seed=config.seed, tp=tp)
-        self.weight_report = quantize_model(self.model, mc.quantization)  # at load time; frees the fp weights
+        report = quantize_model(self.model, mc.quantization)  # at load time; frees the fp weights
+        self.backend = get_attention_backend(config.attention_backend)
+        self.cpu_kernel = self._attach_cpu_kernel()  # before the report: w8a8's kernel copy counts as weights
+        self.weight_report = dataclasses.replace(report, bytes_after=weight_bytes(self.model))
         logger.info("Model %s", self.weight_report.describe())
         self.num_kv_heads = mc.num_kv_heads if tp is None else tp.shard.num_kv_heads
         if tp is not None:
             tp.comm.wait_for_all()  # ranks load at their own pace; the first forward's collectives must not time out
         self.load_time_s = time.perf_counter() - t0
-        self.backend = get_attention_backend(config.attention_backend)
         kernel = getattr(self.backend, "decode_kernel", None)
         if kernel is None:
             logger.info("Attention backend %s", self.backend.name)
@@ -151,7 +154,7 @@ class ModelRunner:
         self.kv_caches = [allocate_kv_cache(self.num_kv_blocks, self.block_size, self.num_kv_heads, mc.head_dim,
                                             mc.kv_cache, mc.dtype, self.device) for _ in range(mc.num_kv_tensors)]
         self.model.bind_kv_cache(self.kv_caches)
-        self.cpu_decode = self._cpu_kernels()
+        self.cpu_decode = self._cpu_decode_step()
         if not config.enforce_eager and self.device.type == "cuda" and self.backend.name == "triton" \
                 and len(self.group_windows) == 1:  # several KV-cache groups run eagerly
             from .cuda_graphs import DecodeGraphs
@@ -171,26 +174,32 @@ class ModelRunner:
                         self.num_kv_blocks, self.block_bytes + draft, self.block_bytes, draft,
                         self.num_kv_blocks * draft / 2**20)
 
-    def _cpu_kernels(self) -> CpuDecodeStep | None:
-        """On the CPU with float32 activations: int8 projections in the C kernel, and, unless enforce_eager,
-        pure-decode steps as one C call where the model allows (engine/worker/cpu_decode.py); logged."""
+    def _attach_cpu_kernel(self):
+        """On the CPU with float32 activations: the int8 and w8a8 projections' decode-sized products in kvserve's
+        C kernel (kernels/cpu/decode_step.c). The kernel, or None (not that case, or no C compiler: logged)."""
         int8 = [m for m in self.model.modules() if isinstance(m, (Int8Linear, W8A8Linear))]
         if self.device.type != "cpu" or self.config.model.dtype != torch.float32 or not int8:
             return None
         from kernels.cpu import CpuKernelUnavailable, load_decode_step, load_paged_decode
 
-        attention = getattr(self.backend, "decode_kernel", None)
         try:
-            kernel = load_decode_step(attention or load_paged_decode())
+            kernel = load_decode_step(getattr(self.backend, "decode_kernel", None) or load_paged_decode())
         except CpuKernelUnavailable as e:
             logger.info("int8 projections: PyTorch's kernels (no C kernel: %s)", e)
             return None
         for m in int8:
             m.use_cpu_kernel(kernel)
-        reason = None
+        return kernel
+
+    def _cpu_decode_step(self) -> CpuDecodeStep | None:
+        """Unless enforce_eager, pure-decode steps as one C call where the model allows
+        (engine/worker/cpu_decode.py); logged either way."""
+        kernel = self.cpu_kernel
+        if kernel is None:
+            return None
         if self.config.enforce_eager:
             reason = "enforce_eager"
-        elif attention is None:
+        elif getattr(self.backend, "decode_kernel", None) is None:
             reason = f"attention backend {self.backend.name} (the C step calls the cpu backend's kernel)"
         else:
             try:
@@ -223,7 +232,7 @@ class ModelRunner:
         # Weight bytes freed by quantization go to the cache: the same total memory holds more tokens. The
         # saving comes from the shapes (not this rank's measurement), so every rank computes the same count.
         cache = self.config.cache
-        saved = bytes_saved(self.config.model, self.config.model.quantization)
+        saved = bytes_saved(self.config.model, self.config.model.quantization, kernel_copy=self.cpu_kernel is not None)
         config = dataclasses.replace(self.config, cache=dataclasses.replace(
             cache, cpu_kv_cache_bytes=cache.cpu_kv_cache_bytes + saved))
         return decide_num_blocks(config, all_ranks + draft, None)

@@ -33,8 +33,10 @@
 #define DS_AVX2 1
 #endif
 
-#define TILE 16   /* weight rows per task */
-#define MBLOCK 64 /* batch rows a task's weight rows pass over at a time */
+#define TILE 16 /* weight rows per task */
+#ifndef MCHUNK
+#define MCHUNK 64 /* batch rows per pass over the weights (larger batches: one pass per chunk) */
+#endif
 #ifndef PREFETCH
 #define PREFETCH 2048
 #endif
@@ -229,28 +231,16 @@ static inline float finish(const QLinear *l, const Acts *a, int64_t m, int64_t n
     return l->wsum ? dot * l->scale[n] * a->r[m] : dot * l->scale[n];
 }
 
-/* rows [m0, m0 + ...) of a batch of activations */
-static inline Acts acts_from(const Acts *a, int64_t m0, int64_t K) {
-    Acts sub = {a->x + m0 * a->ldx, a->ldx, a->u ? a->u + m0 * K : NULL, a->r ? a->r + m0 : NULL};
-    return sub;
-}
-
-/* Weight rows [n0, n1) of y = x w^T * scale + bias (accumulate: y +=). sums: MBLOCK floats of scratch. The
- * batch is taken MBLOCK rows at a time, so a block's activations stay in L2 while the task's weight rows
- * (in L1) pass over them. */
+/* Weight rows [n0, n1) of y = x w^T * scale + bias (accumulate: y +=). sums: M floats of scratch. */
 static void linear_rows(const QLinear *l, const Acts *a, int64_t M, float *y, int64_t ldy, int accumulate,
                         int64_t n0, int64_t n1, float *sums) {
-    for (int64_t m0 = 0; m0 < M; m0 += MBLOCK) {
-        const int64_t mb = M - m0 < MBLOCK ? M - m0 : MBLOCK;
-        const Acts sub = acts_from(a, m0, l->K);
-        for (int64_t n = n0; n < n1; n++) {
-            act_dots(&sub, mb, l->w + n * l->K, l->wsum ? l->wsum[n] : 0, l->K, sums);
-            const float b = l->bias ? l->bias[n] : 0.f;
-            for (int64_t m = 0; m < mb; m++) {
-                float *dst = y + (m0 + m) * ldy + n;
-                const float v = finish(l, &sub, m, n, sums[m]) + b;
-                *dst = accumulate ? *dst + v : v;
-            }
+    for (int64_t n = n0; n < n1; n++) {
+        act_dots(a, M, l->w + n * l->K, l->wsum ? l->wsum[n] : 0, l->K, sums);
+        const float b = l->bias ? l->bias[n] : 0.f;
+        for (int64_t m = 0; m < M; m++) {
+            float *dst = y + m * ldy + n;
+            const float v = finish(l, a, m, n, sums[m]) + b;
+            *dst = accumulate ? *dst + v : v;
         }
     }
 }
@@ -267,7 +257,7 @@ static Acts acts_for(const QLinear *l, const float *x, int64_t M, int64_t ldx, u
     return a;
 }
 
-static int linear(const QLinear *l, const float *x, int64_t M, int64_t ldx, float *y, int64_t ldy, int accumulate,
+static int linear_chunk(const QLinear *l, const float *x, int64_t M, int64_t ldx, float *y, int64_t ldy, int accumulate,
                   int threads) {
     uint8_t *scratch = l->wsum ? malloc((size_t)(M * (l->K + 4))) : NULL;
     if (l->wsum && !scratch) return 1;
@@ -275,7 +265,7 @@ static int linear(const QLinear *l, const float *x, int64_t M, int64_t ldx, floa
     const int64_t tiles = (l->N + TILE - 1) / TILE;
 #pragma omp parallel num_threads(threads) if (threads > 1 && tiles > 1)
     {
-        float *sums = malloc(sizeof(float) * MBLOCK);
+        float *sums = malloc(sizeof(float) * (size_t)M);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tiles; t++) {
             const int64_t n1 = (t + 1) * TILE < l->N ? (t + 1) * TILE : l->N;
@@ -284,6 +274,17 @@ static int linear(const QLinear *l, const float *x, int64_t M, int64_t ldx, floa
         free(sums);
     }
     free(scratch);
+    return 0;
+}
+
+/* y = x w^T ... for the whole batch, MCHUNK rows at a time: each task's weight rows stay in cache while every
+ * row of the chunk passes over them, and a chunk's activations stay in L2 */
+static int linear(const QLinear *l, const float *x, int64_t M, int64_t ldx, float *y, int64_t ldy, int accumulate,
+                  int threads) {
+    for (int64_t m0 = 0; m0 < M; m0 += MCHUNK) {
+        const int64_t mc = M - m0 < MCHUNK ? M - m0 : MCHUNK;
+        if (linear_chunk(l, x + m0 * ldx, mc, ldx, y + m0 * ldy, ldy, accumulate, threads)) return 1;
+    }
     return 0;
 }
 
@@ -309,22 +310,18 @@ static int gate_up_silu(const QLinear *l, const float *h, int64_t M, int64_t H, 
     const Acts acts = acts_for(l, h, M, H, scratch);
 #pragma omp parallel num_threads(threads) if (threads > 1 && tiles > 1)
     {
-        float *sums = malloc(sizeof(float) * MBLOCK * 2);
+        float *sums = malloc(sizeof(float) * (size_t)M * 2);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tiles; t++) {
             const int64_t n1 = (t + 1) * TILE < I ? (t + 1) * TILE : I;
-            for (int64_t m0 = 0; m0 < M; m0 += MBLOCK) {
-                const int64_t mb = M - m0 < MBLOCK ? M - m0 : MBLOCK;
-                const Acts sub = acts_from(&acts, m0, H);
-                for (int64_t n = t * TILE; n < n1; n++) {
-                    act_dots(&sub, mb, l->w + n * H, l->wsum ? l->wsum[n] : 0, H, sums);
-                    act_dots(&sub, mb, l->w + (I + n) * H, l->wsum ? l->wsum[I + n] : 0, H, sums + MBLOCK);
-                    const float bg = l->bias ? l->bias[n] : 0.f, bu = l->bias ? l->bias[I + n] : 0.f;
-                    for (int64_t m = 0; m < mb; m++) {
-                        const float g = finish(l, &sub, m, n, sums[m]) + bg;
-                        const float u = finish(l, &sub, m, I + n, sums[MBLOCK + m]) + bu;
-                        a[(m0 + m) * I + n] = g / (1.f + expf(-g)) * u;
-                    }
+            for (int64_t n = t * TILE; n < n1; n++) {
+                act_dots(&acts, M, l->w + n * H, l->wsum ? l->wsum[n] : 0, H, sums);
+                act_dots(&acts, M, l->w + (I + n) * H, l->wsum ? l->wsum[I + n] : 0, H, sums + M);
+                const float bg = l->bias ? l->bias[n] : 0.f, bu = l->bias ? l->bias[I + n] : 0.f;
+                for (int64_t m = 0; m < M; m++) {
+                    const float g = finish(l, &acts, m, n, sums[m]) + bg;
+                    const float u = finish(l, &acts, m, I + n, sums[M + m]) + bu;
+                    a[m * I + n] = g / (1.f + expf(-g)) * u;
                 }
             }
         }

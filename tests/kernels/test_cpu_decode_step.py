@@ -60,7 +60,7 @@ def threads(n: int):
 
 
 @pytest.mark.parametrize("n, k", [(16, 576), (35, 100), (7, 13), (960, 576), (64, 1536)])
-@pytest.mark.parametrize("rows", [0, 1, 3, 4, 5, 8, 33])
+@pytest.mark.parametrize("rows", [0, 1, 3, 4, 5, 8, 33, 130])  # 130: past two 64-row chunks
 @pytest.mark.parametrize("num_threads", [1, 2])
 def test_int8_linear_is_the_dequantized_weights_float32_product(kernel, n, k, rows, num_threads):
     q, scale = int8_weight(n, k, seed=n * 1000 + k)
@@ -74,7 +74,7 @@ def test_int8_linear_is_the_dequantized_weights_float32_product(kernel, n, k, ro
 
 
 @pytest.mark.parametrize("n, k", [(16, 576), (35, 100), (7, 13), (64, 1536)])
-@pytest.mark.parametrize("rows", [0, 1, 3, 4, 5, 33])
+@pytest.mark.parametrize("rows", [0, 1, 3, 4, 5, 33, 130])
 @pytest.mark.parametrize("num_threads", [1, 2])
 def test_w8a8_linear_quantizes_each_row_and_sums_exactly(kernel, n, k, rows, num_threads):
     q, scale, wsum = w8a8_weight(n, k, seed=n + k)
