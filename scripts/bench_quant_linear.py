@@ -81,11 +81,15 @@ def main() -> None:
         kernel = None
     projections = [paths(torch.randn(n, k, generator=g) * 0.05, kernel) for n, k in shapes]
     names = list(projections[0])
-    if args.paths:
-        wanted = [n.strip() for n in args.paths.split(",")]
-        unknown = [n for n in wanted if n not in names]
-        if unknown:
-            raise SystemExit(f"--paths: unknown {unknown}; the paths are {names}")
+    if args.paths:  # names contain commas ("int8 kernel, bf16 in"): pieces join until they form a name
+        wanted, piece = [], ""
+        for part in args.paths.split(","):
+            piece = f"{piece},{part}" if piece else part
+            if piece.strip() in names:
+                wanted.append(piece.strip())
+                piece = ""
+        if piece or not wanted:
+            raise SystemExit(f"--paths: {piece or args.paths!r} is not a path; the paths are {names}")
         names = wanted
     what = "thread CPU time" if args.threads == 1 else f"wall time on {args.threads} threads"
     print(f"{len(shapes)} projections, ms of {what} per pass (median of {args.rounds}):")
