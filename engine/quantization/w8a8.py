@@ -31,8 +31,8 @@ kvserve pins torch 2.13, where it works. CPU only: on a GPU use fp8 (`check_w8a8
 
 kvserve's C kernel (kernels/cpu/decode_step.c, `w8a8_linear`) computes the same codes and the same exact
 integer sums with AVX2's u8 x s8 multiply-add (activation codes + 128, taken back out with each weight row's
-code sum). SmolLM2's 120 projections at one row take 13.9 ms of one thread there against fbgemm's 29.1 (no
-~40 us fixed cost per call); level at 16 rows; beyond, fbgemm's blocked GEMM is 1.2-1.7x faster
+code sum). SmolLM2's 120 projections at one row take 12.7 ms of one thread there against fbgemm's 24.2 (no
+~40 us fixed cost per call); about level at 16 rows (60 vs 58); beyond, fbgemm's blocked GEMM is 1.2-1.4x faster
 (`scripts/bench_quant_linear.py`). So with a C compiler the runner gives every W8A8 layer the kernel for
 batches of up to C_KERNEL_ROWS rows, and the one-call decode step (engine/worker/cpu_decode.py) runs on it;
 prefills stay on fbgemm. The kernel reads a plain copy of the codes (fbgemm's packing is private): w8a8 then

@@ -9,7 +9,7 @@ int32 sums), RMSNorm, RoPE, the KV store and the paged decode attention kernel.
 It takes a step when every row of it decodes (one token per sequence, in batch order) and the model is one the
 C function computes exactly: `LlamaForCausalLM` itself (Llama, Mistral, Qwen2; not Qwen3's q/k norms, Gemma or
 Phi-3), SiLU, full-width RoPE, every projection an `Int8Linear` or every one a `W8A8Linear` (quantization
-int8 or w8a8) given the C kernel, a float32 cache with no
+int8 or w8a8) given the C kernel, a float32 or int8 cache (not fp8) with no
 sliding window, float32 activations, no tensor parallelism. `create` says which condition failed otherwise;
 the model's own forward then runs every step, as it runs every prefill and mixed step anyway.
 """
@@ -64,8 +64,8 @@ class CpuDecodeStep:
             attn, mlp = layer.self_attn, layer.mlp
             if attn.qk_norm:
                 raise Unsupported("per-head q/k norms (Qwen3)")
-            if attn.kv_scales is not None or attn.key_cache.dtype != torch.float32:
-                raise Unsupported(f"a {attn.key_cache.dtype} KV cache (the C step stores float32)")
+            if attn.key_cache.dtype not in (torch.float32, torch.int8):
+                raise Unsupported(f"a {attn.key_cache.dtype} KV cache (the C step stores float32 or int8)")
             parts = {"qkv": _projection(attn.qkv_proj, f"layers.{n}.qkv_proj", kind),
                      "o": _projection(attn.o_proj, f"layers.{n}.o_proj", kind),
                      "gate_up": _projection(mlp.gate_up_proj, f"layers.{n}.gate_up_proj", kind),
@@ -73,6 +73,8 @@ class CpuDecodeStep:
             fields = {"input_norm": layer.input_layernorm.weight.detach(),
                       "post_norm": layer.post_attention_layernorm.weight.detach(),
                       "key_cache": attn.key_cache, "value_cache": attn.value_cache}
+            if attn.kv_scales is not None:  # an int8 cache: codes, and a scale per (token, KV head) beside them
+                fields["key_scales"], fields["value_scales"] = attn.kv_scales
             for stem, mod in parts.items():
                 fields[f"{stem}_weight"], fields[f"{stem}_scale"] = mod.qweight, mod.scale_f32
                 fields[f"{stem}_bias"] = None if mod.bias is None else mod.bias.detach().float().contiguous()

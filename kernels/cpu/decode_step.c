@@ -21,7 +21,10 @@
  *   out = rms_norm(x)
  * Each layer's tensors are LAYER_FIELDS addresses in `layers` (in the enum's order); a NULL bias is none;
  * `w8a8` says which product the projections use (their wsum fields are read only then).
- * The caches are float [num_blocks, block_size, KVH, D]. Shapes: dims = {H, NH, KVH, D, I, block_size}.
+ * The caches are float [num_blocks, block_size, KVH, D], or int8 codes of that shape with float scales
+ * [num_blocks, block_size, KVH] (KSCALES / VSCALES non-NULL): each stored head vector x becomes
+ * scale = max(max |x|, 1e-12) / 127 and codes round(x / scale) (half to even), as kernels.reference.quantize_kv_ref.
+ * Shapes: dims = {H, NH, KVH, D, I, block_size}.
  */
 #include <math.h>
 #include <stdint.h>
@@ -42,7 +45,7 @@
 #endif
 
 enum { LN1, WQKV, SQKV, BQKV, WO, SO, BO, LN2, WGU, SGU, BGU, WD, SD, BD, KCACHE, VCACHE, QKV_WSUM, O_WSUM, GU_WSUM,
-       D_WSUM, LAYER_FIELDS };
+       D_WSUM, KSCALES, VSCALES, LAYER_FIELDS };
 
 #ifdef DS_AVX2
 static inline float hsum(__m256 v) {
@@ -342,6 +345,20 @@ static void rms_norm(const float *x, const float *w, int64_t M, int64_t H, float
     }
 }
 
+/* one token's KVH head vectors into an int8 cache slot: codes and one scale per head */
+static void store_int8(const float *x, int64_t KVH, int64_t D, int8_t *codes, float *scales) {
+    for (int64_t h = 0; h < KVH; h++, x += D, codes += D) {
+        float mx = 0.f;
+        for (int64_t i = 0; i < D; i++) mx = fmaxf(mx, fabsf(x[i]));
+        const float scale = fmaxf(mx, 1e-12f) / 127.f;
+        for (int64_t i = 0; i < D; i++) {
+            const float q = nearbyintf(x[i] / scale); /* a true division, as the reference divides */
+            codes[i] = (int8_t)(q > 127.f ? 127.f : (q < -127.f ? -127.f : q));
+        }
+        scales[h] = scale;
+    }
+}
+
 /* transformers' rotate-half RoPE on n heads of D values: (x1, x2) -> (x1 c - x2 s, x2 c + x1 s) */
 static void rope(float *v, int64_t n, int64_t D, const float *c, const float *s) {
     const int64_t half = D / 2;
@@ -383,20 +400,24 @@ int kvserve_llama_decode(const int64_t *layers, int64_t num_layers, const float 
         const QLinear wgu = qlinear(f, WGU, SGU, BGU, GU_WSUM, w8a8, 2 * I, H);
         const QLinear wd = qlinear(f, WD, SD, BD, D_WSUM, w8a8, H, I);
         int err = 0;
-        float *kc = (float *)(intptr_t)f[KCACHE], *vc = (float *)(intptr_t)f[VCACHE];
+        void *kc = (void *)(intptr_t)f[KCACHE], *vc = (void *)(intptr_t)f[VCACHE];
+        float *ks = (float *)(intptr_t)f[KSCALES], *vs = (float *)(intptr_t)f[VSCALES];
         rms_norm(x, (const float *)(intptr_t)f[LN1], M, H, eps, h);
         err |= linear(&wqkv, h, M, H, qkv, QKV, 0, threads);
         for (int64_t m = 0; m < M; m++) {
             float *row = qkv + m * QKV;
             const float *c = cos_tab + positions[m] * rope_stride, *s = sin_tab + positions[m] * rope_stride;
             rope(row, NH + KVH, D, c, s); /* q's heads, then k's: adjacent */
-            if (slots[m] >= 0) {
-                memcpy(kc + slots[m] * KVH * D, row + NH * D, sizeof(float) * (size_t)(KVH * D));
-                memcpy(vc + slots[m] * KVH * D, row + (NH + KVH) * D, sizeof(float) * (size_t)(KVH * D));
+            if (slots[m] >= 0 && ks) {
+                store_int8(row + NH * D, KVH, D, (int8_t *)kc + slots[m] * KVH * D, ks + slots[m] * KVH);
+                store_int8(row + (NH + KVH) * D, KVH, D, (int8_t *)vc + slots[m] * KVH * D, vs + slots[m] * KVH);
+            } else if (slots[m] >= 0) {
+                memcpy((float *)kc + slots[m] * KVH * D, row + NH * D, sizeof(float) * (size_t)(KVH * D));
+                memcpy((float *)vc + slots[m] * KVH * D, row + (NH + KVH) * D, sizeof(float) * (size_t)(KVH * D));
             }
         }
-        ((attention_fn)attention)(qkv, QKV, att, kc, vc, NULL, NULL, 0, NULL, block_tables, table_stride, seq_lens,
-                                  NULL, rows, M, NH, KVH, D, BS, attn_scale, 0.f, heads_per_task, threads);
+        ((attention_fn)attention)(qkv, QKV, att, kc, vc, ks, vs, ks ? 1 : 0, NULL, block_tables, table_stride,
+                                  seq_lens, NULL, rows, M, NH, KVH, D, BS, attn_scale, 0.f, heads_per_task, threads);
         err |= linear(&wo, att, M, NH * D, x, H, 1, threads);
         rms_norm(x, (const float *)(intptr_t)f[LN2], M, H, eps, h);
         err |= gate_up_silu(&wgu, h, M, H, act, threads);

@@ -30,7 +30,8 @@ _DECODE_ARGS = [_P, _I64, _P, _P, _P, _F32, _F32, _P, _P, _I64, _P, _P, _P, _I64
 # one layer's tensors, in the order decode_step.c's LAYER_FIELDS reads them
 LAYER_FIELDS = ("input_norm", "qkv_weight", "qkv_scale", "qkv_bias", "o_weight", "o_scale", "o_bias", "post_norm",
                 "gate_up_weight", "gate_up_scale", "gate_up_bias", "down_weight", "down_scale", "down_bias",
-                "key_cache", "value_cache", "qkv_wsum", "o_wsum", "gate_up_wsum", "down_wsum")
+                "key_cache", "value_cache", "qkv_wsum", "o_wsum", "gate_up_wsum", "down_wsum", "key_scales",
+                "value_scales")
 STEMS = ("qkv", "o", "gate_up", "down")
 W8A8_MAX_CODE = 63  # w8a8 weight codes lie in [-63, 63] (decode_step.c: 16-bit pair sums cannot overflow)
 
@@ -51,7 +52,9 @@ class LlamaDims:
 class LlamaDecodeWeights:
     """A Llama-shaped decoder's tensors for `llama_decode`: per layer the LAYER_FIELDS (int8 [N, K] weights,
     float32 scales [N], float32 biases or None, float32 norm weights, float32 caches [blocks, block_size, KVH,
-    D]; with `w8a8`, int32 weight-code sums [N] per projection, codes in [-63, 63]), the embedding [V, H],
+    D] or int8 ones with float32 key_scales / value_scales [blocks, block_size, KVH] (an int8 KV cache, as
+    engine/quantization/kv_cache.py stores it); with `w8a8`, int32 weight-code sums [N] per projection, codes
+    in [-63, 63]), the embedding [V, H],
     the final norm, and RoPE's cos / sin tables [positions, >= head_dim / 2]. It keeps the tensors alive:
     the C function gets their addresses."""
 
@@ -87,10 +90,14 @@ class LlamaDecodeWeights:
                     if t is None or t.dtype != torch.int32 or t.shape != (shape[0],) or not t.is_contiguous():
                         raise ValueError(f"layers[{n}].{stem}_wsum: need contiguous int32 [{shape[0]}] (w8a8)")
             for name in ("key_cache", "value_cache"):
-                c = layer[name]
-                if c.dtype != torch.float32 or c.shape[1:] != (dims.block_size, kvh, d) or not c.is_contiguous():
+                c, sc = layer[name], layer.get(name.replace("cache", "scales"))
+                if c.dtype != (torch.float32 if sc is None else torch.int8) or c.shape[1:] != (dims.block_size, kvh, d) \
+                        or not c.is_contiguous():
                     raise ValueError(f"layers[{n}].{name}: need a contiguous float32 [blocks, {dims.block_size}, "
-                                     f"{kvh}, {d}] cache")
+                                     f"{kvh}, {d}] cache, or int8 codes with scales beside them")
+                if sc is not None and (sc.dtype != torch.float32 or sc.shape != c.shape[:3] or not sc.is_contiguous()):
+                    raise ValueError(f"layers[{n}].{name.replace('cache', 'scales')}: need contiguous float32 "
+                                     f"{tuple(c.shape[:3])} scales")
             rows.append([0 if layer.get(f) is None else layer[f].data_ptr() for f in LAYER_FIELDS])
         for name, t in (("embed", embed), ("final_norm", final_norm), ("cos", cos), ("sin", sin)):
             if t.dtype != torch.float32 or not t.is_contiguous():

@@ -71,6 +71,19 @@ def test_decode_steps_in_one_c_call_give_the_forwards_tokens(arch, setup, quanti
     assert pool.num_free_blocks == pool.num_blocks
 
 
+@pytest.mark.parametrize("quantization", ["int8", "w8a8"])
+def test_an_int8_kv_cache_is_stored_and_read_as_the_forward_does(quantization, tiny_model_dir, prompts_fn):
+    """The step quantizes each new key and value head vector as the cache's store does (one scale per vector)
+    and attends over the codes: the eager forward's tokens, through chunked prefill and preemption."""
+    prompts = prompts_fn(5, [1, 6, 17, 33, 40], seed=9)
+    setup = dict(block_size=4, num_kv_blocks=24, max_num_batched_tokens=16, kv_cache_dtype="int8")
+    llm, counting = c_step_llm(tiny_model_dir("llama"), quantization, **setup)
+    got = outputs(llm, prompts)
+    eager = LLM(tiny_model_dir("llama"), device="cpu", quantization=quantization, enforce_eager=True, **setup)
+    assert_same(got, outputs(eager, prompts))
+    assert counting.calls >= 8
+
+
 def test_one_stream_runs_every_decode_step_in_c(tiny_model_dir, prompts_fn):
     llm, counting = c_step_llm(tiny_model_dir("llama"))
     llm.generate(prompts_fn(1, [9], seed=1), SamplingParams(temperature=0, max_tokens=10, ignore_eos=True))
@@ -89,7 +102,7 @@ def test_sampled_decoding_is_unchanged(tiny_model_dir, prompts_fn):
 
 @pytest.mark.parametrize("arch, kw, reason", [
     ("qwen3", {}, "per-head q/k norms (Qwen3)"),
-    ("llama", dict(kv_cache_dtype="int8"), "a torch.int8 KV cache (the C step stores float32)"),
+    ("llama", dict(kv_cache_dtype="fp8_e4m3"), "a torch.float8_e4m3fn KV cache (the C step stores float32 or int8)"),
     ("llama", dict(quantization="int4"), "layers.0.qkv_proj is Int4Linear, not int8 (quantization int8 or w8a8)"),
     ("llama", dict(attention_backend="torch"), "attention backend torch"),
     ("llama", dict(enforce_eager=True), "enforce_eager"),

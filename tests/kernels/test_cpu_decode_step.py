@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from kernels.cpu import (CpuKernelUnavailable, DecodeBatch, LlamaDecodeWeights, LlamaDims, load_decode_step,
                          load_paged_decode)
-from kernels.reference import paged_attention_ref
+from kernels.reference import paged_attention_ref, quantize_kv_ref
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,8 @@ DIMS = LlamaDims(hidden=48, num_heads=6, num_kv_heads=2, head_dim=16, intermedia
                  scale=16 ** -0.5)
 
 
-def random_model(dims: LlamaDims, num_layers: int, num_blocks: int, bias: bool, seed: int, w8a8: bool = False):
+def random_model(dims: LlamaDims, num_layers: int, num_blocks: int, bias: bool, seed: int, w8a8: bool = False,
+                 kv8: bool = False):
     g = torch.Generator().manual_seed(seed)
     h, nh, kvh, d, i = dims.hidden, dims.num_heads, dims.num_kv_heads, dims.head_dim, dims.intermediate
     shapes = {"qkv": ((nh + 2 * kvh) * d, h), "o": (h, nh * d), "gate_up": (2 * i, h), "down": (h, i)}
@@ -143,6 +144,10 @@ def random_model(dims: LlamaDims, num_layers: int, num_blocks: int, bias: bool, 
         layer = {"input_norm": torch.rand(h, generator=g) + 0.5, "post_norm": torch.rand(h, generator=g) + 0.5,
                  "key_cache": torch.randn(num_blocks, dims.block_size, kvh, d, generator=g),
                  "value_cache": torch.randn(num_blocks, dims.block_size, kvh, d, generator=g)}
+        if kv8:  # an int8 cache: codes and a scale per (token, KV head)
+            for name in ("key", "value"):
+                codes, scales = quantize_kv_ref(layer[f"{name}_cache"], torch.int8)
+                layer[f"{name}_cache"], layer[f"{name}_scales"] = codes, scales
         for stem, (rows, cols) in shapes.items():
             q, scale = int8_weight(rows, cols, seed=seed * 100 + n * 10 + len(stem))
             if w8a8:
@@ -178,17 +183,25 @@ def reference_step(w: LlamaDecodeWeights, ids, positions, slots, tables, seq_len
     cu = torch.arange(m + 1, dtype=torch.int32)
     for layer in w.layers:
         kc, vc = layer["key_cache"].clone(), layer["value_cache"].clone()
+        scales = layer.get("key_scales")
+        ks, vs = (None, None) if scales is None else (scales.clone(), layer["value_scales"].clone())
         qkv = lin(torch.rms_norm(x, (dims.hidden,), layer["input_norm"], dims.eps), layer, "qkv")
         q, k = rope(qkv[:, :nh * d].view(m, nh, d)), rope(qkv[:, nh * d:(nh + kvh) * d].view(m, kvh, d))
         v = qkv[:, (nh + kvh) * d:].view(m, kvh, d)
         keep = slots >= 0
-        kc.view(-1, kvh, d)[slots[keep]] = k[keep]
-        vc.view(-1, kvh, d)[slots[keep]] = v[keep]
-        o = paged_attention_ref(q, kc, vc, tables.int(), cu, seq_lens.int(), dims.scale)
+        if ks is None:
+            kc.view(-1, kvh, d)[slots[keep]] = k[keep]
+            vc.view(-1, kvh, d)[slots[keep]] = v[keep]
+        else:
+            for cache, sc, t in ((kc, ks, k), (vc, vs, v)):
+                codes, scale = quantize_kv_ref(t[keep], torch.int8)
+                cache.view(-1, kvh, d)[slots[keep]] = codes
+                sc.view(-1, kvh)[slots[keep]] = scale
+        o = paged_attention_ref(q, kc, vc, tables.int(), cu, seq_lens.int(), dims.scale, k_scales=ks, v_scales=vs)
         x = x + lin(o.reshape(m, nh * d), layer, "o")
         gate, up = lin(torch.rms_norm(x, (dims.hidden,), layer["post_norm"], dims.eps), layer, "gate_up").chunk(2, -1)
         x = x + lin(F.silu(gate) * up, layer, "down")
-        caches.append((kc, vc))
+        caches.append((kc, vc, ks, vs))
     return torch.rms_norm(x, (dims.hidden,), w.final_norm, dims.eps), caches
 
 
@@ -216,9 +229,25 @@ def test_the_decode_step_is_the_layers_computed_in_torch(kernel, seq_lens, bias,
     with threads(num_threads):
         out = kernel.llama_decode(w, ids, pos, slots, DecodeBatch.build(tables.numpy(), lens.numpy()))
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
-    for layer, (kc, vc) in zip(w.layers, ref_caches):  # the step's keys and values stored, nothing else
+    for layer, (kc, vc, _, _) in zip(w.layers, ref_caches):  # the step's keys and values stored, nothing else
         torch.testing.assert_close(layer["key_cache"], kc, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(layer["value_cache"], vc, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("seq_lens", [[1], [3, 9, 1, 16, 30]])
+@pytest.mark.parametrize("w8a8", [False, True])
+def test_the_decode_step_over_an_int8_cache_stores_codes_and_scales_as_the_reference(kernel, seq_lens, w8a8):
+    w = random_model(DIMS, num_layers=2, num_blocks=80, bias=False, seed=11 + len(seq_lens), w8a8=w8a8, kv8=True)
+    ids, pos, slots, tables, lens = step_inputs(seq_lens, 80, DIMS.block_size, seed=5)
+    ref, ref_caches = reference_step(w, ids, pos, slots, tables, lens)
+    out = kernel.llama_decode(w, ids, pos, slots, DecodeBatch.build(tables.numpy(), lens.numpy()))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    for layer, (kc, vc, ks, vs) in zip(w.layers, ref_caches):
+        # a code may differ by one where the inputs' float32 rounding differs (the norms' summation order)
+        assert int((layer["key_cache"].int() - kc.int()).abs().max()) <= 1
+        assert int((layer["value_cache"].int() - vc.int()).abs().max()) <= 1
+        torch.testing.assert_close(layer["key_scales"], ks, rtol=1e-5, atol=0)
+        torch.testing.assert_close(layer["value_scales"], vs, rtol=1e-5, atol=0)
 
 
 def test_a_negative_slot_stores_nothing(kernel):
