@@ -46,50 +46,16 @@ class CpuDecodeStep:
                ) -> CpuDecodeStep:
         """The step for `model` (its caches already bound; `group_windows`: each KV-cache group's sliding
         window, `ModelConfig.group_windows`); Unsupported naming the first obstacle."""
-        if type(model) is not LlamaForCausalLM:
-            raise Unsupported(f"the model is {type(model).__name__}, not a plain Llama-family decoder")
-        cfg = model.config
-        if model.tp is not None:
-            raise Unsupported("tensor parallelism")
-        if getattr(cfg, "hidden_act", "silu") != "silu":
-            raise Unsupported(f"activation {cfg.hidden_act!r} (the C step computes SiLU)")
-        if model.embed_tokens.weight.dtype != torch.float32:
-            raise Unsupported(f"the model runs in {model.embed_tokens.weight.dtype} (the C step takes float32)")
-        if tuple(group_windows) != (None,):
-            raise Unsupported("a sliding window")
+        _check_model(model, group_windows)
         kind = type(model.layers[0].self_attn.qkv_proj)
         kind = kind if kind in (Int8Linear, W8A8Linear) else Int8Linear  # the name the first error gives
-        layers = []
-        for n, layer in enumerate(model.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            if attn.qk_norm:
-                raise Unsupported("per-head q/k norms (Qwen3)")
-            if attn.key_cache.dtype not in (torch.float32, torch.int8):
-                raise Unsupported(f"a {attn.key_cache.dtype} KV cache (the C step stores float32 or int8)")
-            parts = {"qkv": _projection(attn.qkv_proj, f"layers.{n}.qkv_proj", kind),
-                     "o": _projection(attn.o_proj, f"layers.{n}.o_proj", kind),
-                     "gate_up": _projection(mlp.gate_up_proj, f"layers.{n}.gate_up_proj", kind),
-                     "down": _projection(mlp.down_proj, f"layers.{n}.down_proj", kind)}
-            fields = {"input_norm": layer.input_layernorm.weight.detach(),
-                      "post_norm": layer.post_attention_layernorm.weight.detach(),
-                      "key_cache": attn.key_cache, "value_cache": attn.value_cache}
-            if attn.kv_scales is not None:  # an int8 cache: codes, and a scale per (token, KV head) beside them
-                fields["key_scales"], fields["value_scales"] = attn.kv_scales
-            for stem, mod in parts.items():
-                fields[f"{stem}_weight"], fields[f"{stem}_scale"] = mod.qweight, mod.scale_f32
-                fields[f"{stem}_bias"] = None if mod.bias is None else mod.bias.detach().float().contiguous()
-                if kind is W8A8Linear:
-                    fields[f"{stem}_wsum"] = mod.wsum
-            layers.append(fields)
-        first = model.layers[0].self_attn
-        rope = model.rotary
-        if rope.cos.shape[1] != first.head_dim:
-            raise Unsupported("partial rotary embedding")
-        dims = LlamaDims(cfg.hidden_size, first.num_heads, first.num_kv_heads, first.head_dim, model.layers[0].mlp
-                         .intermediate_size, block_size, float(cfg.rms_norm_eps), float(first.scale))
+        layers = [_layer_fields(n, layer, kind) for n, layer in enumerate(model.layers)]
+        cfg, first = model.config, model.layers[0].self_attn
+        dims = LlamaDims(cfg.hidden_size, first.num_heads, first.num_kv_heads, first.head_dim,
+                         model.layers[0].mlp.intermediate_size, block_size, float(cfg.rms_norm_eps), float(first.scale))
         try:
             weights = LlamaDecodeWeights.build(layers, model.embed_tokens.weight.detach(), model.norm.weight.detach(),
-                                               rope.cos, rope.sin, dims, w8a8=kind is W8A8Linear)
+                                               model.rotary.cos, model.rotary.sin, dims, w8a8=kind is W8A8Linear)
         except ValueError as e:
             raise Unsupported(str(e)) from e
         return cls(kernel, weights)
@@ -97,3 +63,42 @@ class CpuDecodeStep:
     def run(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, batch: DecodeBatch) -> torch.Tensor:
         """The final-normed hidden states of a step whose rows all decode (`batch.every_row`)."""
         return self.kernel.llama_decode(self.weights, ids, positions, slots, batch)
+
+
+def _check_model(model, group_windows) -> None:
+    """Unsupported unless the C step computes this model exactly (the per-layer checks: `_layer_fields`)."""
+    if type(model) is not LlamaForCausalLM:
+        raise Unsupported(f"the model is {type(model).__name__}, not a plain Llama-family decoder")
+    cfg = model.config
+    if model.tp is not None:
+        raise Unsupported("tensor parallelism")
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        raise Unsupported(f"activation {cfg.hidden_act!r} (the C step computes SiLU)")
+    if model.embed_tokens.weight.dtype != torch.float32:
+        raise Unsupported(f"the model runs in {model.embed_tokens.weight.dtype} (the C step takes float32)")
+    if tuple(group_windows) != (None,):
+        raise Unsupported("a sliding window")
+    if model.rotary.cos.shape[1] != model.layers[0].self_attn.head_dim:
+        raise Unsupported("partial rotary embedding")
+
+
+def _layer_fields(n: int, layer, kind: type) -> dict[str, torch.Tensor | None]:
+    """Layer n's tensors under kernels.cpu.decode_step's LAYER_FIELDS names; Unsupported naming what differs."""
+    attn, mlp = layer.self_attn, layer.mlp
+    if attn.qk_norm:
+        raise Unsupported("per-head q/k norms (Qwen3)")
+    if attn.key_cache.dtype not in (torch.float32, torch.int8):
+        raise Unsupported(f"a {attn.key_cache.dtype} KV cache (the C step stores float32 or int8)")
+    fields = {"input_norm": layer.input_layernorm.weight.detach(),
+              "post_norm": layer.post_attention_layernorm.weight.detach(),
+              "key_cache": attn.key_cache, "value_cache": attn.value_cache}
+    if attn.kv_scales is not None:  # an int8 cache: codes, and a scale per (token, KV head) beside them
+        fields["key_scales"], fields["value_scales"] = attn.kv_scales
+    for stem, mod in (("qkv", attn.qkv_proj), ("o", attn.o_proj), ("gate_up", mlp.gate_up_proj),
+                      ("down", mlp.down_proj)):
+        mod = _projection(mod, f"layers.{n}.{stem}_proj", kind)
+        fields[f"{stem}_weight"], fields[f"{stem}_scale"] = mod.qweight, mod.scale_f32
+        fields[f"{stem}_bias"] = None if mod.bias is None else mod.bias.detach().float().contiguous()
+        if kind is W8A8Linear:
+            fields[f"{stem}_wsum"] = mod.wsum
+    return fields
