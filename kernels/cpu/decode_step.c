@@ -47,6 +47,9 @@
 enum { LN1, WQKV, SQKV, BQKV, WO, SO, BO, LN2, WGU, SGU, BGU, WD, SD, BD, KCACHE, VCACHE, QKV_WSUM, O_WSUM, GU_WSUM,
        D_WSUM, KSCALES, VSCALES, LAYER_FIELDS };
 
+/* how many addresses a layer has in `layers`: the binding checks it against its own list when it loads */
+int64_t kvserve_decode_layer_fields(void) { return LAYER_FIELDS; }
+
 #ifdef DS_AVX2
 static inline float hsum(__m256 v) {
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .build import build_library
+from .build import CpuKernelUnavailable, build_library
 from .paged_decode import DecodeBatch, PagedDecodeKernel
 
 SOURCE = Path(__file__).with_name("decode_step.c")
@@ -115,6 +115,10 @@ class DecodeStepKernel:
     def __init__(self, library: Path, attention: PagedDecodeKernel):
         self.library, self.attention = library, attention
         lib = ctypes.CDLL(str(library))
+        lib.kvserve_decode_layer_fields.restype = ctypes.c_int64
+        if lib.kvserve_decode_layer_fields() != len(LAYER_FIELDS):  # a library built from another source
+            raise CpuKernelUnavailable(f"{library.name} reads {lib.kvserve_decode_layer_fields()} tensors a layer, "
+                                       f"this binding passes {len(LAYER_FIELDS)}")
         self._linear, self._decode = lib.kvserve_int8_linear, lib.kvserve_llama_decode
         self._w8a8 = lib.kvserve_w8a8_linear
         self._linear.argtypes, self._linear.restype = _LINEAR_ARGS, None

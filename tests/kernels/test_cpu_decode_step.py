@@ -113,6 +113,26 @@ def test_int8_linear_names_the_argument_it_cannot_take(kernel):
         kernel.int8_linear(torch.randn(2, 16), q, scale[:4])
 
 
+def test_a_library_from_another_source_is_refused_at_load(tmp_path):
+    """The binding and the C code must agree on a layer's tensor list: a mismatch is an error, not a crash."""
+    from pathlib import Path
+
+    from kernels.cpu import build_library
+    from kernels.cpu.decode_step import SOURCE, DecodeStepKernel
+
+    from kernels.cpu.build import find_compiler
+
+    try:
+        find_compiler()
+    except CpuKernelUnavailable as e:
+        pytest.skip(f"no C compiler: {e}")
+    other = tmp_path / "decode_step.c"  # one more field than the binding knows
+    other.write_text(Path(SOURCE).read_text().replace("VSCALES, LAYER_FIELDS", "VSCALES, NEWER, LAYER_FIELDS"))
+    library = build_library(other, tmp_path)
+    with pytest.raises(CpuKernelUnavailable, match="reads 23 tensors a layer, this binding passes 22"):
+        DecodeStepKernel(library, load_paged_decode(tmp_path))
+
+
 def test_the_portable_build_computes_the_same_products(tmp_path):
     """Built for plain x86-64 (no AVX2): the scalar loops a machine without AVX2 runs."""
     import platform
