@@ -3,7 +3,8 @@
 Given a `SchedulerOutput` (plain data, `engine.step`) it brings its copy of the scheduled sequences up to
 date (`SeqStates`), flattens them into varlen arrays on the host (`HostBatchBuilder`), uploads those and the
 sampling rows' parameters with ONE host-to-device copy (`StagingBuffer`), runs the model (from a CUDA graph
-for decode steps on a GPU), computes logits only for the rows that sample, samples on the device
+for decode steps on a GPU; on a CPU, a decode step of an int8 / w8a8 Llama-shaped model as one C call:
+`cpu_decode.py`), computes logits only for the rows that sample, samples on the device
 (`engine.sample.sampler`) and starts ONE device-to-host copy of the sampled ids (`ReadbackBuffer`).
 
 `execute_async(out)` returns as soon as that work is queued on the device, with a `PendingOutput` whose
