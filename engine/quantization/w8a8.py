@@ -111,8 +111,8 @@ class W8A8Linear(nn.Module):
         """Run batches of up to C_KERNEL_ROWS rows in kvserve's C kernel (`kernel.w8a8_linear`: the same
         activation quantization, the same exact int32 sums). It reads a plain copy of the codes made here
         (fbgemm's packed layout is private): one more byte per weight."""
-        self.qweight = self.codes().contiguous()
-        qw, _ = torch.ops.quantized.linear_unpack(self.packed)
+        qw, _ = torch.ops.quantized.linear_unpack(self.packed)  # one unpack: the codes and their scales
+        self.qweight = qw.int_repr().contiguous()
         self.scale_f32 = qw.q_per_channel_scales().float().contiguous()
         self.wsum = self.qweight.sum(dim=1, dtype=torch.int32)
         self.cpu_kernel = kernel

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import EngineArgs
-from .eval_ppl import parse_config
+from .eval_ppl import parse_config, refuse_config_flags
 
 WEIGHT_MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_weight_int8pack_mm",
                   "aten::_weight_int4pack_mm_for_cpu", "aten::_scaled_mm")
@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     configs = [parse_config(c.strip()) for c in args.configs.split(",") if c.strip()]
     streams = [int(s) for s in args.streams.split(",") if s.strip()]
     base = dataclasses.replace(EngineArgs.from_cli_args(args), max_num_seqs=max(streams + [1]))
+    refuse_config_flags(base)
     if base.num_kv_blocks is None:  # every engine stays loaded: give each the cache its longest run needs, not 2 GiB
         per_seq = -(-(args.input_len + args.output_len + 1) // base.block_size)
         base = dataclasses.replace(base, num_kv_blocks=max(streams + [1]) * per_seq + 1)

@@ -46,7 +46,8 @@ class EvalConfig:
     enforce_eager: bool = False  # `eager`: every step through the model's forward (no one-call C decode step)
 
     def build(self, base_args: EngineArgs):
-        """An `LLM` of `base_args` with this configuration's weight and KV-cache formats and attention backend."""
+        """An `LLM` of `base_args` with this configuration's weight and KV-cache formats and attention backend
+        (`CONFIG_OPTIONS`: the CLIs refuse them as flags); `--enforce-eager` applies to every configuration."""
         from ..llm import LLM
 
         args = dataclasses.replace(base_args, quantization=self.quantization, kv_cache_dtype=self.kv_cache_dtype,
@@ -54,6 +55,19 @@ class EvalConfig:
                                    attention_backend=self.attention_backend,
                                    enforce_eager=self.enforce_eager or base_args.enforce_eager)
         return LLM(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
+
+
+# the engine options a configuration's name sets (EvalConfig.build replaces them)
+CONFIG_OPTIONS = ("quantization", "kv_cache_dtype", "quantize_lm_head", "quantization_group_size", "attention_backend")
+
+
+def refuse_config_flags(base_args: EngineArgs) -> None:
+    """SystemExit naming the first CONFIG_OPTIONS flag given on the command line (`kvserve eval-ppl`, `kvserve
+    speed`): each configuration's name sets it, so the flag would be silently replaced."""
+    defaults = EngineArgs()
+    for name in CONFIG_OPTIONS:
+        if getattr(base_args, name) != getattr(defaults, name):
+            raise SystemExit(f"{name}: set it per configuration with --configs, not as a flag")
 
 
 def parse_config(name: str) -> EvalConfig:
@@ -197,11 +211,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.stride <= args.window:
         raise SystemExit("stride: must be in (0, window]")
-    for name in ("quantization", "kv_cache_dtype", "quantization_group_size"):
-        if getattr(args, name) not in (None, "auto"):
-            raise SystemExit(f"{name}: set it per configuration with --configs, not as a flag")
     configs = [parse_config(c.strip()) for c in args.configs.split(",") if c.strip()]
     base = EngineArgs.from_cli_args(args)
+    refuse_config_flags(base)
     if base.num_kv_blocks is None:  # the window (or all prompts at once) is all the cache ever holds
         prompts_blocks = 16 * -(-(args.prompt_tokens + args.max_tokens) // base.block_size)
         base = dataclasses.replace(base, num_kv_blocks=max(-(-args.window // base.block_size), prompts_blocks) + 1)

@@ -1,6 +1,6 @@
 /* Int8 weight-only linear layers, and a whole decode step of a Llama-shaped decoder built from them, on the CPU.
  *
- * kvserve_int8_linear: y[m, n] = scale[n] * sum_k x[m, k] * w[n, k] + bias[n]  (or y += that)
+ * kvserve_int8_linear: y[m, n] = scale[n] * sum_k x[m, k] * w[n, k] + bias[n]
  *   x float [M, K] (rows ldx floats apart), w int8 [N, K] contiguous, scale float [N], bias float [N] or NULL,
  *   y float [M, N] (rows ldy floats apart). The products and sums are float32: the result is the float32
  *   product with the dequantized weight (w * scale), in another summation order. Output rows are split into
@@ -64,7 +64,7 @@ static inline __m256 load8(const int8_t *w) {
 }
 #endif
 
-/* out[r] = dot(x row r, w) for r < R (R = 1 or 4; with 4, rows past the batch's end repeat a real row). */
+/* *out = dot(x, w) over K: one batch row (dot4: four rows sharing each weight load) */
 static inline void dot1(const float *x, const int8_t *w, int64_t K, float *out) {
     int64_t k = 0;
     float s = 0.f;
@@ -237,9 +237,10 @@ static inline float finish(const QLinear *l, const Acts *a, int64_t m, int64_t n
     return l->wsum ? dot * l->scale[n] * a->r[m] : dot * l->scale[n];
 }
 
-/* Weight rows [n0, n1) of y = x w^T * scale + bias (accumulate: y +=). sums: M floats of scratch. */
+/* Weight rows [n0, n1) of y = x w^T * scale + bias (accumulate: y +=), for M <= MCHUNK batch rows. */
 static void linear_rows(const QLinear *l, const Acts *a, int64_t M, float *y, int64_t ldy, int accumulate,
-                        int64_t n0, int64_t n1, float *sums) {
+                        int64_t n0, int64_t n1) {
+    float sums[MCHUNK];
     for (int64_t n = n0; n < n1; n++) {
         act_dots(a, M, l->w + n * l->K, l->wsum ? l->wsum[n] : 0, l->K, sums);
         const float b = l->bias ? l->bias[n] : 0.f;
@@ -263,21 +264,17 @@ static Acts acts_for(const QLinear *l, const float *x, int64_t M, int64_t ldx, u
     return a;
 }
 
-static int linear_chunk(const QLinear *l, const float *x, int64_t M, int64_t ldx, float *y, int64_t ldy, int accumulate,
-                  int threads) {
+/* M <= MCHUNK rows of y = x w^T ... (`linear` below) */
+static int linear_chunk(const QLinear *l, const float *x, int64_t M, int64_t ldx, float *y, int64_t ldy,
+                        int accumulate, int threads) {
     uint8_t *scratch = l->wsum ? malloc((size_t)(M * (l->K + 4))) : NULL;
     if (l->wsum && !scratch) return 1;
     const Acts a = acts_for(l, x, M, ldx, scratch);
     const int64_t tiles = (l->N + TILE - 1) / TILE;
-#pragma omp parallel num_threads(threads) if (threads > 1 && tiles > 1)
-    {
-        float *sums = malloc(sizeof(float) * (size_t)M);
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < tiles; t++) {
-            const int64_t n1 = (t + 1) * TILE < l->N ? (t + 1) * TILE : l->N;
-            linear_rows(l, &a, M, y, ldy, accumulate, t * TILE, n1, sums);
-        }
-        free(sums);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && tiles > 1)
+    for (int64_t t = 0; t < tiles; t++) {
+        const int64_t n1 = (t + 1) * TILE < l->N ? (t + 1) * TILE : l->N;
+        linear_rows(l, &a, M, y, ldy, accumulate, t * TILE, n1);
     }
     free(scratch);
     return 0;
@@ -295,9 +292,9 @@ static int linear(const QLinear *l, const float *x, int64_t M, int64_t ldx, floa
 }
 
 void kvserve_int8_linear(const float *x, int64_t M, int64_t ldx, const int8_t *w, const float *scale,
-                         const float *bias, int64_t N, int64_t K, float *y, int64_t ldy, int accumulate, int threads) {
+                         const float *bias, int64_t N, int64_t K, float *y, int64_t ldy, int threads) {
     const QLinear l = {w, scale, bias, NULL, N, K};
-    linear(&l, x, M, ldx, y, ldy, accumulate, threads);
+    linear(&l, x, M, ldx, y, ldy, 0, threads); /* float activations: no scratch, nothing can fail */
 }
 
 int kvserve_w8a8_linear(const float *x, int64_t M, int64_t ldx, const int8_t *w, const float *scale,
@@ -307,33 +304,39 @@ int kvserve_w8a8_linear(const float *x, int64_t M, int64_t ldx, const int8_t *w,
     return linear(&l, x, M, ldx, y, ldy, 0, threads);
 }
 
-/* a[m, i] = silu(h g_i) * (h u_i) for the gate rows [0, I) and up rows [I, 2I) of one fused weight; a task
- * computes the same range of gate and up rows, so the activation needs no second pass. */
-static int gate_up_silu(const QLinear *l, const float *h, int64_t M, int64_t H, float *a, int threads) {
+/* a[m, i] = silu(h g_i) * (h u_i) for the gate rows [0, I) and up rows [I, 2I) of one fused weight, for
+ * M <= MCHUNK rows; a task computes the same range of gate and up rows, so the activation needs no second pass. */
+static int gate_up_chunk(const QLinear *l, const float *h, int64_t M, int64_t H, float *a, int threads) {
     const int64_t I = l->N / 2, tiles = (I + TILE - 1) / TILE;
     uint8_t *scratch = l->wsum ? malloc((size_t)(M * (H + 4))) : NULL;
     if (l->wsum && !scratch) return 1;
     const Acts acts = acts_for(l, h, M, H, scratch);
-#pragma omp parallel num_threads(threads) if (threads > 1 && tiles > 1)
-    {
-        float *sums = malloc(sizeof(float) * (size_t)M * 2);
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < tiles; t++) {
-            const int64_t n1 = (t + 1) * TILE < I ? (t + 1) * TILE : I;
-            for (int64_t n = t * TILE; n < n1; n++) {
-                act_dots(&acts, M, l->w + n * H, l->wsum ? l->wsum[n] : 0, H, sums);
-                act_dots(&acts, M, l->w + (I + n) * H, l->wsum ? l->wsum[I + n] : 0, H, sums + M);
-                const float bg = l->bias ? l->bias[n] : 0.f, bu = l->bias ? l->bias[I + n] : 0.f;
-                for (int64_t m = 0; m < M; m++) {
-                    const float g = finish(l, &acts, m, n, sums[m]) + bg;
-                    const float u = finish(l, &acts, m, I + n, sums[M + m]) + bu;
-                    a[m * I + n] = g / (1.f + expf(-g)) * u;
-                }
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && tiles > 1)
+    for (int64_t t = 0; t < tiles; t++) {
+        float sums[2 * MCHUNK];
+        const int64_t n1 = (t + 1) * TILE < I ? (t + 1) * TILE : I;
+        for (int64_t n = t * TILE; n < n1; n++) {
+            act_dots(&acts, M, l->w + n * H, l->wsum ? l->wsum[n] : 0, H, sums);
+            act_dots(&acts, M, l->w + (I + n) * H, l->wsum ? l->wsum[I + n] : 0, H, sums + MCHUNK);
+            const float bg = l->bias ? l->bias[n] : 0.f, bu = l->bias ? l->bias[I + n] : 0.f;
+            for (int64_t m = 0; m < M; m++) {
+                const float g = finish(l, &acts, m, n, sums[m]) + bg;
+                const float u = finish(l, &acts, m, I + n, sums[MCHUNK + m]) + bu;
+                a[m * I + n] = g / (1.f + expf(-g)) * u;
             }
         }
-        free(sums);
     }
     free(scratch);
+    return 0;
+}
+
+/* the whole batch, MCHUNK rows at a time, as `linear` takes it */
+static int gate_up_silu(const QLinear *l, const float *h, int64_t M, int64_t H, float *a, int threads) {
+    const int64_t I = l->N / 2;
+    for (int64_t m0 = 0; m0 < M; m0 += MCHUNK) {
+        const int64_t mc = M - m0 < MCHUNK ? M - m0 : MCHUNK;
+        if (gate_up_chunk(l, h + m0 * H, mc, H, a + m0 * I, threads)) return 1;
+    }
     return 0;
 }
 

@@ -23,7 +23,7 @@ from .paged_decode import DecodeBatch, PagedDecodeKernel
 
 SOURCE = Path(__file__).with_name("decode_step.c")
 _P, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-_LINEAR_ARGS = [_P, _I64, _I64, _P, _P, _P, _I64, _I64, _P, _I64, _INT, _INT]
+_LINEAR_ARGS = [_P, _I64, _I64, _P, _P, _P, _I64, _I64, _P, _I64, _INT]
 _W8A8_ARGS = [_P, _I64, _I64, _P, _P, _P, _P, _I64, _I64, _P, _I64, _INT]
 _DECODE_ARGS = [_P, _I64, _P, _P, _P, _F32, _F32, _P, _P, _I64, _P, _P, _P, _I64, _P, _I64, _P, _P, _P, _I64,
                 _INT, _INT, _P]
@@ -133,8 +133,7 @@ class DecodeStepKernel:
         y = torch.empty(m, n)
         if m:
             self._linear(x.data_ptr(), m, x.stride(0), qweight.data_ptr(), scale.data_ptr(),
-                         None if bias is None else bias.contiguous().data_ptr(), n, k, y.data_ptr(), n, 0,
-                         torch.get_num_threads())
+                         None if bias is None else bias.data_ptr(), n, k, y.data_ptr(), n, torch.get_num_threads())
         return y
 
     def w8a8_linear(self, x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, wsum: torch.Tensor,
@@ -147,7 +146,7 @@ class DecodeStepKernel:
                              f"{tuple(wsum.shape)}")
         y = torch.empty(m, n)
         if m and self._w8a8(x.data_ptr(), m, x.stride(0), qweight.data_ptr(), scale.data_ptr(), wsum.data_ptr(),
-                            None if bias is None else bias.contiguous().data_ptr(), n, k, y.data_ptr(), n,
+                            None if bias is None else bias.data_ptr(), n, k, y.data_ptr(), n,
                             torch.get_num_threads()):
             raise MemoryError("w8a8_linear: no memory for the quantized activations")
         return y
@@ -160,8 +159,9 @@ class DecodeStepKernel:
             raise ValueError(f"x: need float32 [M, {qweight.shape[1]}] with contiguous rows, got {x.dtype} "
                              f"{tuple(x.shape)} strides {x.stride()}")
         if qweight.dtype != torch.int8 or not qweight.is_contiguous() or scale.dtype != torch.float32 or \
-                scale.shape != (n,) or (bias is not None and (bias.dtype != torch.float32 or bias.shape != (n,))):
-            raise ValueError(f"qweight: need contiguous int8 [N, K] with float32 scale (and bias) [N], got "
+                scale.shape != (n,) or not scale.is_contiguous() or (bias is not None and (
+                    bias.dtype != torch.float32 or bias.shape != (n,) or not bias.is_contiguous())):
+            raise ValueError(f"qweight: need contiguous int8 [N, K] with contiguous float32 scale (and bias) [N], got "
                              f"{qweight.dtype} {tuple(qweight.shape)}, scale {scale.dtype} {tuple(scale.shape)}")
         return m, n, k
 

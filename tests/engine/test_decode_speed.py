@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from engine.cli import main
 
 
@@ -39,6 +41,15 @@ def test_a_configuration_builds_an_engine_with_every_part_of_its_name(tiny_model
     mc = llm.engine.runner.config.model
     assert (mc.quantization.method, mc.quantization.group_size, mc.quantization.lm_head) == ("int4", 64, False)
     assert mc.kv_cache.name == "int8"
+
+
+@pytest.mark.parametrize("flag", [["--quantization", "int8"], ["--kv-cache-dtype", "int8"],
+                                  ["--attention-backend", "torch"]])
+def test_an_option_the_configurations_set_is_refused_as_a_flag(flag, tiny_model_dir):
+    """Each configuration's name sets these: given as a flag, it would be silently replaced."""
+    name = flag[0][2:].replace("-", "_")
+    with pytest.raises(SystemExit, match=f"^{name}: set it per configuration with --configs"):
+        main(["speed", "--model", tiny_model_dir("llama"), "--configs", "base", *flag])
 
 
 def _has_c_compiler() -> bool:

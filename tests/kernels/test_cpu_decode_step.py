@@ -111,6 +111,8 @@ def test_int8_linear_names_the_argument_it_cannot_take(kernel):
         kernel.int8_linear(torch.randn(2, 16), q.float(), scale)
     with pytest.raises(ValueError, match="^qweight: need contiguous int8"):
         kernel.int8_linear(torch.randn(2, 16), q, scale[:4])
+    with pytest.raises(ValueError, match="^qweight: need contiguous int8"):  # a strided bias is not read as one
+        kernel.int8_linear(torch.randn(2, 16), q, scale, torch.randn(16)[::2])
 
 
 def test_a_library_from_another_source_is_refused_at_load(tmp_path):
